@@ -1,0 +1,276 @@
+"""One typed configuration tree for a run.
+
+Every setting lives here, grouped by concern. A run's configuration is built in
+three layers, later layers winning: the defaults below, a TOML file
+(``--config FILE.toml``, sections named like the dataclasses' fields of
+:class:`Config`), and command-line flags. It is validated once, at start
+(:meth:`Config.validate`), and the resolved tree is written to the output folder
+as ``config.toml`` so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from parallel_dqn.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Where the bars come from and which stocks and dates to use."""
+
+    data: str = "data/market"  # a local folder in the key layout (or local:DIR)
+    stocks: list[str] = field(default_factory=list)  # empty: every stock in the store
+    start_date: str = ""  # training period, inclusive (YYYY-MM-DD); empty: first available day
+    end_date: str = ""
+    eval_start: str = ""  # held-out evaluation period, inclusive
+    eval_end: str = ""
+
+
+@dataclass
+class MarketConfig:
+    """How the market turns into observations and rewards."""
+
+    cost_bps: float = 1.0  # cost per unit of position change, in basis points
+    window: int = 8  # bars of own-stock features the encoder sees
+    graph_window: int = 120  # bars of the trailing window of the correlation graph
+
+
+@dataclass
+class ModelConfig:
+    """The Q-network: encoder, cross-stock attention, dueling head."""
+
+    embed_dim: int = 32
+    hidden: int = 64
+    heads: int = 2
+    cross_attention: bool = True  # False: each stock sees only itself (the ablation)
+    stock_embeddings: bool = True  # a learned identity vector per stock
+
+
+@dataclass
+class DQNConfig:
+    """Double DQN with n-step returns."""
+
+    episodes: int = 4
+    gamma: float = 0.5
+    n_step: int = 1
+    lr: float = 5e-4
+    batch_size: int = 64
+    train_freq: int = 4  # clock steps between gradient computations on a worker
+    learning_starts: int = 500  # clock steps before the first gradient
+    target_update: int = 250  # server versions between target-network copies
+    grad_clip: float = 10.0
+    huber_delta: float = 1.0
+    eps_start: float = 1.0
+    eps_end: float = 0.02
+    eps_fraction: float = 0.3  # share of all training steps over which epsilon decays
+
+
+@dataclass
+class ReplayConfig:
+    """Replay buffer of each worker."""
+
+    capacity: int = 100_000
+    prioritized: bool = False
+    alpha: float = 0.6
+    beta_start: float = 0.4
+
+
+@dataclass
+class DistConfig:
+    """Parameter server and workers."""
+
+    mode: str = "single"  # single: one process; parallel: under MPI (mpirun / srun)
+    workers: int = 0  # 0: one worker per stock
+    sync: bool = False  # wait for every worker's gradient each round and apply the mean
+    staleness_bound: int = 8  # async: drop gradients computed on params older than this
+    pull_every: int = 1  # gradient steps between parameter pulls
+    record_block: int = 256  # clock steps per block of decision records sent to rank 0
+
+
+@dataclass
+class MetaConfig:
+    """Portfolio meta-policy on rank 0."""
+
+    enabled: bool = True  # False: equal capital across stocks
+    max_weight: float = 0.5  # per-stock cap on |weight|
+    lr: float = 5e-3
+    epochs: int = 20
+    risk_aversion: float = 1.0
+    perf_halflife: int = 390  # bars; half-life of the trailing decision-performance features
+
+
+@dataclass
+class RunConfig:
+    """Where results go and how the run reports."""
+
+    output: str = "runs/latest"
+    seed: int = 0
+    threads: int = 1  # torch threads per process
+    progress: bool = True  # progress bar on a terminal
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dqn: DQNConfig = field(default_factory=DQNConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, tree: dict[str, Any], source: str = "config") -> "Config":
+        """Build from a nested dict (a parsed TOML file); unknown keys are an error."""
+        cfg = cls()
+        for section, values in tree.items():
+            if section not in _SECTIONS:
+                raise UserError(
+                    f"{source}: unknown section [{section}]", f"known sections: {', '.join(_SECTIONS)}"
+                )
+            if not isinstance(values, dict):
+                raise UserError(f"{source}: [{section}] must be a table of settings")
+            for key, value in values.items():
+                cfg.set(f"{section}.{key}", value, source=source)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        """Read a TOML file."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise UserError(f"cannot read config file {p}: {exc.strerror}", "check the --config path") from None
+        try:
+            tree = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"config file {p} is not valid TOML: {exc}", "fix the line it names") from None
+        return cls.from_dict(tree, source=str(p))
+
+    def set(self, dotted: str, value: Any, source: str = "flag") -> None:
+        """Set ``section.key`` to ``value``, converted to the field's type."""
+        section, _, key = dotted.partition(".")
+        if section not in _SECTIONS or not key:
+            raise UserError(f"{source}: unknown setting '{dotted}'", "settings are named section.key, e.g. dqn.lr")
+        obj = getattr(self, section)
+        types = typing.get_type_hints(type(obj))
+        if key not in types:
+            known = ", ".join(f.name for f in dataclasses.fields(obj))
+            raise UserError(f"{source}: unknown setting '{dotted}'", f"[{section}] has: {known}")
+        setattr(obj, key, _convert(value, types[key], f"{source}: {dotted}"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+    # ---- validation ---------------------------------------------------------------
+    def validate(self) -> "Config":
+        """Check every setting once; raise UserError naming the first bad one."""
+        d = self.data
+        for name in ("start_date", "end_date", "eval_start", "eval_end"):
+            value = getattr(d, name)
+            if value:
+                _parse_date(value, f"--{name}")
+        if d.start_date and d.end_date and d.start_date > d.end_date:
+            raise UserError(f"--start_date {d.start_date} is after --end_date {d.end_date}", "swap them")
+        if d.eval_start and d.eval_end and d.eval_start > d.eval_end:
+            raise UserError(f"--eval_start {d.eval_start} is after --eval_end {d.eval_end}", "swap them")
+        if d.end_date and d.eval_start and d.eval_start <= d.end_date:
+            raise UserError(
+                f"evaluation period starts {d.eval_start}, on or before the training end {d.end_date}",
+                "evaluate on days after training (held-out data)",
+            )
+        if len(set(d.stocks)) != len(d.stocks):
+            raise UserError(f"--stocks names a stock twice: {' '.join(d.stocks)}")
+        _check(self.market.cost_bps >= 0, "--cost_bps must be >= 0")
+        _check(self.market.window >= 1, "market.window must be >= 1")
+        _check(self.market.graph_window >= 2, "market.graph_window must be >= 2")
+        _check(self.model.embed_dim % self.model.heads == 0, "model.embed_dim must be a multiple of model.heads")
+        q = self.dqn
+        _check(q.episodes >= 1, "--episodes must be >= 1")
+        _check(0.0 <= q.gamma < 1.0, "dqn.gamma must be in [0, 1)")
+        _check(q.n_step >= 1, "dqn.n_step must be >= 1")
+        _check(q.lr > 0, "dqn.lr must be > 0")
+        _check(q.batch_size >= 1 and q.train_freq >= 1 and q.target_update >= 1, "dqn batch/train_freq/target_update >= 1")
+        _check(0.0 <= q.eps_end <= q.eps_start <= 1.0, "need 0 <= dqn.eps_end <= dqn.eps_start <= 1")
+        _check(self.replay.capacity >= q.batch_size, "replay.capacity must be >= dqn.batch_size")
+        _check(self.dist.mode in ("single", "parallel"), "--mode must be 'single' or 'parallel'")
+        _check(self.dist.workers >= 0, "--workers must be >= 0 (0: one per stock)")
+        _check(self.dist.staleness_bound >= 0 and self.dist.pull_every >= 1, "bad dist.staleness_bound / pull_every")
+        _check(0.0 < self.meta.max_weight <= 1.0, "meta.max_weight must be in (0, 1]")
+        _check(self.run.threads >= 1, "run.threads must be >= 1")
+        return self
+
+
+_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _parse_date(value: str, name: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{name} '{value}' is not a date", "use YYYY-MM-DD") from None
+
+
+def parse_date(value: str, name: str) -> dt.date:
+    """Parse a YYYY-MM-DD flag value, or raise a UserError naming the flag."""
+    return _parse_date(value, name)
+
+
+def _convert(value: Any, typ: Any, where: str) -> Any:
+    """Convert a TOML or CLI value to a field type (bool, int, float, str, list[str])."""
+    try:
+        if typ in (bool, "bool"):
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
+        if typ in (int, "int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if typ in (float, "float"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if typ in (str, "str"):
+            return str(value)
+        if typing.get_origin(typ) is list:
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            return [str(v) for v in value]
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise UserError(f"{where}: '{value}' is not a valid {getattr(typ, '__name__', typ)}")
