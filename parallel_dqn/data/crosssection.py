@@ -1,0 +1,81 @@
+"""The cross-section: every stock's feature rows on the one market clock.
+
+Each worker featurises only its own stocks; the rows are then exchanged (an
+allgather over the workers, in blocks of time) so every worker holds the same
+:class:`CrossSection` ``[T, S, F]``. Market data are exogenous, so exchanging
+whole periods up front gives every worker exactly what it would see step by
+step, and no row carries information from after its own bar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parallel_dqn.data.features import N_FEATURES, FeatureStats, correlation_graph, raw_features
+from parallel_dqn.data.panel import MarketPanel
+
+# Per stock and bar, the exchanged row holds: the F features, then these.
+EXTRA = ("log_return", "close", "tradeable")
+ROW_WIDTH = N_FEATURES + len(EXTRA)
+
+
+def local_rows(panel: MarketPanel, stats: FeatureStats) -> np.ndarray:
+    """One worker's exchange rows ``[T, k, ROW_WIDTH]`` (float64) for its own stocks."""
+    feats = stats.normalise(raw_features(panel, stats.session_seconds))
+    extra = np.stack([panel.log_returns, panel.close, panel.tradeable.astype(np.float64)], axis=-1)
+    return np.concatenate([feats.astype(np.float64), extra], axis=-1)
+
+
+@dataclass(frozen=True)
+class CrossSection:
+    """Everything a worker needs about the market, identical on every worker."""
+
+    symbols: tuple[str, ...]
+    timestamps: np.ndarray  # datetime64[ns] UTC [T]
+    features: np.ndarray  # float32 [T, S, F], normalised, causal
+    log_returns: np.ndarray  # float64 [T, S], r[t] = log(close[t]/close[t-1])
+    close: np.ndarray  # float64 [T, S]
+    tradeable: np.ndarray  # bool [T, S]
+    graph: np.ndarray  # float32 [G, 2, S, S], see features.correlation_graph
+    graph_index: np.ndarray  # int64 [T] -> row of graph in force at t
+
+    @classmethod
+    def assemble(
+        cls,
+        symbols: tuple[str, ...],
+        timestamps: np.ndarray,
+        parts: list[tuple[np.ndarray, np.ndarray]],
+        graph_window: int,
+        graph_stamps: np.ndarray,
+    ) -> "CrossSection":
+        """Build from every worker's ``(stock indices, rows [T, k, ROW_WIDTH])``."""
+        T, S = len(timestamps), len(symbols)
+        full = np.zeros((T, S, ROW_WIDTH))
+        seen = np.zeros(S, dtype=bool)
+        for stocks, rows in parts:
+            full[:, stocks] = rows
+            seen[stocks] = True
+        if not seen.all():
+            raise RuntimeError(f"no rows for stocks {np.flatnonzero(~seen).tolist()}")
+        log_returns = full[:, :, N_FEATURES]
+        graph, index = correlation_graph(log_returns, graph_window, graph_stamps)
+        return cls(
+            symbols=tuple(symbols),
+            timestamps=timestamps,
+            features=full[:, :, :N_FEATURES].astype(np.float32),
+            log_returns=log_returns,
+            close=full[:, :, N_FEATURES + 1],
+            tradeable=full[:, :, N_FEATURES + 2] > 0.5,
+            graph=graph,
+            graph_index=index,
+        )
+
+    @property
+    def n_stocks(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.timestamps)

@@ -1,0 +1,180 @@
+"""Causal per-stock features and the rolling cross-stock correlation graph.
+
+Every value at clock step ``t`` is computed from bars at or before ``t`` only
+(trailing windows, no centring, no backward fill), and normalisation uses
+statistics of the training period alone (:class:`FeatureStats`), so nothing
+from the evaluation period, or from after ``t``, leaks into a decision at ``t``.
+``tests/test_no_lookahead.py`` proves it by perturbing bars after ``t``.
+
+Features (one row per stock and bar, in :data:`FEATURE_NAMES` order):
+
+* ``ret_1, ret_5, ret_15, ret_60``: log-returns over the last 1/5/15/60 bars;
+* ``vol_15, vol_60``: standard deviation of 1-bar log-returns over 15/60 bars;
+* ``range``: log(high / low) of the bar;
+* ``volume_rel``: log(1 + volume) minus its trailing 60-bar mean;
+* ``tod_sin, tod_cos``: time since the day's first bar, as a phase of the session;
+* ``first_bar``: 1 on the first bar of a day (its return spans the overnight gap);
+* ``tradeable``: 0 where the bar was missing and forward-filled.
+
+The last four are left as they are; the others are z-scored per stock with the
+training period's mean and standard deviation and clipped to +-5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from parallel_dqn.data.panel import MarketPanel
+
+FEATURE_NAMES = (
+    "ret_1",
+    "ret_5",
+    "ret_15",
+    "ret_60",
+    "vol_15",
+    "vol_60",
+    "range",
+    "volume_rel",
+    "tod_sin",
+    "tod_cos",
+    "first_bar",
+    "tradeable",
+)
+N_FEATURES = len(FEATURE_NAMES)
+N_SCALED = 8  # the first N_SCALED features are z-scored; the rest are kept as they are
+MAX_LOOKBACK = 60  # bars: the longest trailing window of any feature
+CLIP = 5.0
+
+
+def raw_features(panel: MarketPanel, session_seconds: float | None = None) -> np.ndarray:
+    """Unnormalised features ``[T, S, F]`` (float64), each from bars <= t.
+
+    ``session_seconds`` scales the time-of-day phase; by default the median
+    length of the panel's days. Pass the training value when featurising other
+    periods so the phase means the same thing.
+    """
+    r = panel.log_returns
+    T, S = r.shape
+    out = np.zeros((T, S, N_FEATURES))
+    rets = pd.DataFrame(r)
+    out[:, :, 0] = r
+    for k, horizon in enumerate((5, 15, 60), start=1):
+        out[:, :, k] = rets.rolling(horizon, min_periods=1).sum().to_numpy()
+    for k, horizon in ((4, 15), (5, 60)):
+        out[:, :, k] = rets.rolling(horizon, min_periods=2).std().fillna(0.0).to_numpy()
+    out[:, :, 6] = np.log(panel.high / panel.low)
+    logv = pd.DataFrame(np.log1p(panel.volume))
+    out[:, :, 7] = (logv - logv.rolling(60, min_periods=1).mean()).to_numpy()
+
+    elapsed, first = _session_clock(panel.timestamps)
+    if session_seconds is None:
+        session_seconds = session_length(panel.timestamps)
+    phase = 2.0 * np.pi * np.clip(elapsed / max(session_seconds, 1.0), 0.0, 1.0)
+    out[:, :, 8] = np.sin(phase)[:, None]
+    out[:, :, 9] = np.cos(phase)[:, None]
+    out[:, :, 10] = first[:, None]
+    out[:, :, 11] = panel.tradeable.astype(np.float64)
+    return out
+
+
+def _session_clock(timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds since the day's first bar, and a first-bar-of-day flag, per clock step."""
+    ts = timestamps.astype("datetime64[ns]").astype(np.int64)
+    days = timestamps.astype("datetime64[D]")
+    first = np.ones(len(ts), dtype=bool)
+    first[1:] = days[1:] != days[:-1]
+    starts = np.maximum.accumulate(np.where(first, np.arange(len(ts)), 0))
+    elapsed = (ts - ts[starts]) / 1e9
+    return elapsed, first.astype(np.float64)
+
+
+def session_length(timestamps: np.ndarray) -> float:
+    """Median seconds from a day's first bar to its last, plus one bar (a session's length)."""
+    elapsed, first = _session_clock(timestamps)
+    ends = np.r_[np.flatnonzero(first)[1:] - 1, len(elapsed) - 1] if len(elapsed) else np.array([], int)
+    if ends.size == 0:
+        return 1.0
+    spacing = np.median(np.diff(timestamps.astype("datetime64[ns]").astype(np.int64))) / 1e9 if len(elapsed) > 1 else 60.0
+    return float(np.median(elapsed[ends]) + spacing)
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-stock normalisation statistics, fitted on the training period only."""
+
+    mean: np.ndarray  # [S, N_SCALED]
+    std: np.ndarray  # [S, N_SCALED]
+    session_seconds: float
+
+    @classmethod
+    def fit(cls, raw_train: np.ndarray, session_seconds: float) -> "FeatureStats":
+        """Fit on the training rows of :func:`raw_features` (``[T_train, S, F]``)."""
+        scaled = raw_train[:, :, :N_SCALED]
+        mean = scaled.mean(axis=0)
+        std = scaled.std(axis=0)
+        return cls(mean=mean, std=np.where(std > 1e-12, std, 1.0), session_seconds=session_seconds)
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """Z-score and clip the scaled features; float32 ``[T, S, F]``."""
+        out = raw.astype(np.float32, copy=True)
+        z = (raw[:, :, :N_SCALED] - self.mean[None]) / self.std[None]
+        out[:, :, :N_SCALED] = np.clip(z, -CLIP, CLIP)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "session_seconds": self.session_seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureStats":
+        return cls(np.asarray(d["mean"]), np.asarray(d["std"]), float(d["session_seconds"]))
+
+
+def graph_stamps(timestamps: np.ndarray, stride: int) -> np.ndarray:
+    """Clock rows where the correlation graph is recomputed: every ``stride`` bars from each day's open.
+
+    Tied to the time of day, not to where the loaded range starts, so a run that
+    loads a few days of warm-up sees the same graph as one that loaded more.
+    """
+    days = timestamps.astype("datetime64[D]")
+    first = np.ones(len(days), dtype=bool)
+    first[1:] = days[1:] != days[:-1]
+    starts = np.maximum.accumulate(np.where(first, np.arange(len(days)), 0))
+    return np.flatnonzero((np.arange(len(days)) - starts) % stride == 0)
+
+
+def correlation_graph(log_returns: np.ndarray, window: int, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rolling cross-stock correlation graph, recomputed at the clock rows ``stamps``.
+
+    Returns ``(graph, index)``: ``graph[g, 0, i, j]`` is the correlation of stock
+    i's and stock j's 1-bar returns over the ``window`` bars up to ``stamps[g]``,
+    and ``graph[g, 1, i, j]`` the correlation of i's return with j's *previous*
+    return (how much j leads i: "j informs i"); ``index[t]`` is the graph row in
+    force at ``t``, the last one computed at or before ``t`` (so from bars <= t).
+    Rows with fewer than 3 bars of history are zero.
+    """
+    T, S = log_returns.shape
+    graph = np.zeros((len(stamps), 2, S, S), dtype=np.float32)
+    for g, t in enumerate(stamps):
+        lo = max(1, t - window + 1)
+        x = log_returns[lo : t + 1]
+        if len(x) < 3:
+            continue
+        graph[g, 0] = _corr(x, x)
+        graph[g, 1] = _corr(x[1:], x[:-1])
+    index = np.searchsorted(stamps, np.arange(T), side="right") - 1
+    return graph, np.maximum(index, 0)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Correlation matrix between the columns of a and the columns of b (0 where a column is flat)."""
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    na = np.sqrt((a * a).sum(axis=0))
+    nb = np.sqrt((b * b).sum(axis=0))
+    denom = np.outer(na, nb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.where(denom > 0, (a.T @ b) / np.where(denom > 0, denom, 1.0), 0.0)
+    return np.clip(c, -1.0, 1.0)

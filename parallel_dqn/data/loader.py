@@ -1,0 +1,71 @@
+"""Loading the bars of selected stocks and dates from a store into per-stock frames.
+
+Every file is read and validated (:mod:`parallel_dqn.data.validation`); a bad file, an unknown
+symbol or an empty date range stops the load with one line naming what is wrong and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+import pandas as pd
+
+from parallel_dqn.data.layout import check_symbol
+from parallel_dqn.data.store import Store
+from parallel_dqn.data.validation import problems_error, read_bars, validate_day
+from parallel_dqn.errors import UserError
+
+_MAX_LISTED = 10
+
+
+def load_bars(store: Store, symbols: Sequence[str], start: date, end: date) -> dict[str, pd.DataFrame]:
+    """Each symbol's bars of the days in ``[start, end]`` (inclusive), concatenated in time order.
+
+    Frames are in :func:`~parallel_dqn.data.validation.read_bars` format, keyed by symbol in
+    ``symbols`` order. Days the store lacks are simply absent (alignment treats them as halted).
+    """
+    if start > end:
+        raise UserError(f"start date {start} is after end date {end}", "swap them or pick another range")
+    seen: set[str] = set()
+    for symbol in symbols:
+        check_symbol(symbol)
+        if symbol in seen:
+            raise UserError(f"symbol {symbol} is listed twice", "list each symbol once")
+        seen.add(symbol)
+    return {symbol: _load_symbol(store, symbol, start, end) for symbol in symbols}
+
+
+def _load_symbol(store: Store, symbol: str, start: date, end: date) -> pd.DataFrame:
+    days = store.list_days(symbol, start, end)
+    if not days:
+        first, last = available_range(store, symbol)
+        raise UserError(
+            f"no data for {symbol} between {start} and {end} in {store.describe()}",
+            f"{symbol} has data from {first} to {last}; pick dates in that range",
+        )
+    frames = []
+    for day in days:
+        path = store.fetch(symbol, day)
+        source = str(path)
+        bars = read_bars(path, source, store.describe())
+        problems = validate_day(bars, day, source)
+        if problems:
+            raise problems_error(problems, store.describe())
+        frames.append(bars)
+    return pd.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def available_range(store: Store, symbol: str) -> tuple[date, date]:
+    """First and last day with a file for ``symbol``; UserError if the store has none."""
+    days = store.list_days(symbol)
+    if not days:
+        symbols = store.list_symbols()
+        if not symbols:
+            listed = "it holds no symbols at all"
+        else:
+            shown = ", ".join(symbols[:_MAX_LISTED])
+            extra = f" and {len(symbols) - _MAX_LISTED} more" if len(symbols) > _MAX_LISTED else ""
+            listed = f"available: {shown}{extra}"
+        raise UserError(f"no data for symbol {symbol} in {store.describe()}", listed)
+    return days[0], days[-1]

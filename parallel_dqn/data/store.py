@@ -1,0 +1,154 @@
+"""Stores: where stock-day parquet files come from.
+
+A :class:`Store` lists the symbols and days it holds and hands out a local, readable
+path for one stock-day file (see :mod:`parallel_dqn.data.layout` for the key layout).
+The loader talks only to this protocol, so a local folder and a remote container
+(with a local read-through cache) are interchangeable.
+
+:func:`open_store` turns a user's spec into a store; the scheme -> factory table
+:data:`STORE_FACTORIES` is the one place a new kind of store is plugged in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from datetime import date
+from pathlib import Path
+from types import MappingProxyType
+from typing import Protocol, runtime_checkable
+
+from parallel_dqn.data.layout import KEY_ROOT, SUFFIX, check_symbol, day_key, parse_key, symbol_prefix
+from parallel_dqn.errors import UserError
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A source of stock-day bar files laid out as in :mod:`parallel_dqn.data.layout`."""
+
+    def describe(self) -> str:
+        """A short human description for messages (e.g. ``local:/data``); never contains a secret."""
+        ...
+
+    def list_symbols(self) -> list[str]:
+        """All symbols with a folder in the store, sorted."""
+        ...
+
+    def list_days(self, symbol: str, start: date | None = None, end: date | None = None) -> list[date]:
+        """Sorted days with a file for ``symbol``, optionally limited to ``[start, end]`` (inclusive)."""
+        ...
+
+    def fetch(self, symbol: str, day: date) -> Path:
+        """A local readable path of the ``symbol``/``day`` parquet file."""
+        ...
+
+
+class LocalStore:
+    """A store over a local folder ``root`` holding ``root/stocks_intraday/...``."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
+
+    def list_symbols(self) -> list[str]:
+        base = self.root / KEY_ROOT
+        if not base.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(base) if e.is_dir() and _is_symbol(e.name))
+
+    def list_days(self, symbol: str, start: date | None = None, end: date | None = None) -> list[date]:
+        """Walk only the year and month folders that can hold days in ``[start, end]``."""
+        sym_dir = self.root / symbol_prefix(symbol)
+        lo = (start.year, start.month) if start else (0, 0)
+        hi = (end.year, end.month) if end else (9999, 12)
+        days: list[date] = []
+        for year_dir in _numbered_subdirs(sym_dir, 4):
+            year = int(year_dir.name)
+            if not lo[0] <= year <= hi[0]:
+                continue
+            for month_dir in _numbered_subdirs(year_dir, 2):
+                if not lo <= (year, int(month_dir.name)) <= hi:
+                    continue
+                days.extend(self._days_in(month_dir, symbol))
+        return sorted(d for d in days if (start is None or d >= start) and (end is None or d <= end))
+
+    def _days_in(self, month_dir: Path, symbol: str) -> list[date]:
+        """Days of ``symbol`` in one month folder; files not matching the layout are ignored."""
+        rel = month_dir.relative_to(self.root).as_posix()
+        days = []
+        for entry in os.scandir(month_dir):
+            if entry.name.endswith(SUFFIX) and entry.is_file():
+                parsed = parse_key(f"{rel}/{entry.name}")
+                if parsed is not None and parsed[0] == symbol:
+                    days.append(parsed[1])
+        return days
+
+    def fetch(self, symbol: str, day: date) -> Path:
+        path = self.root / day_key(symbol, day)
+        if not path.is_file():
+            raise UserError(
+                f"no bar file for {symbol} on {day.isoformat()} in {self.describe()} (expected {path})",
+                "pick a symbol and day that the store holds",
+            )
+        return path
+
+
+def _is_symbol(name: str) -> bool:
+    try:
+        check_symbol(name)
+    except UserError:
+        return False
+    return True
+
+
+def _numbered_subdirs(folder: Path, width: int) -> list[Path]:
+    """Sub-folders of ``folder`` named by exactly ``width`` digits (years, months), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        Path(e.path)
+        for e in os.scandir(folder)
+        if e.is_dir() and len(e.name) == width and e.name.isascii() and e.name.isdigit()
+    )
+
+
+def _open_local(location: str) -> Store:
+    root = Path(location).expanduser()
+    fix = f"generate one with `parallel-dqn data generate --output {location}`"
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist", fix)
+    if not (root / KEY_ROOT).is_dir():
+        raise UserError(f"data folder {root} has no {KEY_ROOT}/ subfolder, so it holds no bar files", fix)
+    return LocalStore(root)
+
+
+def _open_azure(location: str) -> Store:
+    raise UserError(
+        f"cannot open azure://{location}: Azure Blob support is not installed yet",
+        "use a local folder (local:DIR) for now",
+    )
+
+
+StoreFactory = Callable[[str], Store]
+
+#: scheme -> factory taking the location after ``scheme:`` (a leading ``//`` removed).
+STORE_FACTORIES: Mapping[str, StoreFactory] = MappingProxyType({"local": _open_local, "azure": _open_azure})
+
+
+def open_store(spec: str) -> Store:
+    """Open the store named by ``spec``: ``local:DIR``, ``azure://CONTAINER`` or a plain folder path.
+
+    Raises UserError for an unknown scheme or a store that cannot be opened.
+    """
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme in STORE_FACTORIES:
+        location = rest[2:] if rest.startswith("//") else rest
+        if not location:
+            raise UserError(f"store spec {spec!r} names no location", f"write it as {scheme}:LOCATION")
+        return STORE_FACTORIES[scheme](location)
+    if sep and rest.startswith("//"):
+        known = ", ".join(f"{s}:" for s in STORE_FACTORIES)
+        raise UserError(f"unknown store scheme {scheme!r} in {spec!r}", f"use one of {known} or a folder path")
+    return _open_local(spec)
