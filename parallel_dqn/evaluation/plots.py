@@ -1,0 +1,130 @@
+"""PNG plots for reports: equity and drawdown curves, attention heatmaps, training curves.
+
+Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly, never through
+``pyplot``: no display is needed, no global backend is switched and no figure is left open.
+Every function writes one PNG (creating its folder) and returns its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from parallel_dqn.evaluation.portfolio import drawdown
+
+AGENT = "agent"  # the curve name drawn highlighted
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+def _x_axis(timestamps: np.ndarray | None, n: int) -> np.ndarray:
+    """Timestamps if given (one per point), else the bar index."""
+    if timestamps is None:
+        return np.arange(n)
+    x = np.asarray(timestamps)
+    if len(x) != n:
+        raise ValueError(f"{len(x)} timestamps for curves of {n} points")
+    return x
+
+
+def _plot_curves(
+    curves: Mapping[str, np.ndarray], timestamps: np.ndarray | None, highlight: str, ylabel: str, title: str
+) -> Figure:
+    """One line per curve, all the same length; ``highlight`` thick and on top, the rest thin."""
+    lengths = {len(c) for c in curves.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"curves have different lengths: { {k: len(c) for k, c in curves.items()} }")
+    x = _x_axis(timestamps, lengths.pop())
+    fig = Figure(figsize=(10, 5))
+    ax = fig.add_subplot()
+    for name, y in curves.items():
+        main = name == highlight
+        ax.plot(x, y, label=name, linewidth=2.4 if main else 1.0, alpha=1.0 if main else 0.75, zorder=3 if main else 2)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def plot_equity(
+    curves: Mapping[str, np.ndarray],
+    timestamps: np.ndarray | None,
+    path: str | Path,
+    highlight: str = AGENT,
+) -> Path:
+    """Equity curves (one value per bar, e.g. from ``equity_curve``) of the agent and the baselines."""
+    return _save(_plot_curves(curves, timestamps, highlight, "portfolio value", "Equity"), path)
+
+
+def plot_drawdown(
+    curves: Mapping[str, np.ndarray],
+    timestamps: np.ndarray | None,
+    path: str | Path,
+    highlight: str = AGENT,
+) -> Path:
+    """Drawdown (percent below the running peak, drawn downwards) of each equity curve."""
+    dd = {name: -100.0 * drawdown(e) for name, e in curves.items()}
+    return _save(_plot_curves(dd, timestamps, highlight, "drawdown (%)", "Drawdown"), path)
+
+
+def plot_attention(
+    matrix: np.ndarray, symbols: Sequence[str], path: str | Path, title: str = "Cross-stock attention"
+) -> Path:
+    """Heatmap of an ``[S, S]`` attention matrix with each weight written in its cell.
+
+    Row ``i`` is the attending stock, column ``j`` the stock it draws information from.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (len(symbols), len(symbols)):
+        raise ValueError(f"attention matrix {m.shape} does not match {len(symbols)} symbols")
+    size = 2.0 + 0.6 * len(symbols)
+    fig = Figure(figsize=(size + 1.5, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(m, cmap="viridis")
+    fig.colorbar(image, ax=ax)
+    ticks = np.arange(len(symbols))
+    ax.set_xticks(ticks, labels=list(symbols), rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=list(symbols))
+    ax.set_xlabel("informing stock")
+    ax.set_ylabel("attending stock")
+    ax.set_title(title)
+    mid = (np.nanmin(m) + np.nanmax(m)) / 2 if m.size else 0.0
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if m[i, j] > mid else "white")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_training_curve(records: Sequence[Mapping[str, float]], keys: Sequence[str], path: str | Path) -> Path:
+    """One panel per key (e.g. episode reward, loss, epsilon) against the record's ``episode``.
+
+    Records without an ``episode`` field are numbered in order; a record missing a key leaves a gap.
+    """
+    if not keys:
+        raise ValueError("no keys to plot")
+    x = np.array([rec.get("episode", i) for i, rec in enumerate(records)], dtype=np.float64)
+    fig = Figure(figsize=(8, 2.4 * len(keys)))
+    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, key in zip(axes, keys):
+        y = np.array([rec.get(key, np.nan) for rec in records], dtype=np.float64)
+        ax.plot(x, y, marker="." if len(x) < 50 else None)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("episode")
+    fig.tight_layout()
+    return _save(fig, path)

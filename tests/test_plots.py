@@ -1,0 +1,58 @@
+"""Report plots are written as valid, non-trivial PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parallel_dqn.evaluation import plots
+from parallel_dqn.evaluation.portfolio import equity_curve
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file()
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 5000
+
+
+def _curves(n: int = 120) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(0)
+    curves = {name: equity_curve(rng.normal(1e-4, 2e-3, n - 1)) for name in ("agent", "buy_and_hold", "momentum")}
+    timestamps = np.datetime64("2024-01-02T14:30", "ns") + np.arange(n) * np.timedelta64(1, "m")
+    return curves, timestamps
+
+
+def test_equity_and_drawdown_plots(tmp_path):
+    curves, ts = _curves()
+    _assert_png(plots.plot_equity(curves, ts, tmp_path / "equity.png"))
+    _assert_png(plots.plot_drawdown(curves, ts, tmp_path / "sub" / "drawdown.png"))
+    _assert_png(plots.plot_equity(curves, None, tmp_path / "equity_index.png"))
+
+
+def test_curve_length_mismatch_is_rejected(tmp_path):
+    curves, ts = _curves()
+    with pytest.raises(ValueError):
+        plots.plot_equity(curves, ts[:-1], tmp_path / "x.png")
+    curves["short"] = curves["agent"][:-3]
+    with pytest.raises(ValueError):
+        plots.plot_drawdown(curves, ts, tmp_path / "y.png")
+
+
+def test_attention_plot(tmp_path):
+    m = np.random.default_rng(1).dirichlet(np.ones(4), size=4)
+    path = plots.plot_attention(m, ["AAPL", "MSFT", "NVDA", "AMZN"], tmp_path / "attn.png", title="ep 3")
+    _assert_png(path)
+    with pytest.raises(ValueError):
+        plots.plot_attention(m, ["AAPL"], tmp_path / "bad.png")
+
+
+def test_training_curve_plot(tmp_path):
+    records = [{"episode": i, "reward": float(i) ** 0.5, "loss": 1 / (i + 1), "epsilon": max(0.05, 1 - i / 10)}
+               for i in range(15)]
+    records[4].pop("loss")  # a missing value leaves a gap
+    _assert_png(plots.plot_training_curve(records, ["reward", "loss", "epsilon"], tmp_path / "train.png"))
