@@ -1,0 +1,122 @@
+"""Portfolio meta-policy: per-stock decisions at t -> capital weights at t.
+
+The per-stock agents each choose a position; the meta-policy decides how much
+capital each position gets, so the portfolio is built from the decisions that
+have been paying off and the agents' actions do not simply add up. It sees, per
+stock and bar, only what is known at that bar:
+
+* the agent's chosen position and how much better its Q-value is than flat;
+* trailing performance of that stock's decisions (exponentially weighted mean,
+  risk-adjusted mean and hit rate of ``position[t-1] * r[t]``), reset at the
+  start of every episode.
+
+Magnitudes are ``max_weight * sigmoid(score)``, scaled down together when they
+sum above 1: gross exposure <= 1 and |weight| <= max_weight always hold. The
+signed weight is magnitude x position. It is trained on realised portfolio
+outcomes after each training episode: gradient ascent on the Sharpe ratio of
+the net-of-cost portfolio returns of that episode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from parallel_dqn.config import MetaConfig
+from parallel_dqn.rl.reward import FLAT, POSITIONS
+
+N_META_FEATURES = 5
+
+
+def decision_features(
+    q_values: np.ndarray, actions: np.ndarray, log_returns: np.ndarray, halflife: float, return_std: float
+) -> np.ndarray:
+    """Causal meta-policy inputs ``[T, S, 5]`` for one episode.
+
+    Args:
+        q_values: ``[T, S, 3]`` the agents' Q-values at each decision.
+        actions: ``[T, S]`` chosen action indices (the position held from t to t+1).
+        log_returns: ``[T, S]`` with ``log_returns[t]`` the return *into* bar t.
+        halflife: bars of the exponential weighting of past performance.
+        return_std: typical 1-bar return size from the training period (a fixed scale).
+    """
+    T, S = actions.shape
+    pos = POSITIONS[actions]
+    chosen = np.take_along_axis(q_values, actions[:, :, None], axis=2)[:, :, 0]
+    edge = chosen - q_values[:, :, FLAT]
+    realised = np.zeros((T, S))
+    realised[1:] = pos[:-1] * log_returns[1:]  # known at t: yesterday's decision times today's return
+    hit = np.where(pos[:-1] != 0, (realised[1:] > 0).astype(float), 0.5)
+    hit = np.vstack([np.full((1, S), 0.5), hit])
+    alpha = 1.0 - 0.5 ** (1.0 / max(halflife, 1.0))
+    m1, m2, mh = _ema(realised, alpha), _ema(realised**2, alpha), _ema(hit, alpha, start=0.5)
+    scale = np.sqrt(np.maximum(m2, 1e-12))
+    sd = max(return_std, 1e-12)
+    feats = np.stack([np.abs(pos), np.tanh(edge), m1 / sd, m1 / scale, (mh - 0.5) * 4.0], axis=-1)
+    return feats.astype(np.float32)
+
+
+def _ema(x: np.ndarray, alpha: float, start: float = 0.0) -> np.ndarray:
+    out = np.empty_like(x, dtype=float)
+    acc = np.full(x.shape[1:], start, dtype=float)
+    for t in range(x.shape[0]):
+        acc = (1 - alpha) * acc + alpha * x[t]
+        out[t] = acc
+    return out
+
+
+class MetaPolicy(nn.Module):
+    """Shared per-stock scorer plus a learned per-stock bias -> capped capital weights."""
+
+    def __init__(self, n_stocks: int, cfg: MetaConfig, hidden: int = 32) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.scorer = nn.Sequential(nn.Linear(N_META_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        # Start near equal capital: max_weight * sigmoid(b) = 1 / n_stocks.
+        p = min(max(1.0 / (n_stocks * cfg.max_weight), 1e-3), 1 - 1e-3)
+        self.stock_bias = nn.Parameter(torch.full((n_stocks,), float(np.log(p / (1 - p)))))
+
+    def forward(self, feats: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Signed weights ``[T, S]`` from features ``[T, S, 5]`` and positions in {-1, 0, 1}."""
+        score = self.scorer(feats)[..., 0] + self.stock_bias
+        mag = self.cfg.max_weight * torch.sigmoid(score) * positions.abs()
+        gross = mag.sum(dim=-1, keepdim=True)
+        mag = mag / torch.clamp(gross, min=1.0)
+        return mag * positions
+
+    @torch.no_grad()
+    def weights(self, feats: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Numpy convenience: signed weights ``[T, S]``."""
+        w = self(torch.from_numpy(feats), torch.from_numpy(POSITIONS[actions]).float())
+        return w.numpy().astype(np.float64)
+
+    def fit(self, feats: np.ndarray, actions: np.ndarray, log_returns: np.ndarray, cost_bps: float) -> float:
+        """Train on one episode's realised outcomes; returns the final in-sample Sharpe (per step)."""
+        x = torch.from_numpy(feats)
+        pos = torch.from_numpy(POSITIONS[actions]).float()
+        growth = torch.from_numpy(np.expm1(log_returns[1:])).float()  # simple return of step t -> t+1
+        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+        sharpe = 0.0
+        for _ in range(self.cfg.epochs):
+            w = self(x, pos)
+            ret = portfolio_step_returns(w, growth, cost_bps)
+            objective = ret.mean() / (ret.std() + 1e-8)
+            opt.zero_grad()
+            (-objective).backward()
+            opt.step()
+            sharpe = float(objective.detach())
+        return sharpe
+
+
+def portfolio_step_returns(weights: torch.Tensor, growth: torch.Tensor, cost_bps: float) -> torch.Tensor:
+    """Net simple returns of the steps t -> t+1 (``T-1`` of them), differentiable.
+
+    ``growth[t] = exp(r[t+1]) - 1``; the cost is charged on the change of target
+    weights at t. A training objective: the accounting of record,
+    :func:`parallel_dqn.evaluation.portfolio.portfolio_returns`, charges the trade
+    against the drifted holding, which differs from this by second-order terms.
+    """
+    w = weights[:-1]
+    prev = torch.cat([torch.zeros_like(weights[:1]), weights[:-2]], dim=0)
+    return (w * growth).sum(-1) - cost_bps * 1e-4 * (w - prev).abs().sum(-1)

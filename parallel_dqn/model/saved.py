@@ -1,0 +1,41 @@
+"""``trained_model.pth``: everything needed to evaluate a trained model elsewhere.
+
+A plain dict saved with ``torch.save`` and read with ``weights_only=True`` (no
+pickled code runs on load): network and meta-policy weights, the resolved
+configuration, the stocks in order, the training-period feature statistics, the
+reward scale, and the mean attention matrix of the evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from parallel_dqn.errors import UserError
+
+FORMAT = "parallel-dqn-model/1"
+
+
+def save_model(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write never leaves a half-written model behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | Path) -> dict[str, Any]:
+    """Read a model file, or raise a UserError saying what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"model file {p} does not exist", "pass the trained_model.pth of a training run's --output")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{p} is not a readable model file ({reason})", "retrain or copy the file again") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{p} is not a parallel-dqn model file", "pass the trained_model.pth written by `train`")
+    return payload
