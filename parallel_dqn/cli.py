@@ -1,0 +1,205 @@
+"""Command line: ``parallel-dqn train | evaluate | data ...`` (also ``python -m parallel_dqn``).
+
+Flag names follow the user's original tool (``--start_date``, ``--cost_bps``);
+hyphenated aliases (``--start-date``) work too. Every setting of the config tree
+can also be set with ``--set section.key=value`` or in a ``--config FILE.toml``;
+flags win over the file. A user's mistake prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from parallel_dqn import __version__
+from parallel_dqn.config import Config, parse_date
+from parallel_dqn.errors import UserError
+
+# flag -> config key, for the flags that set one setting each
+TRAIN_FLAGS: dict[str, str] = {
+    "mode": "dist.mode",
+    "data": "data.data",
+    "stocks": "data.stocks",
+    "start_date": "data.start_date",
+    "end_date": "data.end_date",
+    "eval_start": "data.eval_start",
+    "eval_end": "data.eval_end",
+    "episodes": "dqn.episodes",
+    "output": "run.output",
+    "seed": "run.seed",
+    "cost_bps": "market.cost_bps",
+    "workers": "dist.workers",
+    "lr": "dqn.lr",
+    "gamma": "dqn.gamma",
+    "batch_size": "dqn.batch_size",
+    "n_step": "dqn.n_step",
+    "target_update": "dqn.target_update",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """Add ``--name`` and, when it has underscores, the ``--hyphen-name`` alias."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*names, dest=name, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="parallel-dqn", description="Distributed DQN trading on intraday bars of many stocks.")
+    p.add_argument("--version", action="version", version=f"parallel-dqn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    t = sub.add_parser("train", help="train on a period, evaluate on held-out days, write every output")
+    _run_flags(t)
+    _flag(t, "mode", choices=["single", "parallel"], default=None, help="single process, or under MPI")
+    _flag(t, "start_date", default=None, help="first training day YYYY-MM-DD")
+    _flag(t, "end_date", default=None, help="last training day")
+    _flag(t, "episodes", type=int, default=None, help="passes over the training period")
+    _flag(t, "workers", type=int, default=None, help="workers (0: one per stock)")
+    _flag(t, "sync", action="store_true", default=None, help="synchronous gradient rounds (deterministic)")
+    for name, typ in (("lr", float), ("gamma", float), ("batch_size", int), ("n_step", int), ("target_update", int)):
+        _flag(t, name, type=typ, default=None, help=f"sets {TRAIN_FLAGS[name]}")
+
+    e = sub.add_parser("evaluate", help="evaluate a trained model on held-out days")
+    _flag(e, "model", required=True, help="trained_model.pth of a training run")
+    _run_flags(e)
+
+    d = sub.add_parser("data", help="market data tools")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
+    g = dsub.add_parser("generate", help="write a synthetic market with planted structure")
+    _flag(g, "output", required=True, help="folder to write the key layout into")
+    _flag(g, "stocks", nargs="+", default=["LEAD", "FOLW", "MOMO", "MREV", "RWLK"], help="symbols (roles by position)")
+    _flag(g, "start", default="2024-01-02", help="first day YYYY-MM-DD")
+    _flag(g, "days", type=int, default=10, help="trading days")
+    _flag(g, "seed", type=int, default=0)
+    _flag(g, "bar_minutes", type=int, default=1, help="bar length in minutes")
+    _flag(g, "overwrite", action="store_true", help="replace an existing market in --output")
+    return p
+
+
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by train and evaluate."""
+    _flag(parser, "config", default=None, help="TOML file with any settings (flags win)")
+    _flag(parser, "data", default=None, help="data folder in the key layout")
+    _flag(parser, "stocks", nargs="+", default=None, help="stocks to use (default: all in --data)")
+    _flag(parser, "eval_start", default=None, help="first held-out evaluation day")
+    _flag(parser, "eval_end", default=None, help="last held-out evaluation day")
+    _flag(parser, "output", default=None, help="output folder")
+    _flag(parser, "seed", type=int, default=None)
+    _flag(parser, "cost_bps", type=float, default=None, help="trading cost per unit position change, bps")
+    _flag(parser, "set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config setting")
+    _flag(parser, "overwrite", action="store_true", help="replace the outputs of an earlier run in --output")
+    _flag(parser, "no_progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then the --config file, then flags."""
+    cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            cfg.set(key, value, source=f"--{flag}")
+    if getattr(args, "sync", None):
+        cfg.dist.sync = True
+    if getattr(args, "no_progress", False):
+        cfg.run.progress = False
+    for item in getattr(args, "set", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item}: expected SECTION.KEY=VALUE", "e.g. --set dqn.lr=0.001")
+        cfg.set(key.strip(), value.strip(), source="--set")
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    cfg.validate()
+    if cfg.dist.mode == "parallel":
+        from parallel_dqn.dist.mpi_app import train_parallel
+
+        result = train_parallel(cfg, overwrite=args.overwrite)
+    else:
+        from parallel_dqn.app import train
+
+        result = train(cfg, overwrite=args.overwrite)
+    if result is not None:
+        print_results(result, cfg.run.output)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from parallel_dqn.app import evaluate
+
+    cfg = config_from_args(args)
+    result = evaluate(cfg, args.model, overwrite=args.overwrite)
+    print_results(result, cfg.run.output)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "generate":
+        return _generate(args)
+    raise UserError(f"unknown data command {args.data_command}")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from parallel_dqn.data.synthetic import generate_market, write_market
+
+    out = Path(args.output)
+    if (out / "stocks_intraday").exists() and not args.overwrite:
+        raise UserError(f"{out} already holds a market", "choose another --output, or pass --overwrite")
+    if args.days < 1:
+        raise UserError("--days must be >= 1")
+    if args.bar_minutes < 1 or 390 % args.bar_minutes:
+        raise UserError(f"--bar_minutes {args.bar_minutes} must divide the 390-minute session", "e.g. 1, 5, 15, 30")
+    start: dt.date = parse_date(args.start, "--start")
+    from parallel_dqn.data.synthetic import SyntheticSpec
+
+    market = generate_market(args.stocks, start, args.days, args.seed, SyntheticSpec(bar_minutes=args.bar_minutes))
+    files = write_market(market, out)
+    roles = ", ".join(f"{s}={r}" for s, r in market.structure["roles"].items())
+    print(f"wrote {len(files)} files for {len(args.stocks)} stocks x {args.days} days to {out} ({roles})")
+    return 0
+
+
+def print_results(result: dict[str, Any], output: str) -> None:
+    """The results table: agent vs baselines (and the oracle) on the evaluation period."""
+    rows = []
+    if result.get("eval"):
+        rows.append(("agent (DQN + meta-policy)", result["eval"]))
+    rows += [(name, m) for name, m in (result.get("baselines") or {}).items()]
+    if result.get("oracle"):
+        rows.append(("oracle (planted signal)", result["oracle"]))
+    if rows:
+        print(f"\nEvaluation {' .. '.join(result.get('period', []))}")
+        print(f"{'strategy':28s} {'total return':>12s} {'sharpe':>8s} {'sortino':>8s} {'max dd':>8s} {'turnover':>9s}")
+        for name, m in rows:
+            print(
+                f"{name:28s} {m['total_return']:12.4f} {m['sharpe']:8.2f} {m['sortino']:8.2f} "
+                f"{m['max_drawdown']:8.4f} {m.get('turnover', 0.0):9.4f}"
+            )
+    print(f"\nresults: {Path(output) / 'metrics.json'}  model: {Path(output) / 'trained_model.pth'}")
+    print(f"plots:   {Path(output) / 'equity_eval.png'}  {Path(output) / 'attention.png'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data}
+    try:
+        return handlers[args.command](args)
+    except UserError as exc:
+        print(f"parallel-dqn: error: {exc.line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("parallel-dqn: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,200 @@
+"""Rank 0: the parameter server.
+
+It holds the global Q-network (with its cross-stock attention module) and the
+target network, the one optimizer, and the portfolio meta-policy. It never
+touches MPI: a transport delivers messages to its ``on_*`` methods and asks it
+for parameters. Gradients are applied as they arrive (asynchronous), dropping
+and counting those computed on parameters more than ``staleness_bound``
+versions old, or, with ``--sync``, once one has come from every worker, as
+their mean in worker order (deterministic for a seed and worker count).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from parallel_dqn.config import Config
+from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
+from parallel_dqn.evaluation.episode import EpisodeBook
+from parallel_dqn.model.flat import get_flat_params, set_flat_grads
+from parallel_dqn.model.meta_policy import MetaPolicy
+from parallel_dqn.model.qnet import QNetwork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GradientCounters:
+    """Every gradient message is either applied or dropped: sent = applied + dropped."""
+
+    received: int = 0
+    applied: int = 0
+    dropped_stale: int = 0
+    staleness_sum: int = 0
+    loss_sum: float = 0.0
+    q_sum: float = 0.0
+    per_worker: dict[int, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        n = max(self.received, 1)
+        return {
+            "gradients_received": self.received,
+            "gradients_applied": self.applied,
+            "gradients_dropped_stale": self.dropped_stale,
+            "mean_staleness": self.staleness_sum / n,
+        }
+
+
+EpisodeHandler = Callable[["ParameterServer", int, str, EpisodeBook, dict], None]
+
+
+class ParameterServer:
+    """Global weights, optimizer, target network, meta-policy, episode books."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        n_workers: int,
+        on_episode: EpisodeHandler,
+        initial_state: dict | None = None,
+        progress: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.n_workers = n_workers
+        self.on_episode = on_episode  # called with each finished episode's book (outputs, meta training)
+        self.initial_state = initial_state  # a saved model's weights (evaluation)
+        self.progress = progress
+        self.loss_ema = float("nan")
+        self.info: SetupInfo | None = None
+        self.qnet: QNetwork | None = None
+        self.meta: MetaPolicy | None = None
+        self.version = 0
+        self.target_version = 0
+        self.counters = GradientCounters()
+        self._pending: dict[int, GradientMessage] = {}
+        self._books: dict[tuple[int, str], EpisodeBook] = {}
+        self._done: dict[tuple[int, str], list[EpisodeDone]] = {}
+        self.attention: np.ndarray | None = None
+        self.loss_window: list[float] = []
+
+    # ---- setup --------------------------------------------------------------------
+    def setup(self, info: SetupInfo) -> None:
+        """Build the networks for this market (from the saved model, if one was given)."""
+        self.info = info
+        state = self.initial_state
+        torch.manual_seed(self.cfg.run.seed)
+        S = len(info.symbols)
+        self.qnet = QNetwork(S, info.n_features, self.cfg.market.window, self.cfg.model)
+        self.meta = MetaPolicy(S, self.cfg.meta)
+        if state is not None:
+            self.qnet.load_state_dict(state["q_state"])
+            self.meta.load_state_dict(state["meta_state"])
+        self.target = copy.deepcopy(self.qnet)
+        self.optimizer = torch.optim.Adam(self.qnet.parameters(), lr=self.cfg.dqn.lr)
+        self._online_flat = get_flat_params(self.qnet)
+        self._target_flat = self._online_flat.copy()
+        if self.progress is not None:
+            train, evaluation = info.train_rows, info.eval_rows
+            self.progress.set_total(info.episodes * max(train[1] - train[0] - 1, 0) + max(evaluation[1] - evaluation[0] - 1, 0))
+
+    # ---- gradients and parameters -------------------------------------------------
+    def on_gradient(self, msg: GradientMessage) -> None:
+        c = self.counters
+        c.received += 1
+        c.per_worker[msg.worker] = c.per_worker.get(msg.worker, 0) + 1
+        c.loss_sum += msg.loss
+        c.q_sum += msg.q_mean
+        self.loss_window.append(msg.loss)
+        self.loss_ema = msg.loss if self.loss_ema != self.loss_ema else 0.98 * self.loss_ema + 0.02 * msg.loss
+        if self.cfg.dist.sync:
+            if msg.worker in self._pending:
+                raise RuntimeError(f"worker {msg.worker} sent two gradients in one sync round")
+            self._pending[msg.worker] = msg
+            if len(self._pending) == self.n_workers:
+                grads = [self._pending[w].grad for w in sorted(self._pending)]
+                self._pending.clear()
+                self._apply(np.mean(np.stack(grads), axis=0))
+                c.applied += self.n_workers
+            return
+        staleness = self.version - msg.version
+        c.staleness_sum += staleness
+        if staleness > self.cfg.dist.staleness_bound:
+            c.dropped_stale += 1
+            return
+        self._apply(msg.grad)
+        c.applied += 1
+
+    def _apply(self, grad: np.ndarray) -> None:
+        assert self.qnet is not None
+        set_flat_grads(self.qnet, grad)
+        self.optimizer.step()
+        self.version += 1
+        self._online_flat = get_flat_params(self.qnet)
+        if self.version % self.cfg.dqn.target_update == 0:
+            self.target.load_state_dict(self.qnet.state_dict())
+            self._target_flat = self._online_flat.copy()
+            self.target_version = self.version
+
+    def params_ready(self, min_version: int) -> bool:
+        """Whether a pull that needs ``min_version`` can be answered now."""
+        return self.version >= min_version
+
+    def params(self) -> ParamsMessage:
+        return ParamsMessage(self.version, self.target_version, self._online_flat, self._target_flat)
+
+    # ---- decision records and episodes --------------------------------------------
+    def on_decisions(self, block: DecisionBlock) -> None:
+        self._book(block.episode, block.phase).add(block)
+        if self.progress is not None and block.worker == 0:
+            self.progress.advance(len(np.unique(block.t)), block.epsilon, self.loss_ema)
+
+    def _book(self, episode: int, phase: str) -> EpisodeBook:
+        key = (episode, phase)
+        if key not in self._books:
+            assert self.info is not None
+            start, stop = self.info.train_rows if phase == "train" else self.info.eval_rows
+            self._books[key] = EpisodeBook(start, stop - 1, len(self.info.symbols))
+        return self._books[key]
+
+    def on_episode_done(self, msg: EpisodeDone) -> None:
+        key = (msg.episode, msg.phase)
+        self._done.setdefault(key, []).append(msg)
+        if len(self._done[key]) < self.n_workers:
+            return
+        dones = self._done.pop(key)
+        book = self._book(*key)
+        del self._books[key]
+        missing = book.missing()
+        if missing:
+            raise RuntimeError(f"episode {key}: {missing} decision records never arrived")
+        if msg.phase == "eval":
+            self.attention = self._gather_attention(dones)
+        summary = {"steps": sum(d.steps for d in dones), **self.counters.as_dict()}
+        self.on_episode(self, msg.episode, msg.phase, book, summary)
+
+    def _gather_attention(self, dones: list[EpisodeDone]) -> np.ndarray | None:
+        assert self.info is not None
+        S = len(self.info.symbols)
+        if any(d.attention is None for d in dones):
+            return None
+        att = np.zeros((S, S))
+        for d in dones:
+            att[d.stocks] = d.attention
+        return att
+
+    def recent_loss(self) -> float:
+        """Mean loss of the gradients received since the last call (NaN if none)."""
+        value = float(np.mean(self.loss_window)) if self.loss_window else float("nan")
+        self.loss_window.clear()
+        return value
+
+    def state(self) -> dict:
+        """What a saved model needs from the server."""
+        assert self.qnet is not None and self.meta is not None
+        return {"q_state": self.qnet.state_dict(), "meta_state": self.meta.state_dict(), "version": self.version}

@@ -1,0 +1,187 @@
+"""Ranks 1..N: a worker acting and learning for its shard of stocks.
+
+A worker steps all of its stocks together on the shared market clock (one
+batched forward pass per step), keeps its own replay buffer of *indices* into
+the cross-section, computes double-DQN gradients on its local copy of the
+parameters and pushes them to the parameter server; it pulls fresh parameters
+every ``pull_every`` gradient steps. It talks only to a transport, never to MPI.
+
+A driver calls, for every clock step and in this order, :meth:`sync_params`,
+:meth:`act`, :meth:`learn`; under ``--sync`` the pull at the start of a step
+waits for the round the worker pushed at the end of the previous one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from parallel_dqn.config import Config
+from parallel_dqn.data.crosssection import CrossSection
+from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage
+from parallel_dqn.dist.transport import Transport
+from parallel_dqn.model.flat import get_flat_grads, set_flat_params
+from parallel_dqn.model.qnet import QNetwork
+from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
+from parallel_dqn.rl.nstep import NStepBuilder
+from parallel_dqn.rl.observations import Observations
+from parallel_dqn.rl.replay import make_replay
+from parallel_dqn.rl.reward import FLAT, POSITIONS, step_reward
+from parallel_dqn.rl.schedules import LinearSchedule
+
+
+class Worker:
+    """One worker: its stocks, its replay, its copy of the networks."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        stocks: list[int],
+        cfg: Config,
+        xs: CrossSection,
+        transport: Transport,
+        reward_scale: float,
+        total_train_steps: int,
+    ) -> None:
+        self.id = worker_id
+        self.cfg = cfg
+        self.xs = xs
+        self.transport = transport
+        self.reward_scale = reward_scale
+        self.stocks = np.asarray(stocks, dtype=np.int64)
+        self.rng = np.random.default_rng([cfg.run.seed, worker_id])
+        S, F = xs.n_stocks, xs.features.shape[2]
+        torch.manual_seed(cfg.run.seed * 1000 + worker_id)
+        self.net = QNetwork(S, F, cfg.market.window, cfg.model)
+        self.target = QNetwork(S, F, cfg.market.window, cfg.model)
+        for p in (*self.net.parameters(), *self.target.parameters()):
+            p.requires_grad_(False)
+        for p in self.net.parameters():
+            p.requires_grad_(True)
+        self.obs = Observations(xs, cfg.market.window)
+        q = cfg.dqn
+        self.replay = make_replay(
+            cfg.replay.capacity, cfg.replay.prioritized, cfg.replay.alpha, cfg.replay.beta_start, self.rng
+        )
+        self.epsilon = LinearSchedule(q.eps_start, q.eps_end, max(1, int(q.eps_fraction * total_train_steps)))
+        self.beta = LinearSchedule(cfg.replay.beta_start, 1.0, max(1, total_train_steps))
+        self.select = torch.from_numpy(self.stocks)[None, :]
+        self.version = -1
+        self.train_steps = 0  # clock steps acted in training, over all episodes
+        self.grad_steps = 0
+        self.grads_since_pull = 0
+        self.attention_sum = np.zeros((len(self.stocks), S))
+
+    # ---- episode ------------------------------------------------------------------
+    def begin_episode(self, episode: int, phase: str, rows: tuple[int, int]) -> None:
+        """Start an episode over clock rows ``[start, stop)``: flat positions, empty n-step tails."""
+        self.episode, self.phase = episode, phase
+        self.training = phase == "train"
+        self.last_t = rows[1] - 2  # the last bar has no next return: no decision there
+        self.position = np.full(len(self.stocks), FLAT, dtype=np.int64)
+        self.nstep = NStepBuilder(self.cfg.dqn.n_step, self.cfg.dqn.gamma, len(self.stocks))
+        self.steps = 0
+        self.attention_sum[:] = 0.0
+        self._records: list[tuple] = []
+        self.sync_params(force=True)
+
+    def sync_params(self, force: bool = False) -> None:
+        """Pull parameters when due; under ``--sync``, those of the round just pushed."""
+        if not force and self.grads_since_pull < self.cfg.dist.pull_every:
+            return
+        min_version = self.grad_steps if self.cfg.dist.sync else 0
+        msg = self.transport.pull_params(self.id, min_version)
+        set_flat_params(self.net, msg.online)
+        set_flat_params(self.target, msg.target)
+        self.version = msg.version
+        self.grads_since_pull = 0
+
+    def act(self, t: int) -> None:
+        """Choose positions for all own stocks at bar ``t`` and record the outcome."""
+        tt = torch.tensor([t])
+        with torch.no_grad():
+            q, att = self.net(self.obs.windows(tt), self.obs.graphs(tt), self.select, torch.from_numpy(self.position)[None])
+        q = q[0].numpy()
+        actions = q.argmax(axis=1)
+        eps = self.epsilon(self.train_steps) if self.training else 0.0
+        if self.training:
+            explore = self.rng.random(len(actions)) < eps
+            actions = np.where(explore, self.rng.integers(0, 3, len(actions)), actions)
+        frozen = ~self.xs.tradeable[t, self.stocks]
+        actions = np.where(frozen, self.position, actions)
+        raw = step_reward(
+            POSITIONS[self.position], POSITIONS[actions], self.xs.log_returns[t + 1, self.stocks], self.cfg.market.cost_bps
+        )
+        done = t >= self.last_t
+        if self.training:
+            batch = self.nstep.push(t, self.stocks, self.position, actions, raw * self.reward_scale, done)
+            if len(batch.t):
+                self.replay.add(batch)
+            self.train_steps += 1
+        elif att is not None:
+            self.attention_sum += att[0].mean(dim=0).numpy()
+        self._records.append((t, q, actions, raw, eps))
+        self.position = actions
+        self.steps += 1
+        if len(self._records) >= self.cfg.dist.record_block or done:
+            self._flush_records()
+
+    def learn(self) -> None:
+        """Compute and push one gradient when due (training only)."""
+        q = self.cfg.dqn
+        if not self.training or self.train_steps < q.learning_starts or self.train_steps % q.train_freq:
+            return
+        if len(self.replay) < q.batch_size:
+            return
+        self.replay.beta = self.beta(self.train_steps)
+        s = self.replay.sample(q.batch_size)
+        B = q.batch_size
+        t = torch.from_numpy(np.concatenate([s.t, s.next_t]).astype(np.int64))
+        sel = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64))[:, None]
+        pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64))[:, None]
+        windows, graphs = self.obs.windows(t), self.obs.graphs(t)
+        self.net.zero_grad(set_to_none=True)
+        q_all, _ = self.net(windows, graphs, sel, pos)
+        q_all = q_all[:, 0]
+        with torch.no_grad():
+            q_next_target, _ = self.target(windows[B:], graphs[B:], sel[B:], pos[B:])
+        actions = torch.from_numpy(s.action.astype(np.int64))[:, None]
+        q_taken = q_all[:B].gather(1, actions)[:, 0]
+        targets = double_dqn_targets(
+            q_all[B:].detach(), q_next_target[:, 0], torch.from_numpy(s.reward), torch.from_numpy(s.discount)
+        )
+        loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights), q.huber_delta)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), q.grad_clip)
+        self.replay.update_priorities(s.indices, td.numpy())
+        msg = GradientMessage(self.id, self.version, get_flat_grads(self.net), float(loss.detach()), float(q_taken.detach().mean()))
+        self.transport.push_gradient(msg)
+        self.grad_steps += 1
+        self.grads_since_pull += 1
+
+    def end_episode(self) -> None:
+        """Send the last records and the episode summary."""
+        self._flush_records()
+        attention = self.attention_sum / max(self.steps, 1) if self.phase == "eval" and self.net.attention else None
+        self.transport.episode_done(
+            EpisodeDone(self.id, self.episode, self.phase, self.steps, attention, self.stocks.copy())
+        )
+
+    def _flush_records(self) -> None:
+        if not self._records:
+            return
+        k = len(self.stocks)
+        ts = np.array([r[0] for r in self._records], dtype=np.int64)
+        block = DecisionBlock(
+            worker=self.id,
+            episode=self.episode,
+            phase=self.phase,
+            t=np.repeat(ts, k),
+            stock=np.tile(self.stocks, len(ts)),
+            q=np.concatenate([r[1] for r in self._records]).astype(np.float32),
+            action=np.concatenate([r[2] for r in self._records]).astype(np.int64),
+            reward=np.concatenate([r[3] for r in self._records]).astype(np.float64),
+            epsilon=float(self._records[-1][4]),
+        )
+        self._records.clear()
+        self.transport.send_decisions(block)

@@ -1,0 +1,27 @@
+"""Logging set-up: human lines on stderr, the same lines in the run's log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(log_file: Path | None, level: int = logging.INFO, console: bool = True) -> None:
+    """Configure the root logger for this process (idempotent)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+    if console:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(h)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        f = logging.FileHandler(log_file)
+        f.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(f)

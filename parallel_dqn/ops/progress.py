@@ -1,0 +1,51 @@
+"""The run's progress bar (rank 0 only): episode, clock steps/s, epsilon, loss.
+
+A thin wrapper over tqdm so the server reports progress without knowing about
+terminals; it is silent when stderr is not a terminal or ``run.progress`` is off.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+
+class Progress:
+    """One bar over all clock steps of the run (training episodes, then the evaluation)."""
+
+    def __init__(self, total_steps: int, enabled: bool = True) -> None:
+        self.bar = tqdm(
+            total=total_steps,
+            unit="step",
+            disable=not (enabled and sys.stderr.isatty()),
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
+        self.episode = "1"
+        self.loss = math.nan
+
+    def set_total(self, total_steps: int) -> None:
+        self.bar.reset(total=total_steps)
+
+    def advance(self, steps: int, epsilon: float, loss: float) -> None:
+        """Worker 0 acted ``steps`` more clock steps."""
+        if not math.isnan(loss):
+            self.loss = loss
+        self.bar.set_postfix(ep=self.episode, eps=f"{epsilon:.3f}", loss=f"{self.loss:.4f}", refresh=False)
+        self.bar.update(steps)
+
+    def episode_finished(self, line: dict[str, Any]) -> None:
+        nxt = line["episode"] + 1 if line["phase"] == "train" else line["episode"]
+        self.episode = str(nxt)
+        if self.bar.disable:
+            return
+        self.bar.write(
+            f"{line['phase']} episode {line['episode']}: reward {line['total_reward']:.4f} "
+            f"return {line['total_return']:.4f} sharpe {line['sharpe']:.2f}"
+        )
+
+    def close(self) -> None:
+        self.bar.close()
