@@ -33,7 +33,12 @@ RUN_FILES = ("trained_model.pth", "metrics.json", "metrics.jsonl")
 
 
 def prepare_output(output: Path, overwrite: bool) -> None:
-    """Create the output folder; refuse to mix a new run into an old one unless told to."""
+    """Create the output folder; refuse to mix a new run into an old one unless told to.
+
+    Nothing of an earlier run is removed here: with ``--overwrite`` its files are
+    replaced one by one as the new run writes them, so a run that fails on bad
+    input leaves the earlier results as they were.
+    """
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file", "give a folder path")
     old = [name for name in RUN_FILES if (output / name).exists()]
@@ -42,9 +47,6 @@ def prepare_output(output: Path, overwrite: bool) -> None:
             f"--output {output} already holds a run ({old[0]})", "choose another --output, or pass --overwrite"
         )
     output.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for path in [*(output / n for n in RUN_FILES), *output.glob("portfolio_ep*.csv"), output / "portfolio_eval.csv"]:
-            path.unlink(missing_ok=True)
 
 
 def train(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
@@ -79,8 +81,8 @@ def _run_single(cfg: Config, plan: RunPlan, store, output: Path, initial_state: 
     """Server and every worker in this process, through the in-process transport."""
     setup_logging(output / "run.log")
     torch.set_num_threads(cfg.run.threads)
-    cfg.write(output / "config.toml")
-    log.info(
+    log.debug("resolved config:\n%s", cfg.to_toml())
+    log.debug(
         "single-process run: %d stocks, %d workers, train %s..%s, eval %s..%s, %d episodes -> %s",
         len(plan.symbols), len(plan.shards), plan.train_start, plan.train_end, plan.eval_start, plan.eval_end,
         plan.episodes, output,
@@ -93,6 +95,12 @@ def _run_single(cfg: Config, plan: RunPlan, store, output: Path, initial_state: 
     started = time.perf_counter()
     try:
         run_workers(shards, plan, store, transport, cfg)
+    except UserError as exc:
+        log.debug("stopped: %s", exc.line())  # the file records why; the CLI prints the line once
+        raise
+    except BaseException:
+        log.debug("failed", exc_info=True)
+        raise
     finally:
         progress.close()
     result = recorder.finish(server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"})

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "seed", type=int, default=0)
     _flag(g, "bar_minutes", type=int, default=1, help="bar length in minutes")
     _flag(g, "overwrite", action="store_true", help="replace an existing market in --output")
+    v = dsub.add_parser("validate", help="check every file of a data source and list all problems")
+    v.add_argument("source", help="data folder (or local:DIR)")
+    _flag(v, "stocks", nargs="+", default=None, help="only these stocks")
     return p
 
 
@@ -124,15 +127,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     cfg.validate()
     if cfg.dist.mode == "parallel":
-        from parallel_dqn.dist.mpi_app import train_parallel
+        raise UserError("--mode parallel (MPI) is not in this version yet", "use --mode single --workers N")
+    from parallel_dqn.app import train
 
-        result = train_parallel(cfg, overwrite=args.overwrite)
-    else:
-        from parallel_dqn.app import train
-
-        result = train(cfg, overwrite=args.overwrite)
-    if result is not None:
-        print_results(result, cfg.run.output)
+    print_results(train(cfg, overwrite=args.overwrite), cfg.run.output)
     return 0
 
 
@@ -148,7 +146,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "generate":
         return _generate(args)
+    if args.data_command == "validate":
+        return _validate(args)
     raise UserError(f"unknown data command {args.data_command}")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from parallel_dqn.data.audit import audit_store
+    from parallel_dqn.data.store import open_store
+
+    report = audit_store(open_store(args.source), args.stocks)
+    for problem in report.problems:
+        print(problem.line())
+    status = f"{len(report.problems)} problems" if report.problems else "no problems"
+    print(f"checked {report.files} files of {report.symbols} stocks: {status}", file=sys.stderr)
+    return 1 if report.problems else 0
 
 
 def _generate(args: argparse.Namespace) -> int:

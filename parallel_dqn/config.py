@@ -63,8 +63,9 @@ class DQNConfig:
     gamma: float = 0.5
     n_step: int = 1
     lr: float = 5e-4
-    batch_size: int = 64
-    train_freq: int = 4  # clock steps between gradient computations on a worker
+    weight_decay: float = 0.0  # AdamW decoupled weight decay at the server
+    batch_size: int = 32
+    train_freq: int = 8  # clock steps between gradient computations on a worker
     learning_starts: int = 500  # clock steps before the first gradient
     target_update: int = 250  # server versions between target-network copies
     grad_clip: float = 10.0

@@ -62,6 +62,15 @@ def available_days(store: Store, symbols: tuple[str, ...]) -> list[dt.date]:
     return sorted(days)
 
 
+def require_days(days: list[dt.date], lo: dt.date, hi: dt.date, lo_flag: str, hi_flag: str) -> None:
+    """UserError unless some day in ``days`` lies in ``[lo, hi]``."""
+    if not any(lo <= x <= hi for x in days):
+        raise UserError(
+            f"no data between {lo_flag} {lo} and {hi_flag} {hi}",
+            f"the data covers {days[0]} to {days[-1]}" if days else "the store is empty",
+        )
+
+
 def resolve_symbols(store: Store, requested: list[str]) -> tuple[str, ...]:
     """The requested stocks in the order given, or every stock in the store."""
     known = store.list_symbols()
@@ -106,17 +115,9 @@ def plan_training(cfg: Config, store: Store, structure: dict | None = None) -> R
             eval_end = eval_end or later[-1]
     elif eval_end is None:
         eval_end = days[-1]
-    train_days = [x for x in days if start <= x <= end]
-    if not train_days:
-        raise UserError(
-            f"no data between --start_date {start} and --end_date {end}",
-            f"the data covers {days[0]} to {days[-1]}",
-        )
-    if eval_start is not None and not [x for x in days if eval_start <= x <= eval_end]:
-        raise UserError(
-            f"no data between --eval_start {eval_start} and --eval_end {eval_end}",
-            f"the data covers {days[0]} to {days[-1]}",
-        )
+    require_days(days, start, end, "--start_date", "--end_date")
+    if eval_start is not None:
+        require_days(days, eval_start, eval_end, "--eval_start", "--eval_end")
     return RunPlan(
         symbols=symbols,
         shards=shards,
@@ -145,11 +146,7 @@ def plan_evaluation(
     eval_start, eval_end = parse_date(d.eval_start, "--eval_start"), parse_date(d.eval_end, "--eval_end")
     resolve_symbols(store, list(symbols))
     days = available_days(store, symbols)
-    if not [x for x in days if eval_start <= x <= eval_end]:
-        raise UserError(
-            f"no data between --eval_start {eval_start} and --eval_end {eval_end}",
-            f"the data covers {days[0]} to {days[-1]}" if days else "the store is empty",
-        )
+    require_days(days, eval_start, eval_end, "--eval_start", "--eval_end")
     warmup_bars = MAX_LOOKBACK + cfg.market.graph_window + cfg.market.window + 1
     warmup_days = math.ceil(warmup_bars / max(saved["bars_per_day"], 1.0)) + 1
     before = [x for x in days if x < eval_start]

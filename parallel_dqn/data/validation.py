@@ -144,7 +144,7 @@ def read_bars(path: Path, source: str, data_spec: str = "DIR") -> pd.DataFrame:
         raw = pq.read_table(path).to_pandas()
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
         raise UserError(
-            f"{source}: cannot read parquet file: {_short_reason(exc)}", "re-download or regenerate it"
+            f"{source}: cannot read parquet file: {short_reason(exc)}", "re-download or regenerate it"
         ) from exc
     problems = validate_bars(raw, source)
     if problems:
@@ -152,7 +152,7 @@ def read_bars(path: Path, source: str, data_spec: str = "DIR") -> pd.DataFrame:
     return to_bar_frame(raw)
 
 
-def _short_reason(exc: Exception) -> str:
+def short_reason(exc: Exception) -> str:
     """The reader's reason on one short line, without the file name it repeats."""
     if isinstance(exc, FileNotFoundError):
         return "no such file"

@@ -45,7 +45,7 @@ def build_cross_section(
     for shard in shards:
         names = [plan.symbols[i] for i in shard.stocks]
         frames[shard.worker_id] = load_bars(store, names, plan.load_start, plan.load_end)
-        log.info("worker %d loads %s", shard.worker_id, " ".join(names))
+        log.debug("worker %d loads %s", shard.worker_id, " ".join(names))
     local_clocks = [
         np.unique(np.concatenate([f.index.to_numpy("datetime64[ns]") for f in frames[s.worker_id].values()]))
         for s in shards

@@ -96,7 +96,7 @@ class ParameterServer:
             self.qnet.load_state_dict(state["q_state"])
             self.meta.load_state_dict(state["meta_state"])
         self.target = copy.deepcopy(self.qnet)
-        self.optimizer = torch.optim.Adam(self.qnet.parameters(), lr=self.cfg.dqn.lr)
+        self.optimizer = torch.optim.AdamW(self.qnet.parameters(), lr=self.cfg.dqn.lr, weight_decay=self.cfg.dqn.weight_decay)
         self._online_flat = get_flat_params(self.qnet)
         self._target_flat = self._online_flat.copy()
         if self.progress is not None:

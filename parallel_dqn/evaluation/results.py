@@ -46,6 +46,7 @@ class RunRecorder:
         self.eval: dict[str, Any] | None = None
         self.eval_curves: dict[str, np.ndarray] = {}
         self.eval_timestamps: np.ndarray | None = None
+        self._jsonl_started = False
 
     # ---- per episode --------------------------------------------------------------
     def on_episode(self, server: Any, episode: int, phase: str, book: EpisodeBook, summary: dict) -> None:
@@ -153,6 +154,13 @@ class RunRecorder:
             **(extra or {}),
         }
         _write_json(out / "metrics.json", result)
+        tmp = out / "config.toml.tmp"
+        self.cfg.write(tmp)
+        os.replace(tmp, out / "config.toml")
+        for stale in out.glob("portfolio_ep*.csv"):  # from an earlier, longer run in this folder
+            number = stale.stem.removeprefix("portfolio_ep")
+            if number.isdigit() and int(number) > len(self.curve):
+                stale.unlink()
         self._plots(info, attention)
         return result
 
@@ -173,7 +181,9 @@ class RunRecorder:
         os.replace(tmp, self.output / name)
 
     def _append_jsonl(self, line: dict[str, Any]) -> None:
-        with open(self.output / "metrics.jsonl", "a") as f:
+        mode = "a" if self._jsonl_started else "w"  # a new run starts the file afresh
+        self._jsonl_started = True
+        with open(self.output / "metrics.jsonl", mode) as f:
             f.write(json.dumps(_jsonable(line)) + "\n")
 
 

@@ -9,6 +9,7 @@ reward scale, and the mean attention matrix of the evaluation.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,12 @@ def load_model(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"model file {p} does not exist", "pass the trained_model.pth of a training run's --output")
+    if not zipfile.is_zipfile(p):
+        raise UserError(f"{p} is not a model file (not a PyTorch archive)", "pass the trained_model.pth written by `train`")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise UserError(f"{p} is not a readable model file ({reason})", "retrain or copy the file again") from None
+    except Exception:  # torch raises many types for a damaged archive
+        raise UserError(f"{p} is damaged: it cannot be read as a model file", "retrain or copy the file again") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{p} is not a parallel-dqn model file", "pass the trained_model.pth written by `train`")
     return payload

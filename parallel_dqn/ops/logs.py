@@ -10,14 +10,16 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(log_file: Path | None, level: int = logging.INFO, console: bool = True) -> None:
-    """Configure the root logger for this process (idempotent)."""
+    """Configure the root logger for this process (idempotent); DEBUG lines reach the file only."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     root.setLevel(level)
+    logging.getLogger("parallel_dqn").setLevel(logging.DEBUG)  # details go to the file only
     if console:
         h = logging.StreamHandler(sys.stderr)
+        h.setLevel(level)
         h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         root.addHandler(h)
     if log_file is not None:
