@@ -95,6 +95,7 @@ class DistConfig:
     staleness_bound: int = 8  # async: drop gradients computed on params older than this
     pull_every: int = 1  # gradient steps between parameter pulls
     record_block: int = 256  # clock steps per block of decision records sent to rank 0
+    timeout: float = 600.0  # seconds a rank waits for another before it aborts the job (MPI)
 
 
 @dataclass
@@ -217,6 +218,7 @@ class Config:
         _check(self.dist.mode in ("single", "parallel"), "--mode must be 'single' or 'parallel'")
         _check(self.dist.workers >= 0, "--workers must be >= 0 (0: one per stock)")
         _check(self.dist.staleness_bound >= 0 and self.dist.pull_every >= 1, "bad dist.staleness_bound / pull_every")
+        _check(self.dist.timeout > 0 and self.dist.record_block >= 1, "dist.timeout and dist.record_block must be > 0")
         _check(0.0 < self.meta.max_weight <= 1.0, "meta.max_weight must be in (0, 1]")
         _check(self.run.threads >= 1, "run.threads must be >= 1")
         return self

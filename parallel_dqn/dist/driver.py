@@ -65,14 +65,17 @@ def build_cross_section(
         else:
             raw = raw_features(panel, session)
             stats = FeatureStats.fit(raw[slice(*train_rows)], session)
-        contributions.append((np.asarray(shard.stocks), local_rows(panel, stats), stats.mean, stats.std))
-    parts = transport.allgather(contributions)
+        contributions.append((np.asarray(shard.stocks), stats.mean, stats.std, local_rows(panel, stats)))
+    meta = transport.allgather([c[:3] for c in contributions])
+    rows = transport.allgather_rows([c[3] for c in contributions])
     stamps = graph_stamps(clock, stride=max(1, cfg.market.graph_window // 8))
-    xs = CrossSection.assemble(plan.symbols, clock, [(p[0], p[1]) for p in parts], cfg.market.graph_window, stamps)
+    xs = CrossSection.assemble(
+        plan.symbols, clock, [(m[0], r) for m, r in zip(meta, rows)], cfg.market.graph_window, stamps
+    )
     S = len(plan.symbols)
-    mean = np.zeros((S, parts[0][2].shape[1]))
+    mean = np.zeros((S, meta[0][1].shape[1]))
     std = np.ones_like(mean)
-    for stocks, _, m, s in parts:
+    for stocks, m, s in meta:
         mean[stocks], std[stocks] = m, s
     return xs, FeatureStats(mean, std, session)
 
@@ -127,7 +130,7 @@ def run_workers(
         run_episode(workers, episode, "train", train_rows)
     if eval_rows[1] - eval_rows[0] >= 2:
         run_episode(workers, 0, "eval", eval_rows)
-    transport.close()
+    transport.close({"gradients_sent": sum(w.grad_steps for w in workers)})
 
 
 def run_episode(workers: list[Worker], episode: int, phase: str, rows: tuple[int, int]) -> None:

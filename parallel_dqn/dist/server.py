@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,8 +33,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GradientCounters:
-    """Every gradient message is either applied or dropped: sent = applied + dropped."""
+    """Every gradient message is either applied or dropped: sent = received = applied + dropped."""
 
+    sent: int = 0  # as counted by the workers, reported when they stop
     received: int = 0
     applied: int = 0
     dropped_stale: int = 0
@@ -44,6 +47,7 @@ class GradientCounters:
     def as_dict(self) -> dict[str, float]:
         n = max(self.received, 1)
         return {
+            "gradients_sent": self.sent,
             "gradients_received": self.received,
             "gradients_applied": self.applied,
             "gradients_dropped_stale": self.dropped_stale,
@@ -77,7 +81,7 @@ class ParameterServer:
         self.version = 0
         self.target_version = 0
         self.counters = GradientCounters()
-        self._pending: dict[int, GradientMessage] = {}
+        self._pending: dict[int, deque[GradientMessage]] = {}
         self._books: dict[tuple[int, str], EpisodeBook] = {}
         self._done: dict[tuple[int, str], list[EpisodeDone]] = {}
         self.attention: np.ndarray | None = None
@@ -87,6 +91,7 @@ class ParameterServer:
     def setup(self, info: SetupInfo) -> None:
         """Build the networks for this market (from the saved model, if one was given)."""
         self.info = info
+        self.setup_time = time.perf_counter()  # the market is loaded; episodes start now
         state = self.initial_state
         torch.manual_seed(self.cfg.run.seed)
         S = len(info.symbols)
@@ -113,12 +118,9 @@ class ParameterServer:
         self.loss_window.append(msg.loss)
         self.loss_ema = msg.loss if self.loss_ema != self.loss_ema else 0.98 * self.loss_ema + 0.02 * msg.loss
         if self.cfg.dist.sync:
-            if msg.worker in self._pending:
-                raise RuntimeError(f"worker {msg.worker} sent two gradients in one sync round")
-            self._pending[msg.worker] = msg
-            if len(self._pending) == self.n_workers:
-                grads = [self._pending[w].grad for w in sorted(self._pending)]
-                self._pending.clear()
+            self._pending.setdefault(msg.worker, deque()).append(msg)
+            while len(self._pending) == self.n_workers and all(self._pending.values()):
+                grads = [self._pending[w].popleft().grad for w in sorted(self._pending)]
                 self._apply(np.mean(np.stack(grads), axis=0))
                 c.applied += self.n_workers
             return
@@ -142,8 +144,8 @@ class ParameterServer:
             self.target_version = self.version
 
     def params_ready(self, min_version: int) -> bool:
-        """Whether a pull that needs ``min_version`` can be answered now."""
-        return self.version >= min_version
+        """Whether a pull that needs ``min_version`` can be answered now (never before the set-up)."""
+        return self.qnet is not None and self.version >= min_version
 
     def params(self) -> ParamsMessage:
         return ParamsMessage(self.version, self.target_version, self._online_flat, self._target_flat)
@@ -151,8 +153,17 @@ class ParameterServer:
     # ---- decision records and episodes --------------------------------------------
     def on_decisions(self, block: DecisionBlock) -> None:
         self._book(block.episode, block.phase).add(block)
-        if self.progress is not None and block.worker == 0:
-            self.progress.advance(len(np.unique(block.t)), block.epsilon, self.loss_ema)
+        if self.progress is not None:
+            c = self.counters
+            self.progress.advance(
+                clock_steps=len(np.unique(block.t)) if block.worker == 0 else 0,
+                transitions=len(block.t),
+                epsilon=block.epsilon,
+                loss=self.loss_ema,
+                applied=c.applied,
+                dropped=c.dropped_stale,
+                staleness=c.staleness_sum / max(c.received, 1),
+            )
 
     def _book(self, episode: int, phase: str) -> EpisodeBook:
         key = (episode, phase)
@@ -187,6 +198,10 @@ class ParameterServer:
         for d in dones:
             att[d.stocks] = d.attention
         return att
+
+    def on_workers_stopped(self, summary: dict[str, int]) -> None:
+        """Workers finished; count what they say they sent, to check nothing was lost."""
+        self.counters.sent += int(summary.get("gradients_sent", 0))
 
     def recent_loss(self) -> float:
         """Mean loss of the gradients received since the last call (NaN if none)."""

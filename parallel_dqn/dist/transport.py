@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
 
+import numpy as np
+
 from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
 from parallel_dqn.dist.server import ParameterServer
 
@@ -20,6 +22,9 @@ class Transport(Protocol):
 
     def allgather(self, parts: Sequence[Any]) -> list[Any]:
         """Contributions of the workers hosted here -> every worker's, in worker order."""
+
+    def allgather_rows(self, parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Like :meth:`allgather` for the big ``[T, k, W]`` float64 feature rows (sent in blocks of time)."""
 
     def send_setup(self, info: SetupInfo) -> None:
         """Worker 0 tells the server about the market (once, before the first episode)."""
@@ -36,8 +41,8 @@ class Transport(Protocol):
     def episode_done(self, msg: EpisodeDone) -> None:
         """A worker finished an episode."""
 
-    def close(self) -> None:
-        """No more messages from the workers hosted here."""
+    def close(self, summary: dict[str, int]) -> None:
+        """No more messages from the workers hosted here; ``summary`` counts what they sent."""
 
 
 class InProcessTransport:
@@ -51,6 +56,9 @@ class InProcessTransport:
         self.server = server
 
     def allgather(self, parts: Sequence[Any]) -> list[Any]:
+        return list(parts)
+
+    def allgather_rows(self, parts: Sequence[np.ndarray]) -> list[np.ndarray]:
         return list(parts)
 
     def send_setup(self, info: SetupInfo) -> None:
@@ -70,5 +78,5 @@ class InProcessTransport:
     def episode_done(self, msg: EpisodeDone) -> None:
         self.server.on_episode_done(msg)
 
-    def close(self) -> None:
-        pass
+    def close(self, summary: dict[str, int]) -> None:
+        self.server.on_workers_stopped(summary)

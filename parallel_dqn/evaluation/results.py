@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ class RunRecorder:
             rewards=pf.rewards.sum(axis=1), log_returns=r_ext,
         )
         line: dict[str, Any] = {"phase": phase, "episode": episode, **_round(metrics), **summary}
+        line["elapsed_s"] = round(time.perf_counter() - server.setup_time, 3)  # since the market was loaded
         if phase == "train":
             line["epsilon"] = book.epsilon
             line["loss"] = server.recent_loss()

@@ -1,4 +1,5 @@
-"""The run's progress bar (rank 0 only): episode, clock steps/s, epsilon, loss.
+"""The run's progress bar (rank 0 only): episode, clock steps/s, transitions/s, gradient applies/s,
+mean staleness, dropped gradients, epsilon, loss.
 
 A thin wrapper over tqdm so the server reports progress without knowing about
 terminals; it is silent when stderr is not a terminal or ``run.progress`` is off.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import Any
 
 from tqdm import tqdm
@@ -26,16 +28,39 @@ class Progress:
         )
         self.episode = "1"
         self.loss = math.nan
+        self.transitions = 0
+        self.started = time.monotonic()
 
     def set_total(self, total_steps: int) -> None:
         self.bar.reset(total=total_steps)
 
-    def advance(self, steps: int, epsilon: float, loss: float) -> None:
-        """Worker 0 acted ``steps`` more clock steps."""
+    def advance(
+        self,
+        clock_steps: int,
+        transitions: int,
+        epsilon: float,
+        loss: float,
+        applied: int,
+        dropped: int,
+        staleness: float,
+    ) -> None:
+        """Worker 0 acted ``clock_steps`` more steps; all workers ``transitions`` more decisions."""
         if not math.isnan(loss):
             self.loss = loss
-        self.bar.set_postfix(ep=self.episode, eps=f"{epsilon:.3f}", loss=f"{self.loss:.4f}", refresh=False)
-        self.bar.update(steps)
+        self.transitions += transitions
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-9)
+        self.bar.set_postfix(
+            ep=self.episode,
+            eps=f"{epsilon:.3f}",
+            loss=f"{self.loss:.4f}",
+            trans_s=f"{self.transitions / elapsed:.0f}",
+            applies_s=f"{applied / elapsed:.1f}",
+            stale=f"{staleness:.1f}",
+            dropped=dropped,
+            refresh=False,
+        )
+        self.bar.update(clock_steps)
 
     def episode_finished(self, line: dict[str, Any]) -> None:
         nxt = line["episode"] + 1 if line["phase"] == "train" else line["episode"]
