@@ -127,10 +127,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     cfg.validate()
     if cfg.dist.mode == "parallel":
-        raise UserError("--mode parallel (MPI) is not in this version yet", "use --mode single --workers N")
-    from parallel_dqn.app import train
+        from parallel_dqn.dist.mpi_run import train_parallel
 
-    print_results(train(cfg, overwrite=args.overwrite), cfg.run.output)
+        result = train_parallel(cfg, overwrite=args.overwrite)
+    else:
+        from parallel_dqn.app import train
+
+        result = train(cfg, overwrite=args.overwrite)
+    if result is not None:  # None on MPI worker ranks: rank 0 reports
+        print_results(result, cfg.run.output)
     return 0
 
 
