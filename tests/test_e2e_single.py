@@ -12,45 +12,12 @@ import torch
 
 from parallel_dqn.app import evaluate, train
 from parallel_dqn.config import Config
-from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
-
-import datetime as dt
-
-STOCKS = ["LEAD", "FOLW", "MOMO"]
+from tests.helpers import make_market, tiny_config, weights
 
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("market")
-    write_market(generate_market(STOCKS, dt.date(2024, 1, 2), 5, seed=11, spec=SyntheticSpec(bar_minutes=5)), out)
-    return out
-
-
-def tiny_config(data: Path, output: Path, **overrides) -> Config:
-    cfg = Config()
-    settings = {
-        "data.data": str(data),
-        "data.stocks": STOCKS,
-        "data.start_date": "2024-01-02",
-        "data.end_date": "2024-01-05",
-        "data.eval_start": "2024-01-08",
-        "data.eval_end": "2024-01-08",
-        "dqn.episodes": 2,
-        "dqn.learning_starts": 40,
-        "dqn.batch_size": 16,
-        "dqn.target_update": 20,
-        "market.graph_window": 40,
-        "run.output": str(output),
-        "run.progress": False,
-        **overrides,
-    }
-    for key, value in settings.items():
-        cfg.set(key, value)
-    return cfg
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path / "trained_model.pth", weights_only=True)["q_state"]
+    return make_market(tmp_path_factory.mktemp("market"))
 
 
 def test_outputs_and_schema(market, tmp_path):
@@ -71,7 +38,7 @@ def test_outputs_and_schema(market, tmp_path):
     curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(c["phase"], c["episode"]) for c in curve] == [("train", 1), ("train", 2), ("eval", 0)]
     c = metrics["counters"]
-    assert c["gradients_received"] == c["gradients_applied"] + c["gradients_dropped_stale"] > 0
+    assert c["gradients_sent"] == c["gradients_received"] == c["gradients_applied"] + c["gradients_dropped_stale"] > 0
     table = pd.read_csv(out / "portfolio_eval.csv")
     assert {"timestamp", "portfolio_value", "weight_FOLW", "position_FOLW"} <= set(table.columns)
     assert (table["gross_exposure"] <= 1 + 1e-9).all()

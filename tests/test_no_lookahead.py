@@ -9,7 +9,6 @@ differ somewhere after t (so the test can fail).
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +20,15 @@ from parallel_dqn.data.align import align
 from parallel_dqn.data.features import correlation_graph, graph_stamps, raw_features
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.store import LocalStore
-from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
-from tests.test_e2e_single import STOCKS, tiny_config
+from tests.helpers import STOCKS, make_market, perturb_after, tiny_config
 
 CUT = pd.Timestamp("2024-01-08 17:00", tz="UTC")  # inside the evaluation day
-
-
-def perturb_after(src: Path, dst: Path, cut: pd.Timestamp, seed: int = 5) -> None:
-    """Copy a market, replacing every bar after ``cut`` with a different valid bar."""
-    shutil.copytree(src, dst)
-    rng = np.random.default_rng(seed)
-    for path in (dst / "stocks_intraday").rglob("*.parquet"):
-        df = pd.read_parquet(path)
-        late = pd.to_datetime(df["timestamp"], utc=True) > cut
-        if not late.any():
-            continue
-        factor = np.exp(rng.normal(0, 0.02, late.sum()))
-        for col in ("open", "high", "low", "close"):
-            df.loc[late, col] = df.loc[late, col] * factor
-        df.loc[late, "volume"] = rng.integers(1, 10_000, late.sum()).astype(float)
-        df.to_parquet(path, index=False)
 
 
 @pytest.fixture(scope="module")
 def markets(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("la")
-    original = base / "original"
-    write_market(generate_market(STOCKS, dt.date(2024, 1, 2), 5, seed=11, spec=SyntheticSpec(bar_minutes=5)), original)
+    original = make_market(base / "original")
     perturbed = base / "perturbed"
     perturb_after(original, perturbed, CUT)
     return original, perturbed
