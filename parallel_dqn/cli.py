@@ -9,14 +9,17 @@ flags win over the file. A user's mistake prints one line and exits with 2.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import importlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from parallel_dqn import __version__
-from parallel_dqn.config import Config, parse_date
+from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
+
+# modules that add `parallel-dqn data ...` subcommands: each has register(subparsers, flag)
+DATA_COMMANDS = ("parallel_dqn.commands.data_local",)
 
 # flag -> config key, for the flags that set one setting each
 TRAIN_FLAGS: dict[str, str] = {
@@ -75,17 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="market data tools")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
-    g = dsub.add_parser("generate", help="write a synthetic market with planted structure")
-    _flag(g, "output", required=True, help="folder to write the key layout into")
-    _flag(g, "stocks", nargs="+", default=["LEAD", "FOLW", "MOMO", "MREV", "RWLK"], help="symbols (roles by position)")
-    _flag(g, "start", default="2024-01-02", help="first day YYYY-MM-DD")
-    _flag(g, "days", type=int, default=10, help="trading days")
-    _flag(g, "seed", type=int, default=0)
-    _flag(g, "bar_minutes", type=int, default=1, help="bar length in minutes")
-    _flag(g, "overwrite", action="store_true", help="replace an existing market in --output")
-    v = dsub.add_parser("validate", help="check every file of a data source and list all problems")
-    v.add_argument("source", help="data folder (or local:DIR)")
-    _flag(v, "stocks", nargs="+", default=None, help="only these stocks")
+    for module in DATA_COMMANDS:
+        importlib.import_module(module).register(dsub, _flag)
     return p
 
 
@@ -149,43 +143,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    if args.data_command == "generate":
-        return _generate(args)
-    if args.data_command == "validate":
-        return _validate(args)
-    raise UserError(f"unknown data command {args.data_command}")
-
-
-def _validate(args: argparse.Namespace) -> int:
-    from parallel_dqn.data.audit import audit_store
-    from parallel_dqn.data.store import open_store
-
-    report = audit_store(open_store(args.source), args.stocks)
-    for problem in report.problems:
-        print(problem.line())
-    status = f"{len(report.problems)} problems" if report.problems else "no problems"
-    print(f"checked {report.files} files of {report.symbols} stocks: {status}", file=sys.stderr)
-    return 1 if report.problems else 0
-
-
-def _generate(args: argparse.Namespace) -> int:
-    from parallel_dqn.data.synthetic import generate_market, write_market
-
-    out = Path(args.output)
-    if (out / "stocks_intraday").exists() and not args.overwrite:
-        raise UserError(f"{out} already holds a market", "choose another --output, or pass --overwrite")
-    if args.days < 1:
-        raise UserError("--days must be >= 1")
-    if args.bar_minutes < 1 or 390 % args.bar_minutes:
-        raise UserError(f"--bar_minutes {args.bar_minutes} must divide the 390-minute session", "e.g. 1, 5, 15, 30")
-    start: dt.date = parse_date(args.start, "--start")
-    from parallel_dqn.data.synthetic import SyntheticSpec
-
-    market = generate_market(args.stocks, start, args.days, args.seed, SyntheticSpec(bar_minutes=args.bar_minutes))
-    files = write_market(market, out)
-    roles = ", ".join(f"{s}={r}" for s, r in market.structure["roles"].items())
-    print(f"wrote {len(files)} files for {len(args.stocks)} stocks x {args.days} days to {out} ({roles})")
-    return 0
+    """``parallel-dqn data SUBCOMMAND``: each module in DATA_COMMANDS set its handler."""
+    return args.handler(args)
 
 
 def print_results(result: dict[str, Any], output: str) -> None:
