@@ -117,7 +117,7 @@ def _serve(comm: MPI.Comm, cfg: Config, plan: RunPlan, output: Path) -> dict[str
     )
     for w, stocks in enumerate(plan.shards):
         log.info("worker %d (rank %d): %s", w, w + 1, " ".join(plan.symbols[i] for i in stocks))
-    progress = Progress(total_steps=0, enabled=cfg.run.progress)
+    progress = Progress(total_steps=0, enabled=cfg.run.progress, without_terminal=True)
     recorder = RunRecorder(cfg, output, progress)
     server = ParameterServer(cfg, n_workers, recorder.on_episode, progress=progress)
     loop = MPIServerLoop(server, comm, n_workers, cfg.dist.timeout)

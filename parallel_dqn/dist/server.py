@@ -106,7 +106,9 @@ class ParameterServer:
         self._target_flat = self._online_flat.copy()
         if self.progress is not None:
             train, evaluation = info.train_rows, info.eval_rows
-            self.progress.set_total(info.episodes * max(train[1] - train[0] - 1, 0) + max(evaluation[1] - evaluation[0] - 1, 0))
+            self.progress.set_total(
+                info.episodes * max(train[1] - train[0] - 1, 0) + max(evaluation[1] - evaluation[0] - 1, 0), info.episodes
+            )
 
     # ---- gradients and parameters -------------------------------------------------
     def on_gradient(self, msg: GradientMessage) -> None:

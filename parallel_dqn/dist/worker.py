@@ -51,13 +51,9 @@ class Worker:
         self.stocks = np.asarray(stocks, dtype=np.int64)
         self.rng = np.random.default_rng([cfg.run.seed, worker_id])
         S, F = xs.n_stocks, xs.features.shape[2]
-        torch.manual_seed(cfg.run.seed * 1000 + worker_id)
+        # Local copies; their weights come from the server with the first pull.
         self.net = QNetwork(S, F, cfg.market.window, cfg.model)
-        self.target = QNetwork(S, F, cfg.market.window, cfg.model)
-        for p in (*self.net.parameters(), *self.target.parameters()):
-            p.requires_grad_(False)
-        for p in self.net.parameters():
-            p.requires_grad_(True)
+        self.target = QNetwork(S, F, cfg.market.window, cfg.model).requires_grad_(False)
         self.obs = Observations(xs, cfg.market.window)
         q = cfg.dqn
         self.replay = make_replay(

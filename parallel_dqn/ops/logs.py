@@ -6,7 +6,19 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _TqdmAwareHandler(logging.Handler):
+    """Console lines written through tqdm, so they never tear a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 def setup_logging(log_file: Path | None, level: int = logging.INFO, console: bool = True) -> None:
@@ -18,7 +30,7 @@ def setup_logging(log_file: Path | None, level: int = logging.INFO, console: boo
     root.setLevel(level)
     logging.getLogger("parallel_dqn").setLevel(logging.DEBUG)  # details go to the file only
     if console:
-        h = logging.StreamHandler(sys.stderr)
+        h = _TqdmAwareHandler()
         h.setLevel(level)
         h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         root.addHandler(h)

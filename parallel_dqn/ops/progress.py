@@ -2,7 +2,9 @@
 mean staleness, dropped gradients, epsilon, loss.
 
 A thin wrapper over tqdm so the server reports progress without knowing about
-terminals; it is silent when stderr is not a terminal or ``run.progress`` is off.
+terminals; it is silent when ``run.progress`` is off, and in single-process mode
+when stderr is not a terminal (under mpirun, rank 0's stderr is always a pipe to
+the launcher, which forwards it to the user's terminal, so there it draws).
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ from tqdm import tqdm
 class Progress:
     """One bar over all clock steps of the run (training episodes, then the evaluation)."""
 
-    def __init__(self, total_steps: int, enabled: bool = True) -> None:
+    def __init__(self, total_steps: int, enabled: bool = True, without_terminal: bool = False) -> None:
+        """``without_terminal``: draw even when stderr is a pipe (under mpirun, whose launcher forwards it)."""
         self.bar = tqdm(
             total=total_steps,
             unit="step",
-            disable=not (enabled and sys.stderr.isatty()),
+            disable=not (enabled and (without_terminal or sys.stderr.isatty())),
             dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 2.0,
             smoothing=0.1,
         )
         self.episode = "1"
+        self.episodes = 0
         self.loss = math.nan
         self.transitions = 0
         self.started = time.monotonic()
 
-    def set_total(self, total_steps: int) -> None:
+    def set_total(self, total_steps: int, episodes: int) -> None:
+        self.episodes = episodes
         self.bar.reset(total=total_steps)
 
     def advance(
@@ -63,8 +69,8 @@ class Progress:
         self.bar.update(clock_steps)
 
     def episode_finished(self, line: dict[str, Any]) -> None:
-        nxt = line["episode"] + 1 if line["phase"] == "train" else line["episode"]
-        self.episode = str(nxt)
+        nxt = line["episode"] + 1
+        self.episode = str(nxt) if line["phase"] == "train" and nxt <= self.episodes else "eval"
         if self.bar.disable:
             return
         self.bar.write(
