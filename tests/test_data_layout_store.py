@@ -139,8 +139,9 @@ def test_open_store_folder_without_layout(tmp_path: Path) -> None:
         open_store(str(tmp_path))
 
 
-def test_open_store_azure_not_installed() -> None:
-    with pytest.raises(UserError, match="Azure Blob support is not installed"):
+def test_open_store_azure_without_connection_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    with pytest.raises(UserError, match=r"azure://bars: AZURE_STORAGE_CONNECTION_STRING is not set.*run_with_env"):
         open_store("azure://bars")
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from parallel_dqn.data.store import Store
+from parallel_dqn.data.store import Store, source_name
 from parallel_dqn.data.validation import Problem, short_reason, to_bar_frame, validate_bars, validate_day
 from parallel_dqn.errors import UserError
 
@@ -36,14 +36,15 @@ def audit_store(store: Store, symbols: Sequence[str] | None = None) -> AuditRepo
     for sym in chosen:
         for day in store.list_days(sym):
             path = store.fetch(sym, day)
+            source = source_name(store, sym, day, path)
             report.files += 1
             try:
                 raw = pq.read_table(path).to_pandas()
             except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
-                report.problems.append(Problem(str(path), None, f"cannot read parquet file: {short_reason(exc)}"))
+                report.problems.append(Problem(source, None, f"cannot read parquet file: {short_reason(exc)}"))
                 continue
-            problems = validate_bars(raw, str(path))
+            problems = validate_bars(raw, source)
             if not problems:
-                problems = validate_day(to_bar_frame(raw), day, str(path))
+                problems = validate_day(to_bar_frame(raw), day, source)
             report.problems.extend(problems)
     return report

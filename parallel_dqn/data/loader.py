@@ -12,7 +12,7 @@ from datetime import date
 import pandas as pd
 
 from parallel_dqn.data.layout import check_symbol
-from parallel_dqn.data.store import Store
+from parallel_dqn.data.store import Store, source_name
 from parallel_dqn.data.validation import problems_error, read_bars, validate_day
 from parallel_dqn.errors import UserError
 
@@ -44,10 +44,12 @@ def _load_symbol(store: Store, symbol: str, start: date, end: date) -> pd.DataFr
             f"no data for {symbol} between {start} and {end} in {store.describe()}",
             f"{symbol} has data from {first} to {last}; pick dates in that range",
         )
+    if hasattr(store, "prefetch"):  # a remote store downloads the files at once, concurrently
+        store.prefetch(symbol, days)
     frames = []
     for day in days:
         path = store.fetch(symbol, day)
-        source = str(path)
+        source = source_name(store, symbol, day, path)
         bars = read_bars(path, source, store.describe())
         problems = validate_day(bars, day, source)
         if problems:

@@ -56,7 +56,7 @@ class LocalStore:
         base = self.root / KEY_ROOT
         if not base.is_dir():
             return []
-        return sorted(e.name for e in os.scandir(base) if e.is_dir() and _is_symbol(e.name))
+        return sorted(e.name for e in os.scandir(base) if e.is_dir() and is_symbol(e.name))
 
     def list_days(self, symbol: str, start: date | None = None, end: date | None = None) -> list[date]:
         """Walk only the year and month folders that can hold days in ``[start, end]``."""
@@ -95,7 +95,8 @@ class LocalStore:
         return path
 
 
-def _is_symbol(name: str) -> bool:
+def is_symbol(name: str) -> bool:
+    """True if ``name`` is usable as a stock symbol in a key (see :func:`~parallel_dqn.data.layout.check_symbol`)."""
     try:
         check_symbol(name)
     except UserError:
@@ -125,10 +126,9 @@ def _open_local(location: str) -> Store:
 
 
 def _open_azure(location: str) -> Store:
-    raise UserError(
-        f"cannot open azure://{location}: Azure Blob support is not installed yet",
-        "use a local folder (local:DIR) for now",
-    )
+    from parallel_dqn.data.azure_store import open_azure  # the Azure SDK is imported only when used
+
+    return open_azure(location)
 
 
 StoreFactory = Callable[[str], Store]
@@ -152,3 +152,9 @@ def open_store(spec: str) -> Store:
         known = ", ".join(f"{s}:" for s in STORE_FACTORIES)
         raise UserError(f"unknown store scheme {scheme!r} in {spec!r}", f"use one of {known} or a folder path")
     return _open_local(spec)
+
+
+def source_name(store: Store, symbol: str, day: date, path: Path) -> str:
+    """How a stock-day file is named in messages: a remote store's own name for it, else its path."""
+    source = getattr(store, "source", None)
+    return source(symbol, day) if source is not None else str(path)
