@@ -19,7 +19,11 @@ from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
 
 # modules that add `parallel-dqn data ...` subcommands: each has register(subparsers, flag)
-DATA_COMMANDS = ("parallel_dqn.commands.data_local",)
+DATA_COMMANDS = (
+    "parallel_dqn.commands.data_local",
+    "parallel_dqn.commands.data_import",
+    "parallel_dqn.commands.data_azure",
+)
 
 # flag -> config key, for the flags that set one setting each
 TRAIN_FLAGS: dict[str, str] = {
