@@ -1,4 +1,4 @@
-"""Command line: ``parallel-dqn train | evaluate | data ...`` (also ``python -m parallel_dqn``).
+"""Command line: ``parallel-dqn train | evaluate | full-workflow | report | data ...`` (also ``python -m parallel_dqn``).
 
 Flag names follow the user's original tool (``--start_date``, ``--cost_bps``);
 hyphenated aliases (``--start-date``) work too. Every setting of the config tree
@@ -65,7 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"parallel-dqn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    t = sub.add_parser("train", help="train on a period, evaluate on held-out days, write every output")
+    _train_flags(sub.add_parser("train", help="train on a period, evaluate on held-out days, write every output"))
+
+    e = sub.add_parser("evaluate", help="evaluate a trained model on held-out days")
+    _flag(e, "model", required=True, help="trained_model.pth of a training run")
+    _run_flags(e)
+
+    _train_flags(sub.add_parser("full-workflow", help="train, evaluate the saved model, write report.html"))
+    r = sub.add_parser("report", help="one self-contained HTML report over run folders")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output folders of runs")
+    _flag(r, "output", default=None, help="HTML file (default: RUN_DIR/report.html, or ./report.html for several)")
+
+    d = sub.add_parser("data", help="market data tools")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
+    for module in DATA_COMMANDS:
+        importlib.import_module(module).register(dsub, _flag)
+    return p
+
+
+def _train_flags(t: argparse.ArgumentParser) -> None:
+    """Flags of train (and full-workflow): the shared ones plus the training settings."""
     _run_flags(t)
     _flag(t, "mode", choices=["single", "parallel"], default=None, help="single process, or under MPI")
     _flag(t, "start_date", default=None, help="first training day YYYY-MM-DD")
@@ -75,16 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "sync", action="store_true", default=None, help="synchronous gradient rounds (deterministic)")
     for name, typ in (("lr", float), ("gamma", float), ("batch_size", int), ("n_step", int), ("target_update", int)):
         _flag(t, name, type=typ, default=None, help=f"sets {TRAIN_FLAGS[name]}")
-
-    e = sub.add_parser("evaluate", help="evaluate a trained model on held-out days")
-    _flag(e, "model", required=True, help="trained_model.pth of a training run")
-    _run_flags(e)
-
-    d = sub.add_parser("data", help="market data tools")
-    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
-    for module in DATA_COMMANDS:
-        importlib.import_module(module).register(dsub, _flag)
-    return p
 
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
@@ -123,18 +132,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    result = run_training(cfg, overwrite=args.overwrite)
+    if result is not None:  # None on MPI worker ranks: rank 0 reports
+        print_results(result, cfg.run.output)
+    return 0
+
+
+def run_training(cfg: Config, overwrite: bool) -> dict[str, Any] | None:
+    """Train in the configured mode; the results on rank 0, None on MPI worker ranks."""
     cfg.validate()
     if cfg.dist.mode == "parallel":
         from parallel_dqn.dist.mpi_run import train_parallel
 
-        result = train_parallel(cfg, overwrite=args.overwrite)
-    else:
-        from parallel_dqn.app import train
+        return train_parallel(cfg, overwrite=overwrite)
+    from parallel_dqn.app import train
 
-        result = train(cfg, overwrite=args.overwrite)
-    if result is not None:  # None on MPI worker ranks: rank 0 reports
-        print_results(result, cfg.run.output)
-    return 0
+    return train(cfg, overwrite=overwrite)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -174,7 +187,15 @@ def print_results(result: dict[str, Any], output: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data}
+    from parallel_dqn.commands import workflow
+
+    handlers = {
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "data": cmd_data,
+        "full-workflow": workflow.full_workflow,
+        "report": workflow.report,
+    }
     try:
         return handlers[args.command](args)
     except UserError as exc:

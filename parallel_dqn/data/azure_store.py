@@ -203,6 +203,17 @@ class AzureBlobStore:
         """How one stock-day file is named in messages: its blob, not its cache path."""
         return self.where.url(day_key(symbol, day))
 
+    def content_id(self, symbol: str, day: date) -> str:
+        """The listed blob version (ETag and size) of a stock-day: identifies its content without a download."""
+        key = day_key(symbol, day)
+        with self._lock:
+            listed = self._listed.get(key)
+        if listed is None:
+            self.list_days(symbol, day, day)
+            with self._lock:
+                listed = self._listed[key]
+        return f"etag:{listed[0]}:{listed[1]}"
+
     def list_symbols(self) -> list[str]:
         root = f"{self.where.prefix}{KEY_ROOT}/"
         with azure_errors(self.container, f"listing {self.where.spec()}"):

@@ -7,7 +7,9 @@ The parameter server hands every finished episode to :meth:`RunRecorder.on_episo
 * ``metrics.jsonl``: one line per episode (the training curve) and one for the evaluation;
 * ``metrics.json``: ``{"eval", "baselines", "oracle", "per_stock", "train", "counters", ...}``;
 * ``trained_model.pth``; plots ``equity_eval.png``, ``drawdown_eval.png``,
-  ``attention.png``, ``training_curve.png``.
+  ``attention.png``, ``training_curve.png``;
+* ``run.json``: the run record (code commit, data fingerprint, seed, versions; see
+  :mod:`parallel_dqn.ops.tracking`), also under ``"run"`` in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from parallel_dqn.config import Config
+from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import oracle_expected_returns
 from parallel_dqn.evaluation import plots
 from parallel_dqn.evaluation.baselines import run_baselines
@@ -31,6 +34,7 @@ from parallel_dqn.evaluation.metrics import performance_metrics
 from parallel_dqn.evaluation.portfolio import bars_per_year
 from parallel_dqn.model.meta_policy import decision_features
 from parallel_dqn.model.saved import save_model
+from parallel_dqn.ops.tracking import run_record, stock_day_files
 from parallel_dqn.rl.reward import POSITIONS
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ class RunRecorder:
         self.eval_curves: dict[str, np.ndarray] = {}
         self.eval_timestamps: np.ndarray | None = None
         self._jsonl_started = False
+        self.started = time.time()  # wall-clock start, for the run record
 
     # ---- per episode --------------------------------------------------------------
     def on_episode(self, server: Any, episode: int, phase: str, book: EpisodeBook, summary: dict) -> None:
@@ -155,6 +160,8 @@ class RunRecorder:
             "attention": attention.round(4).tolist() if attention is not None else None,
             **(extra or {}),
         }
+        result["run"] = self._run_record(info)
+        _write_json(out / "run.json", result["run"])
         _write_json(out / "metrics.json", result)
         tmp = out / "config.toml.tmp"
         self.cfg.write(tmp)
@@ -165,6 +172,14 @@ class RunRecorder:
                 stale.unlink()
         self._plots(info, attention)
         return result
+
+    def _run_record(self, info: Any) -> dict[str, Any]:
+        """The record of this run over the stock-day files of every day on the market clock."""
+        days = np.asarray(info.timestamps).astype("datetime64[D]")
+        first, last = (days.min().item(), days.max().item()) if len(days) else (None, None)
+        files = stock_day_files(open_store(self.cfg.data.data), info.symbols, first, last) if first else []
+        period = (_stamp(info.timestamps[0]), _stamp(info.timestamps[-1])) if len(days) else None
+        return run_record(self.cfg, info.symbols, files, period, self.started, time.time())
 
     def _plots(self, info: Any, attention: np.ndarray | None) -> None:
         if self.eval_curves and self.eval_timestamps is not None:
