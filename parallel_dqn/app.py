@@ -24,6 +24,7 @@ from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.results import RunRecorder
 from parallel_dqn.model.saved import load_model
 from parallel_dqn.ops.logs import setup_logging
+from parallel_dqn.ops.notify import Notifier, notifying
 from parallel_dqn.ops.progress import Progress
 from parallel_dqn.run_plan import RunPlan, plan_evaluation, plan_training
 
@@ -89,20 +90,29 @@ def _run_single(cfg: Config, plan: RunPlan, store, output: Path, initial_state: 
     )
     progress = Progress(total_steps=0, enabled=cfg.run.progress)
     recorder = RunRecorder(cfg, output, progress)
-    server = ParameterServer(cfg, len(plan.shards), recorder.on_episode, initial_state=initial_state, progress=progress)
+    notifier = Notifier.from_config(cfg.notify, output.name)
+    on_episode = notifying(recorder.on_episode, recorder.curve, notifier, cfg.notify.every, plan.episodes)
+    server = ParameterServer(cfg, len(plan.shards), on_episode, initial_state=initial_state, progress=progress)
     transport = InProcessTransport(server)
     shards = [LocalShard(i, stocks) for i, stocks in enumerate(plan.shards)]
     started = time.perf_counter()
+    notifier.start("single", plan.symbols, len(plan.shards), plan.episodes, output)
     try:
-        run_workers(shards, plan, store, transport, cfg)
+        try:
+            run_workers(shards, plan, store, transport, cfg)
+        finally:
+            progress.close()
+        result = recorder.finish(server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"})
+        notifier.complete(result)
     except UserError as exc:
         log.debug("stopped: %s", exc.line())  # the file records why; the CLI prints the line once
+        notifier.error(exc)
         raise
-    except BaseException:
+    except BaseException as exc:
         log.debug("failed", exc_info=True)
+        notifier.error(exc)
         raise
     finally:
-        progress.close()
-    result = recorder.finish(server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"})
+        notifier.close()
     log.info("outputs written to %s", output)
     return result

@@ -121,6 +121,17 @@ class RunConfig:
 
 
 @dataclass
+class NotifyConfig:
+    """Telegram messages from rank 0 (parallel_dqn.ops.notify); on only when the bot's env variables are set."""
+
+    enabled: bool = True  # False: never send, even with TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID set
+    base_url: str = "https://api.telegram.org"
+    every: int = 1  # training episodes between progress messages (0: none)
+    min_interval: float = 3.0  # seconds between messages at least; progress over the rate is coalesced
+    timeout: float = 5.0  # seconds one request may take
+
+
+@dataclass
 class Config:
     """The whole configuration of a run."""
 
@@ -132,6 +143,7 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -221,6 +233,9 @@ class Config:
         _check(self.dist.timeout > 0 and self.dist.record_block >= 1, "dist.timeout and dist.record_block must be > 0")
         _check(0.0 < self.meta.max_weight <= 1.0, "meta.max_weight must be in (0, 1]")
         _check(self.run.threads >= 1, "run.threads must be >= 1")
+        n = self.notify
+        _check(n.base_url.startswith(("http://", "https://")), "notify.base_url must start with http:// or https://")
+        _check(n.every >= 0 and n.min_interval >= 0 and n.timeout > 0, "need notify.every, min_interval >= 0, timeout > 0")
         return self
 
 

@@ -34,6 +34,7 @@ from parallel_dqn.dist.server import ParameterServer
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.results import RunRecorder
 from parallel_dqn.ops.logs import setup_logging
+from parallel_dqn.ops.notify import Notifier, notifying
 from parallel_dqn.ops.progress import Progress
 from parallel_dqn.run_plan import RunPlan, plan_training, resolve_symbols
 
@@ -50,9 +51,10 @@ def train_parallel(cfg: Config, overwrite: bool = False, world: MPI.Comm | None 
         output = Path(cfg.run.output)
         setup_logging(output / ("run.log" if rank == SERVER else f"logs/rank{rank}.log"), console=rank == SERVER)
         torch.set_num_threads(cfg.run.threads)
+        notifier = Notifier.from_config(cfg.notify, output.name) if rank == SERVER else None
         try:
             if rank == SERVER:
-                return _serve(comm, cfg, plan, output)
+                return _serve(comm, cfg, plan, output, notifier)
             shard = LocalShard(rank - 1, plan.shards[rank - 1])
             log.info("rank %d (pid %d): worker %d owns %s", rank, os.getpid(), shard.worker_id, " ".join(plan.symbols[i] for i in shard.stocks))
             transport = MPIWorkerTransport(comm, workers, cfg.dist.timeout)
@@ -60,7 +62,7 @@ def train_parallel(cfg: Config, overwrite: bool = False, world: MPI.Comm | None 
             log.info("rank %d: done, sent %d bytes", rank, transport.bytes_sent)
             return None
         except BaseException as exc:  # noqa: BLE001 - every failure must end the whole job
-            _abort(comm, rank, exc)
+            _abort(comm, rank, exc, notifier)
     finally:
         if not MPI.Is_finalized():
             workers.Free()
@@ -108,7 +110,7 @@ def _agree_on_plan(comm: MPI.Comm, cfg: Config, overwrite: bool) -> tuple[RunPla
     return plan, store
 
 
-def _serve(comm: MPI.Comm, cfg: Config, plan: RunPlan, output: Path) -> dict[str, Any]:
+def _serve(comm: MPI.Comm, cfg: Config, plan: RunPlan, output: Path, notifier: Notifier) -> dict[str, Any]:
     n_workers = comm.Get_size() - 1
     log.info(
         "parallel run: %d ranks, %d workers for %d stocks, train %s..%s, eval %s..%s, %d episodes -> %s",
@@ -119,9 +121,11 @@ def _serve(comm: MPI.Comm, cfg: Config, plan: RunPlan, output: Path) -> dict[str
         log.info("worker %d (rank %d): %s", w, w + 1, " ".join(plan.symbols[i] for i in stocks))
     progress = Progress(total_steps=0, enabled=cfg.run.progress, without_terminal=True)
     recorder = RunRecorder(cfg, output, progress)
-    server = ParameterServer(cfg, n_workers, recorder.on_episode, progress=progress)
+    on_episode = notifying(recorder.on_episode, recorder.curve, notifier, cfg.notify.every, plan.episodes)
+    server = ParameterServer(cfg, n_workers, on_episode, progress=progress)
     loop = MPIServerLoop(server, comm, n_workers, cfg.dist.timeout)
     started = time.perf_counter()
+    notifier.start("parallel", plan.symbols, n_workers, plan.episodes, output)
     try:
         loop.run()
     finally:
@@ -134,15 +138,18 @@ def _serve(comm: MPI.Comm, cfg: Config, plan: RunPlan, output: Path) -> dict[str
     )
     if not c.sent == c.received == c.applied + c.dropped_stale:
         raise RuntimeError(f"gradient accounting does not add up: {c.as_dict()}")
-    return recorder.finish(
+    result = recorder.finish(
         server,
         extra={"wall_seconds": round(wall, 2), "mode": "parallel", "ranks": comm.Get_size(),
                "messages": loop.messages, "bytes_received": loop.bytes_received},
     )
+    notifier.complete(result)
+    notifier.close()
+    return result
 
 
-def _abort(comm: MPI.Comm, rank: int, exc: BaseException) -> None:
-    """Print this rank's error once, then end every rank of the job."""
+def _abort(comm: MPI.Comm, rank: int, exc: BaseException, notifier: Notifier | None = None) -> None:
+    """Print this rank's error once, tell rank 0's notifier (if any), then end every rank of the job."""
     if isinstance(exc, SystemExit) and not exc.code:
         raise exc
     if isinstance(exc, (UserError, CommTimeout)):
@@ -155,4 +162,7 @@ def _abort(comm: MPI.Comm, rank: int, exc: BaseException) -> None:
         code = 1
     log.debug("aborting: %s", text)
     print(text, file=sys.stderr, flush=True)
+    if notifier is not None:
+        notifier.error(exc)
+        notifier.close()  # a bounded wait: the message goes out before MPI_Abort ends the process
     comm.Abort(code)
