@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -64,3 +65,44 @@ def perturb_after(src: Path, dst: Path, cut: pd.Timestamp, seed: int = 5) -> Non
             df.loc[late, col] = df.loc[late, col] * factor
         df.loc[late, "volume"] = rng.integers(1, 10_000, late.sum()).astype(float)
         df.to_parquet(path, index=False)
+
+
+class LoopbackJSONServer:
+    """A real HTTP server on 127.0.0.1 (a free port) in a thread, answering JSON.
+
+    Stands in for services that cannot be reached from here (Telegram, Alpha Vantage): the real
+    client code talks HTTP to it. ``respond(method, path, body)`` returns ``(status, json)``.
+    Use as a context manager; ``url`` is ``http://127.0.0.1:PORT``.
+    """
+
+    def __init__(self, respond) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                status, answer = respond(self.command, self.path, body)
+                raw = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = _answer  # noqa: N815 - http.server's names
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "LoopbackJSONServer":
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

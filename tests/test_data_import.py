@@ -16,10 +16,8 @@ import datetime as dt
 import json
 import os
 import socket
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +27,7 @@ from parallel_dqn.data.alphavantage import AlphaVantageClient
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.store import LocalStore
 from parallel_dqn.data.synthetic import SyntheticSpec, generate_market
+from tests.helpers import LoopbackJSONServer
 from tests.conftest import run_cli
 from tests.test_cli_errors import hash_tree, user_error
 
@@ -220,25 +219,14 @@ class FakeAlphaVantage:
     def __init__(self) -> None:
         self.answers: dict[str, list[dict]] = {}
         self.requests: list[dict[str, str]] = []
-        fake = self
+        self.loopback = LoopbackJSONServer(self._respond)
+        self.url = self.loopback.url + "/query"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-                fake.requests.append(query)
-                queue = fake.answers.get(query.get("symbol", ""), [BAD_SYMBOL])
-                body = json.dumps(queue.pop(0) if len(queue) > 1 else queue[0]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/query"
+    def _respond(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query))
+        self.requests.append(query)
+        queue = self.answers.get(query.get("symbol", ""), [BAD_SYMBOL])
+        return 200, queue.pop(0) if len(queue) > 1 else queue[0]
 
     def symbols_requested(self) -> list[str]:
         return [q["symbol"] for q in self.requests]
@@ -247,11 +235,8 @@ class FakeAlphaVantage:
 @pytest.fixture
 def fake_av() -> Iterator[FakeAlphaVantage]:
     fake = FakeAlphaVantage()
-    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
-    thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    with fake.loopback:
+        yield fake
 
 
 def av_env(key: str | None = KEY) -> dict[str, str]:

@@ -17,9 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from parallel_dqn.app import train
 from parallel_dqn.config import NotifyConfig
 from parallel_dqn.errors import UserError
 from parallel_dqn.ops.notify import CHAT_ENV, TOKEN_ENV, Notifier
-from tests.helpers import make_market, tiny_config
+from tests.helpers import LoopbackJSONServer, make_market, tiny_config
 from tests.test_mpi import MPIEXEC, ROOT, train_args
 
 TOKEN = "123456:SeCrEt-BoT-ToKeN"
@@ -43,25 +41,12 @@ class FakeTelegram:
     def __init__(self) -> None:
         self.answers: list[tuple[int, dict]] = [OK]
         self.requests: list[tuple[str, dict]] = []
-        fake = self
+        self.loopback = LoopbackJSONServer(self._respond)
+        self.url = self.loopback.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                fake.requests.append((self.path, json.loads(body)))
-                status, answer = fake.answers.pop(0) if len(fake.answers) > 1 else fake.answers[0]
-                raw = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+    def _respond(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+        self.requests.append((path, json.loads(body)))
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
     @property
     def texts(self) -> list[str]:
@@ -71,11 +56,8 @@ class FakeTelegram:
 @pytest.fixture
 def telegram() -> Iterator[FakeTelegram]:
     fake = FakeTelegram()
-    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
-    thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    with fake.loopback:
+        yield fake
 
 
 @pytest.fixture(scope="module")
