@@ -106,7 +106,6 @@ class MetaConfig:
     max_weight: float = 0.5  # per-stock cap on |weight|
     lr: float = 5e-3
     epochs: int = 20
-    risk_aversion: float = 1.0
     perf_halflife: int = 390  # bars; half-life of the trailing decision-performance features
 
 

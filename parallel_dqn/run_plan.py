@@ -43,6 +43,7 @@ class RunPlan:
     stats: FeatureStats | None = None  # from a saved model (evaluation); None: fit on training days
     reward_scale: float | None = None
     return_std: float | None = None
+    bars_per_day: float | None = None  # from a saved model, so an evaluation annualises as its training run did
     structure: dict[str, Any] | None = None
 
 
@@ -164,5 +165,6 @@ def plan_evaluation(
         stats=FeatureStats.from_dict(saved["feature_stats"]),
         reward_scale=saved["reward_scale"],
         return_std=saved["return_std"],
+        bars_per_day=saved["bars_per_day"],
         structure=structure,
     )

@@ -80,13 +80,18 @@ def raw_features(panel: MarketPanel, session_seconds: float | None = None) -> np
     return out
 
 
+def _day_starts(timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per clock step: whether it is its day's first bar, and the row of that first bar."""
+    days = timestamps.astype("datetime64[D]")
+    first = np.ones(len(days), dtype=bool)
+    first[1:] = days[1:] != days[:-1]
+    return first, np.maximum.accumulate(np.where(first, np.arange(len(days)), 0))
+
+
 def _session_clock(timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Seconds since the day's first bar, and a first-bar-of-day flag, per clock step."""
     ts = timestamps.astype("datetime64[ns]").astype(np.int64)
-    days = timestamps.astype("datetime64[D]")
-    first = np.ones(len(ts), dtype=bool)
-    first[1:] = days[1:] != days[:-1]
-    starts = np.maximum.accumulate(np.where(first, np.arange(len(ts)), 0))
+    first, starts = _day_starts(timestamps)
     elapsed = (ts - ts[starts]) / 1e9
     return elapsed, first.astype(np.float64)
 
@@ -138,11 +143,8 @@ def graph_stamps(timestamps: np.ndarray, stride: int) -> np.ndarray:
     Tied to the time of day, not to where the loaded range starts, so a run that
     loads a few days of warm-up sees the same graph as one that loaded more.
     """
-    days = timestamps.astype("datetime64[D]")
-    first = np.ones(len(days), dtype=bool)
-    first[1:] = days[1:] != days[:-1]
-    starts = np.maximum.accumulate(np.where(first, np.arange(len(days)), 0))
-    return np.flatnonzero((np.arange(len(days)) - starts) % stride == 0)
+    _, starts = _day_starts(timestamps)
+    return np.flatnonzero((np.arange(len(starts)) - starts) % stride == 0)
 
 
 def correlation_graph(log_returns: np.ndarray, window: int, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

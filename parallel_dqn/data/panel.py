@@ -56,8 +56,7 @@ class MarketPanel:
 
     def bars_per_day(self) -> float:
         """Median number of bars per trading day: the basis for annualisation."""
-        _, counts = np.unique(self.dates, return_counts=True)
-        return float(np.median(counts)) if counts.size else 0.0
+        return bars_per_day(self.timestamps)
 
     def index_of_dates(self, start: str | np.datetime64, end: str | np.datetime64) -> slice:
         """Clock positions whose date lies in ``[start, end]`` (inclusive), as a slice."""
@@ -78,3 +77,9 @@ class MarketPanel:
             volume=self.volume[rows],
             tradeable=self.tradeable[rows],
         )
+
+
+def bars_per_day(timestamps: np.ndarray) -> float:
+    """Median number of bars per UTC day of a clock (1.0 for an empty one)."""
+    _, counts = np.unique(timestamps.astype("datetime64[D]"), return_counts=True)
+    return float(np.median(counts)) if counts.size else 1.0

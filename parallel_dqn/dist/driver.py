@@ -19,6 +19,7 @@ from parallel_dqn.data.align import align
 from parallel_dqn.data.crosssection import CrossSection, local_rows
 from parallel_dqn.data.features import FeatureStats, graph_stamps, raw_features, session_length
 from parallel_dqn.data.loader import load_bars
+from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
 from parallel_dqn.dist.messages import SetupInfo
 from parallel_dqn.dist.transport import Transport
@@ -114,7 +115,7 @@ def run_workers(
                 tradeable=xs.tradeable,
                 train_rows=train_rows,
                 eval_rows=eval_rows,
-                bars_per_day=_bars_per_day(xs.timestamps),
+                bars_per_day=plan.bars_per_day or bars_per_day(xs.timestamps),
                 reward_scale=reward_scale,
                 return_std=return_std,
                 n_features=xs.features.shape[2],
@@ -146,11 +147,6 @@ def run_episode(workers: list[Worker], episode: int, phase: str, rows: tuple[int
             w.learn()
     for w in workers:
         w.end_episode()
-
-
-def _bars_per_day(timestamps: np.ndarray) -> float:
-    _, counts = np.unique(timestamps.astype("datetime64[D]"), return_counts=True)
-    return float(np.median(counts)) if counts.size else 1.0
 
 
 def _check_period(train_rows: tuple[int, int], eval_rows: tuple[int, int], plan: RunPlan, cfg: Config) -> None:

@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import json
-import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from matplotlib.figure import Figure
 
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation import plots
+from parallel_dqn.ops.files import write_atomically
 
 #: metric key -> column heading of the evaluation tables
 METRICS = {
@@ -94,10 +94,7 @@ def write_report(run_dirs: Sequence[Path], out: Path) -> Path:
         f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_atomically(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 # ---- several runs -----------------------------------------------------------------------

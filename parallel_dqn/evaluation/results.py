@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from parallel_dqn.evaluation.metrics import performance_metrics
 from parallel_dqn.evaluation.portfolio import bars_per_year
 from parallel_dqn.model.meta_policy import decision_features
 from parallel_dqn.model.saved import save_model
+from parallel_dqn.ops.files import write_atomically
 from parallel_dqn.ops.tracking import run_record, stock_day_files
 from parallel_dqn.rl.reward import POSITIONS
 
@@ -163,9 +163,7 @@ class RunRecorder:
         result["run"] = self._run_record(info)
         _write_json(out / "run.json", result["run"])
         _write_json(out / "metrics.json", result)
-        tmp = out / "config.toml.tmp"
-        self.cfg.write(tmp)
-        os.replace(tmp, out / "config.toml")
+        write_atomically(out / "config.toml", self.cfg.write)
         for stale in out.glob("portfolio_ep*.csv"):  # from an earlier, longer run in this folder
             number = stale.stem.removeprefix("portfolio_ep")
             if number.isdigit() and int(number) > len(self.curve):
@@ -193,9 +191,7 @@ class RunRecorder:
             plots.plot_training_curve(self.curve, keys, self.output / "training_curve.png")
 
     def _write_csv(self, pf: Portfolio, symbols: tuple[str, ...], name: str) -> None:
-        tmp = self.output / (name + ".tmp")
-        pf.table(symbols).to_csv(tmp, index=False)
-        os.replace(tmp, self.output / name)
+        write_atomically(self.output / name, lambda tmp: pf.table(symbols).to_csv(tmp, index=False))
 
     def _append_jsonl(self, line: dict[str, Any]) -> None:
         mode = "a" if self._jsonl_started else "w"  # a new run starts the file afresh
@@ -225,6 +221,4 @@ def _jsonable(x: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(_jsonable(data), indent=2)))

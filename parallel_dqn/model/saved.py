@@ -8,7 +8,6 @@ reward scale, and the mean attention matrix of the evaluation.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,14 @@ from typing import Any
 import torch
 
 from parallel_dqn.errors import UserError
+from parallel_dqn.ops.files import write_atomically
 
 FORMAT = "parallel-dqn-model/1"
 
 
 def save_model(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a crash mid-write never leaves a half-written model behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
 
 
 def load_model(path: str | Path) -> dict[str, Any]:
