@@ -2,13 +2,15 @@
 
 Each builds the plan, the parameter server with its recorder, and the workers,
 wired through a transport: in-process for ``--mode single``, MPI for
-``--mode parallel`` (``parallel_dqn.dist.mpi``). The algorithm is the same.
+``--mode parallel`` (``parallel_dqn.dist.mpi_run``). The algorithm is the same,
+and so are checkpoints and ``--resume``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,19 @@ import torch
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
+from parallel_dqn.dist.checkpointing import load_checkpoint_states, make_coordinator
 from parallel_dqn.dist.driver import LocalShard, run_workers
 from parallel_dqn.dist.server import ParameterServer
 from parallel_dqn.dist.transport import InProcessTransport
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.results import RunRecorder
 from parallel_dqn.model.saved import load_model
+from parallel_dqn.ops.checkpoints import CHECKPOINTS, Checkpoint, CheckpointStore
 from parallel_dqn.ops.logs import setup_logging
 from parallel_dqn.ops.notify import Notifier, notifying
 from parallel_dqn.ops.progress import Progress
+from parallel_dqn.ops.signals import StopSignals, StoppedAfterCheckpoint
+from parallel_dqn.resume import check_compatible, choose_checkpoint, finished_result, resume_target
 from parallel_dqn.run_plan import RunPlan, plan_evaluation, plan_training
 
 log = logging.getLogger(__name__)
@@ -50,14 +56,52 @@ def prepare_output(output: Path, overwrite: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def train(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
-    """Train on the training period, evaluate on the held-out one, write every output."""
+def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> dict[str, Any]:
+    """Train on the training period, evaluate on the held-out one, write every output.
+
+    ``resume`` (``--resume``): ``"auto"`` or a run / checkpoint folder (:mod:`parallel_dqn.resume`).
+    """
     cfg.validate()
     store = open_store(cfg.data.data)
     plan = plan_training(cfg, store, structure=load_structure(cfg.data.data))
     output = Path(cfg.run.output)
-    prepare_output(output, overwrite)
-    return _run_single(cfg, plan, store, output, initial_state=None)
+    start = plan_start(cfg, output, overwrite, resume)
+    if start.finished is not None:
+        return start.finished
+    prepare_output(output, overwrite or resume is not None)
+    return _run_single(cfg, plan, store, output, initial_state=None, checkpoint=start.checkpoint)
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """How a training run starts: from scratch, from a checkpoint, or not at all (it finished already)."""
+
+    checkpoint: Checkpoint | None = None
+    finished: dict[str, Any] | None = None
+
+
+def plan_start(cfg: Config, output: Path, overwrite: bool, resume: str | None) -> RunStart:
+    """Decide how a training run into ``output`` starts; a fresh start drops the folder's old checkpoints."""
+    store = CheckpointStore(output / CHECKPOINTS, cfg.checkpoint.keep)
+    if resume is None:
+        if overwrite:
+            store.clear()
+        return RunStart()
+    if overwrite:
+        raise UserError("--resume and --overwrite contradict each other", "drop one of them")
+    finished = finished_result(output)
+    if finished is not None:
+        log.info("the run in %s has finished already (metrics.json): nothing to resume", output)
+        return RunStart(finished=finished)
+    checkpoint = choose_checkpoint(resume_target(resume, str(output)))
+    if checkpoint is None:
+        log.info("no checkpoint in %s: starting the run from the beginning", store.folder)
+        store.clear()
+        return RunStart()
+    check_compatible(cfg, checkpoint)
+    store.remove_staging()
+    log.info("resuming from %s (%s)", checkpoint.path, checkpoint.manifest["reason"])
+    return RunStart(checkpoint=checkpoint)
 
 
 def evaluate(cfg: Config, model_path: str, overwrite: bool = False) -> dict[str, Any]:
@@ -78,8 +122,18 @@ def evaluate(cfg: Config, model_path: str, overwrite: bool = False) -> dict[str,
     return _run_single(model_cfg, plan, store, output, initial_state=saved)
 
 
-def _run_single(cfg: Config, plan: RunPlan, store, output: Path, initial_state: dict | None) -> dict[str, Any]:
-    """Server and every worker in this process, through the in-process transport."""
+def _run_single(
+    cfg: Config,
+    plan: RunPlan,
+    store,
+    output: Path,
+    initial_state: dict | None,
+    checkpoint: Checkpoint | None = None,
+) -> dict[str, Any]:
+    """Server and every worker in this process, through the in-process transport.
+
+    Training runs write checkpoints and stop cleanly on SIGTERM/SIGUSR1; an evaluation does neither.
+    """
     setup_logging(output / "run.log")
     torch.set_num_threads(cfg.run.threads)
     log.debug("resolved config:\n%s", cfg.to_toml())
@@ -88,31 +142,46 @@ def _run_single(cfg: Config, plan: RunPlan, store, output: Path, initial_state: 
         len(plan.symbols), len(plan.shards), plan.train_start, plan.train_end, plan.eval_start, plan.eval_end,
         plan.episodes, output,
     )
+    training = initial_state is None
+    saved = load_checkpoint_states(checkpoint, range(len(plan.shards))) if checkpoint else None
     progress = Progress(total_steps=0, enabled=cfg.run.progress)
     recorder = RunRecorder(cfg, output, progress)
     notifier = Notifier.from_config(cfg.notify, output.name)
     on_episode = notifying(recorder.on_episode, recorder.curve, notifier, cfg.notify.every, plan.episodes)
-    server = ParameterServer(cfg, len(plan.shards), on_episode, initial_state=initial_state, progress=progress)
-    transport = InProcessTransport(server)
-    shards = [LocalShard(i, stocks) for i, stocks in enumerate(plan.shards)]
-    started = time.perf_counter()
-    notifier.start("single", plan.symbols, len(plan.shards), plan.episodes, output)
-    try:
+    server = ParameterServer(
+        cfg, len(plan.shards), on_episode, initial_state=initial_state, progress=progress,
+        resume_state=saved.server if saved else None,
+    )
+    if saved:
+        recorder.restore_checkpoint(saved.recorder)
+    with StopSignals() as signals:
+        coordinator = make_coordinator(cfg, output, server, recorder, len(plan.shards), signals, notifier, checkpoint)
+        transport = InProcessTransport(server, coordinator if training else None)
+        shards = [LocalShard(i, stocks) for i, stocks in enumerate(plan.shards)]
+        started = time.perf_counter()
+        notifier.start("single", plan.symbols, len(plan.shards), plan.episodes, output,
+                       resumed_from=checkpoint.path if checkpoint else None)
         try:
-            run_workers(shards, plan, store, transport, cfg)
+            try:
+                run_workers(shards, plan, store, transport, cfg, resume=saved.workers if saved else None,
+                            signals=signals if training else None)
+            finally:
+                progress.close()
+            result = recorder.finish(server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"})
+            notifier.complete(result)
+        except StoppedAfterCheckpoint as stop:
+            last = coordinator.written[-1].path if coordinator.written else None
+            notifier.stopped(stop.reason, last)
+            raise StoppedAfterCheckpoint(stop.reason, str(last)) from None
+        except UserError as exc:
+            log.debug("stopped: %s", exc.line())  # the file records why; the CLI prints the line once
+            notifier.error(exc)
+            raise
+        except BaseException as exc:
+            log.debug("failed", exc_info=True)
+            notifier.error(exc)
+            raise
         finally:
-            progress.close()
-        result = recorder.finish(server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"})
-        notifier.complete(result)
-    except UserError as exc:
-        log.debug("stopped: %s", exc.line())  # the file records why; the CLI prints the line once
-        notifier.error(exc)
-        raise
-    except BaseException as exc:
-        log.debug("failed", exc_info=True)
-        notifier.error(exc)
-        raise
-    finally:
-        notifier.close()
+            notifier.close()
     log.info("outputs written to %s", output)
     return result

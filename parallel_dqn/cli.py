@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from parallel_dqn import __version__
 from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
+from parallel_dqn.ops.signals import EXIT_PREEMPTED, StoppedAfterCheckpoint
 
 # modules that add `parallel-dqn data ...` subcommands: each has register(subparsers, flag)
 DATA_COMMANDS = (
@@ -92,6 +93,8 @@ def _train_flags(t: argparse.ArgumentParser) -> None:
     _flag(t, "episodes", type=int, default=None, help="passes over the training period")
     _flag(t, "workers", type=int, default=None, help="workers (0: one per stock)")
     _flag(t, "sync", action="store_true", default=None, help="synchronous gradient rounds (deterministic)")
+    _flag(t, "resume", default=None, metavar="auto|RUN_DIR|CHECKPOINT_DIR",
+          help="continue from the newest valid checkpoint (auto: of --output, starting afresh if there is none)")
     for name, typ in (("lr", float), ("gamma", float), ("batch_size", int), ("n_step", int), ("target_update", int)):
         _flag(t, name, type=typ, default=None, help=f"sets {TRAIN_FLAGS[name]}")
 
@@ -112,8 +115,18 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults, then the --config file, then flags."""
-    cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
+    """Defaults (or, for ``--resume RUN_DIR``, the checkpoint's settings), then the --config file, then flags."""
+    resume = getattr(args, "resume", None)
+    if resume and resume != "auto":
+        from parallel_dqn.resume import resume_target, saved_config
+
+        target = resume_target(resume, "")
+        cfg = saved_config(target)
+        cfg.run.output = str(target.run_dir)
+    else:
+        cfg = Config()
+    if getattr(args, "config", None):
+        cfg = Config.load(args.config, base=cfg)
     for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -132,22 +145,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    result = run_training(cfg, overwrite=args.overwrite)
+    result = run_training(cfg, overwrite=args.overwrite, resume=args.resume)
     if result is not None:  # None on MPI worker ranks: rank 0 reports
         print_results(result, cfg.run.output)
     return 0
 
 
-def run_training(cfg: Config, overwrite: bool) -> dict[str, Any] | None:
+def run_training(cfg: Config, overwrite: bool, resume: str | None = None) -> dict[str, Any] | None:
     """Train in the configured mode; the results on rank 0, None on MPI worker ranks."""
     cfg.validate()
     if cfg.dist.mode == "parallel":
         from parallel_dqn.dist.mpi_run import train_parallel
 
-        return train_parallel(cfg, overwrite=overwrite)
+        return train_parallel(cfg, overwrite=overwrite, resume=resume)
     from parallel_dqn.app import train
 
-    return train(cfg, overwrite=overwrite)
+    return train(cfg, overwrite=overwrite, resume=resume)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -201,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"parallel-dqn: error: {exc.line()}", file=sys.stderr)
         return 2
+    except StoppedAfterCheckpoint as stop:
+        print(f"parallel-dqn: {stop} (continue with --resume auto)", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("parallel-dqn: interrupted", file=sys.stderr)
         return 130

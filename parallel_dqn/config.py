@@ -10,6 +10,7 @@ as ``config.toml`` so a run can be repeated exactly.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import tomllib
@@ -131,6 +132,16 @@ class NotifyConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints of the whole run state, written by rank 0 with every worker's part (resume: --resume)."""
+
+    every_applies: int = 1000  # gradient applies between checkpoints (0: not by count)
+    every_seconds: float = 1800.0  # seconds between checkpoints (0: not by time)
+    episode_end: bool = True  # also after every training episode
+    keep: int = 3  # newest checkpoints kept; older ones are removed
+
+
+@dataclass
 class Config:
     """The whole configuration of a run."""
 
@@ -143,12 +154,13 @@ class Config:
     meta: MetaConfig = field(default_factory=MetaConfig)
     run: RunConfig = field(default_factory=RunConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     # ---- construction -------------------------------------------------------------
     @classmethod
-    def from_dict(cls, tree: dict[str, Any], source: str = "config") -> "Config":
-        """Build from a nested dict (a parsed TOML file); unknown keys are an error."""
-        cfg = cls()
+    def from_dict(cls, tree: dict[str, Any], source: str = "config", base: "Config | None" = None) -> "Config":
+        """Build from a nested dict (a parsed TOML file) over ``base`` (default: the defaults); unknown keys are an error."""
+        cfg = copy.deepcopy(base) if base is not None else cls()
         for section, values in tree.items():
             if section not in _SECTIONS:
                 raise UserError(
@@ -161,8 +173,8 @@ class Config:
         return cfg
 
     @classmethod
-    def load(cls, path: str | Path) -> "Config":
-        """Read a TOML file."""
+    def load(cls, path: str | Path, base: "Config | None" = None) -> "Config":
+        """Read a TOML file (its settings over ``base``, default: the defaults)."""
         p = Path(path)
         try:
             text = p.read_text()
@@ -172,7 +184,7 @@ class Config:
             tree = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"config file {p} is not valid TOML: {exc}", "fix the line it names") from None
-        return cls.from_dict(tree, source=str(p))
+        return cls.from_dict(tree, source=str(p), base=base)
 
     def set(self, dotted: str, value: Any, source: str = "flag") -> None:
         """Set ``section.key`` to ``value``, converted to the field's type."""
@@ -235,10 +247,39 @@ class Config:
         n = self.notify
         _check(n.base_url.startswith(("http://", "https://")), "notify.base_url must start with http:// or https://")
         _check(n.every >= 0 and n.min_interval >= 0 and n.timeout > 0, "need notify.every, min_interval >= 0, timeout > 0")
+        c = self.checkpoint
+        _check(c.every_applies >= 0 and c.every_seconds >= 0, "checkpoint.every_applies and every_seconds must be >= 0")
+        _check(c.keep >= 1, "checkpoint.keep must be >= 1")
         return self
+
+    def resume_conflicts(self, saved: "Config") -> list[str]:
+        """Settings that differ from ``saved`` (a checkpoint's) and would change the run if resumed.
+
+        Only how a run is watched and kept may change on resume (:data:`RESUME_MAY_CHANGE`):
+        everything else shapes the results, so resuming with it changed would mix two runs.
+        """
+        mine, theirs = _flatten(self.to_dict()), _flatten(saved.to_dict())
+        return [
+            f"{key} = {theirs.get(key)!r} in the checkpoint, {mine.get(key)!r} now"
+            for key in sorted(set(mine) | set(theirs))
+            if mine.get(key) != theirs.get(key) and not key.startswith(RESUME_MAY_CHANGE)
+        ]
 
 
 _SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+#: settings (prefixes) that may differ between a checkpoint and the run resuming it
+RESUME_MAY_CHANGE = ("run.output", "run.progress", "run.threads", "dist.timeout", "notify.", "checkpoint.")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _check(ok: bool, message: str) -> None:

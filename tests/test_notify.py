@@ -98,9 +98,11 @@ def warnings_in(out: Path) -> list[str]:
 def test_single_run_sends_start_progress_and_completion(market, tmp_path, telegram, capfd):
     out = tmp_path / "run"
     result = train(notify_config(market, out, telegram.url, **{"notify.every": 1}))
-    assert [path for path, _ in telegram.requests] == [f"/bot{TOKEN}/sendMessage"] * 4
+    assert [path for path, _ in telegram.requests] == [f"/bot{TOKEN}/sendMessage"] * 6
     assert all(body["chat_id"] == CHAT for _, body in telegram.requests)
-    start, ep1, ep2, done = telegram.texts
+    start, ep1, saved1, ep2, saved2, done = telegram.texts
+    assert saved1 == f"parallel-dqn run: checkpoint saved (after episode 1, 1 episode done): {out}/checkpoints/ckpt-000001"
+    assert saved2 == f"parallel-dqn run: checkpoint saved (after episode 2, 2 episodes done): {out}/checkpoints/ckpt-000002"
     assert start == (f"parallel-dqn run: run started: single mode, 3 stocks (LEAD FOLW MOMO), 3 workers, 2 episodes\n"
                      f"output: {out}")
     curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -148,7 +150,7 @@ def test_rejected_messages_warn_once_and_training_completes(market, tmp_path, te
     out = tmp_path / "rejected"
     result = train(notify_config(market, out, telegram.url, **{"dqn.episodes": 1}))
     assert result["eval"] is not None
-    assert len(telegram.requests) == 3  # start, episode 1, completion: each tried once
+    assert len(telegram.requests) == 4  # start, episode 1, checkpoint, completion: each tried once
     (line,) = warnings_in(out)
     assert warning in line
     std = capfd.readouterr()
@@ -186,15 +188,18 @@ def test_progress_over_the_rate_is_coalesced_start_and_end_never_dropped(telegra
     notifier.start("single", ["AAA"], 1, 30, "runs/rl")
     for episode in range(1, 31):
         notifier.progress(episode, 30, 0.5, 0.01, 0.1, 1000.0)
-    notifier.checkpoint("runs/rl/checkpoint_ep30.pth", 30)
+    notifier.checkpoint("runs/rl/checkpoints/ckpt-000002", 29, "after episode 29")
+    notifier.checkpoint("runs/rl/checkpoints/ckpt-000003", 30, "after episode 30")
     notifier.error(RuntimeError("boom\nsecond line"))
     notifier.close()
     texts = telegram.texts
     progress = [t for t in texts if ": episode " in t]
     assert texts[0].startswith("parallel-dqn rl: run started") and 1 <= len(progress) <= 2
     assert progress[-1] == "parallel-dqn rl: episode 30/30: reward 0.5000, loss 0.0100, epsilon 0.100, 1000 steps/s"
-    assert texts[-2:] == ["parallel-dqn rl: checkpoint saved after episode 30: runs/rl/checkpoint_ep30.pth",
+    assert texts[-2:] == ["parallel-dqn rl: checkpoint saved (after episode 30, 30 episodes done): "
+                          "runs/rl/checkpoints/ckpt-000003",
                           "parallel-dqn rl: run failed: RuntimeError: boom"]
+    assert not any("ckpt-000002" in t for t in texts)  # a newer checkpoint message replaced the waiting one
 
 
 def test_off_unless_both_variables_are_set_and_enabled(telegram):
@@ -218,7 +223,7 @@ def test_parallel_run_notifies_from_rank_0_only(market, tmp_path, telegram):
                           cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
     texts = telegram.texts
-    assert [t.split(": ")[1].split(" ")[0] for t in texts] == ["run", "episode", "episode", "run"]
+    assert [t.split(": ")[1].split(" ")[0] for t in texts] == ["run", "episode", "checkpoint", "episode", "checkpoint", "run"]
     assert texts[0].startswith("parallel-dqn par: run started: parallel mode, 3 stocks (LEAD FOLW MOMO), 3 workers")
     assert "run finished" in texts[-1] and "agent: Sharpe" in texts[-1]
     assert_token_nowhere(out, proc.stdout, proc.stderr)

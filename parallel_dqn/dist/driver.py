@@ -3,14 +3,17 @@
 The driver hosts one or more workers (all of them in single-process mode, one
 per rank under MPI) and walks them through the run: load their own stocks'
 bars, agree on one market clock, exchange feature rows so each holds the whole
-cross-section, then step every episode in lock-step, phase by phase. Only the
-transport it is given differs between the modes.
+cross-section, then step every episode in lock-step, phase by phase, taking a
+checkpoint between two steps when the server asks for one. Only the transport it
+is given differs between the modes.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -21,10 +24,13 @@ from parallel_dqn.data.features import FeatureStats, graph_stamps, raw_features,
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
+from parallel_dqn.dist.checkpointing import CheckpointRequest
 from parallel_dqn.dist.messages import SetupInfo
 from parallel_dqn.dist.transport import Transport
 from parallel_dqn.dist.worker import Worker
 from parallel_dqn.errors import UserError
+from parallel_dqn.ops.checkpoints import CHECKPOINTS, CheckpointStore, worker_file, write_state
+from parallel_dqn.ops.signals import StopSignals, StoppedAfterCheckpoint
 from parallel_dqn.run_plan import RunPlan
 
 log = logging.getLogger(__name__)
@@ -91,10 +97,37 @@ def _rows(clock: np.ndarray, start, end) -> tuple[int, int]:
     return lo, hi
 
 
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One entry of the run's schedule: a training episode (1, 2, ...) or the evaluation (0)."""
+
+    episode: int
+    phase: str  # "train" or "eval"
+    rows: tuple[int, int]  # clock rows [start, stop)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the hosted workers continue: schedule entry ``index``, at clock row ``t`` (None: not begun)."""
+
+    index: int
+    t: int | None
+
+
 def run_workers(
-    shards: list[LocalShard], plan: RunPlan, store: Store, transport: Transport, cfg: Config
+    shards: list[LocalShard],
+    plan: RunPlan,
+    store: Store,
+    transport: Transport,
+    cfg: Config,
+    resume: Mapping[int, dict] | None = None,
+    signals: StopSignals | None = None,
 ) -> None:
-    """Everything a run asks of the workers hosted in this process."""
+    """Everything a run asks of the workers hosted in this process.
+
+    ``resume``: each hosted worker's state from a checkpoint (``--resume``); ``signals``: this
+    process's stop signals, passed on to the server between two clock steps.
+    """
     xs, stats = build_cross_section(shards, plan, store, transport, cfg)
     train_rows = _rows(xs.timestamps, plan.train_start, plan.train_end)
     eval_rows = _rows(xs.timestamps, plan.eval_start, plan.eval_end)
@@ -127,26 +160,92 @@ def run_workers(
         )
     total_steps = plan.episodes * max(train_rows[1] - train_rows[0] - 1, 1)
     workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps) for s in shards]
-    for episode in range(1, plan.episodes + 1):
-        run_episode(workers, episode, "train", train_rows)
+    schedule = [EpisodeSpec(e, "train", train_rows) for e in range(1, plan.episodes + 1)]
     if eval_rows[1] - eval_rows[0] >= 2:
-        run_episode(workers, 0, "eval", eval_rows)
+        schedule.append(EpisodeSpec(0, "eval", eval_rows))
+    stepper = LockStep(workers, transport, CheckpointStore(Path(cfg.run.output) / CHECKPOINTS), signals)
+    point = stepper.restore(resume) if resume else ResumePoint(0, None)
+    episode_end = cfg.checkpoint.episode_end
+    for index in range(point.index, len(schedule)):
+        spec = schedule[index]
+        stepper.run_episode(index, spec, point.t if index == point.index else None)
+        if index + 1 < len(schedule):  # none after the last: the evaluation's results are not checkpointed
+            stepper.boundary(index + 1, None, episode=spec.episode if episode_end and spec.phase == "train" else 0)
     transport.close({"gradients_sent": sum(w.grad_steps for w in workers)})
 
 
-def run_episode(workers: list[Worker], episode: int, phase: str, rows: tuple[int, int]) -> None:
-    """Step the hosted workers through clock rows ``[start, stop)`` in lock-step."""
-    for w in workers:
-        w.begin_episode(episode, phase, rows)
-    for t in range(rows[0], rows[1] - 1):
-        for w in workers:
-            w.sync_params()
-        for w in workers:
-            w.act(t)
-        for w in workers:
-            w.learn()
-    for w in workers:
-        w.end_episode()
+class LockStep:
+    """Steps the hosted workers through episodes together, phase by phase, checkpointing between steps."""
+
+    def __init__(
+        self, workers: list[Worker], transport: Transport, store: CheckpointStore, signals: StopSignals | None
+    ) -> None:
+        self.workers = workers
+        self.transport = transport
+        self.store = store
+        self.signals = signals
+        self._stop_sent = False
+
+    def run_episode(self, index: int, spec: EpisodeSpec, resume_t: int | None = None) -> None:
+        """Schedule entry ``index``: clock rows ``[start, stop)``, from ``resume_t`` if it was begun already."""
+        if resume_t is None:
+            for w in self.workers:
+                w.begin_episode(spec.episode, spec.phase, spec.rows)
+        for t in range(spec.rows[0] if resume_t is None else resume_t, spec.rows[1] - 1):
+            for w in self.workers:
+                while not w.sync_params():  # the server wants a checkpoint before it answers
+                    self._checkpoint(index, t, self.transport.poll_checkpoint())
+            for w in self.workers:
+                w.act(t)
+            for w in self.workers:
+                w.learn()
+            self.boundary(index, t + 1)
+        for w in self.workers:
+            w.end_episode()
+
+    def boundary(self, index: int, t: int | None, episode: int = 0) -> None:
+        """Between two steps: pass on a stop signal; take the checkpoint the server asks for, if any.
+
+        ``episode`` > 0: the end of that training episode; wait for its checkpoint and take it here.
+        """
+        if self.signals is not None and self.signals.received and not self._stop_sent:
+            self.transport.request_stop(self.signals.received)
+            self._stop_sent = True
+        while True:
+            request = self.transport.poll_checkpoint(wait=episode > 0)
+            if request is None:
+                return
+            self._checkpoint(index, t, request)
+            if not episode or request.episode == episode:
+                return
+
+    def _checkpoint(self, index: int, t: int | None, request: CheckpointRequest | None) -> None:
+        """Write every hosted worker's state for ``request``; continue at (``index``, ``t``) after it."""
+        if request is None:
+            raise RuntimeError("the server deferred a pull for a checkpoint it never asked for")
+        staging = self.store.staging_path(request.seq)
+        staging.mkdir(parents=True, exist_ok=True)  # rank 0 made it; on a shared file system it may lag
+        files = {}
+        for w in self.workers:
+            w.flush_records()
+            name = worker_file(w.id)
+            state = {"point": {"index": index, "t": t}, "worker": w.checkpoint_state()}
+            files[w.id] = {name: write_state(staging / name, state)}
+        if not self.transport.checkpoint_done(request, files):
+            raise StoppedAfterCheckpoint(request.reason or "a signal")
+
+    def restore(self, states: Mapping[int, dict]) -> ResumePoint:
+        """Load every hosted worker's checkpoint state; where they continue (the same for all of them)."""
+        points = set()
+        for w in self.workers:
+            state = states[w.id]
+            w.restore_checkpoint(state["worker"])
+            points.add(ResumePoint(int(state["point"]["index"]), state["point"]["t"]))
+        if len(points) != 1:
+            raise RuntimeError(f"the hosted workers were checkpointed at different steps: {sorted(points)}")
+        (point,) = points
+        log.info("resuming at schedule entry %d, clock row %s", point.index, point.t)
+        return point
 
 
 def _check_period(train_rows: tuple[int, int], eval_rows: tuple[int, int], plan: RunPlan, cfg: Config) -> None:

@@ -24,45 +24,59 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
-from parallel_dqn.app import prepare_output
+from parallel_dqn.app import RunStart, plan_start, prepare_output
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
+from parallel_dqn.dist.checkpointing import load_checkpoint_states, make_coordinator
 from parallel_dqn.dist.driver import LocalShard, run_workers
 from parallel_dqn.dist.mpi_transport import SERVER, CommTimeout, MPIServerLoop, MPIWorkerTransport
 from parallel_dqn.dist.server import ParameterServer
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.results import RunRecorder
+from parallel_dqn.ops.checkpoints import Checkpoint
 from parallel_dqn.ops.logs import setup_logging
 from parallel_dqn.ops.notify import Notifier, notifying
 from parallel_dqn.ops.progress import Progress
+from parallel_dqn.ops.signals import EXIT_PREEMPTED, StopSignals, StoppedAfterCheckpoint
 from parallel_dqn.run_plan import RunPlan, plan_training, resolve_symbols
 
 log = logging.getLogger(__name__)
 
 
-def train_parallel(cfg: Config, overwrite: bool = False, world: MPI.Comm | None = None) -> dict[str, Any] | None:
+def train_parallel(
+    cfg: Config, overwrite: bool = False, world: MPI.Comm | None = None, resume: str | None = None
+) -> dict[str, Any] | None:
     """Train across the ranks of ``world`` (default COMM_WORLD); rank 0 returns the results."""
     comm = (world or MPI.COMM_WORLD).Dup()  # the framework's own traffic
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank = comm.Get_rank()
     workers = comm.Split(color=0 if rank == SERVER else 1, key=rank)  # workers-only, for the exchange
     try:
-        plan, store = _agree_on_plan(comm, cfg, overwrite)
+        plan, store, start = _agree_on_plan(comm, cfg, overwrite, resume)
+        if start.finished is not None:
+            return start.finished if rank == SERVER else None
         output = Path(cfg.run.output)
         setup_logging(output / ("run.log" if rank == SERVER else f"logs/rank{rank}.log"), console=rank == SERVER)
         torch.set_num_threads(cfg.run.threads)
         notifier = Notifier.from_config(cfg.notify, output.name) if rank == SERVER else None
-        try:
-            if rank == SERVER:
-                return _serve(comm, cfg, plan, output, notifier)
-            shard = LocalShard(rank - 1, plan.shards[rank - 1])
-            log.info("rank %d (pid %d): worker %d owns %s", rank, os.getpid(), shard.worker_id, " ".join(plan.symbols[i] for i in shard.stocks))
-            transport = MPIWorkerTransport(comm, workers, cfg.dist.timeout)
-            run_workers([shard], plan, store, transport, cfg)
-            log.info("rank %d: done, sent %d bytes", rank, transport.bytes_sent)
-            return None
-        except BaseException as exc:  # noqa: BLE001 - every failure must end the whole job
-            _abort(comm, rank, exc, notifier)
+        with StopSignals() as signals:
+            try:
+                if rank == SERVER:
+                    return _serve(comm, cfg, plan, output, notifier, signals, start.checkpoint)
+                shard = LocalShard(rank - 1, plan.shards[rank - 1])
+                log.info("rank %d (pid %d): worker %d owns %s", rank, os.getpid(), shard.worker_id, " ".join(plan.symbols[i] for i in shard.stocks))
+                saved = load_checkpoint_states(start.checkpoint, [shard.worker_id], server=False) if start.checkpoint else None
+                transport = MPIWorkerTransport(comm, workers, cfg.dist.timeout)
+                run_workers([shard], plan, store, transport, cfg, resume=saved.workers if saved else None, signals=signals)
+                log.info("rank %d: done, sent %d bytes", rank, transport.bytes_sent)
+                return None
+            except StoppedAfterCheckpoint:
+                if rank == SERVER:
+                    raise  # the CLI says it, once
+                log.info("rank %d: stopped after the checkpoint", rank)
+                raise SystemExit(EXIT_PREEMPTED) from None
+            except BaseException as exc:  # noqa: BLE001 - every failure must end the whole job
+                _abort(comm, rank, exc, notifier)
     finally:
         if not MPI.Is_finalized():
             workers.Free()
@@ -70,10 +84,15 @@ def train_parallel(cfg: Config, overwrite: bool = False, world: MPI.Comm | None 
     return None
 
 
-def _agree_on_plan(comm: MPI.Comm, cfg: Config, overwrite: bool) -> tuple[RunPlan, Any]:
-    """Every rank plans; rank 0 prepares the output folder; a user error anywhere stops all, said once."""
+def _agree_on_plan(comm: MPI.Comm, cfg: Config, overwrite: bool, resume: str | None) -> tuple[RunPlan, Any, RunStart]:
+    """Every rank plans; rank 0 decides how the run starts and prepares the output folder.
+
+    A user error anywhere stops every rank, said once by rank 0. Rank 0 alone verifies the
+    checkpoint to resume from; every rank is told which one it is.
+    """
     rank, size = comm.Get_rank(), comm.Get_size()
     plan = store = None
+    start = RunStart()
     error: str | None = None
     try:
         cfg.validate()
@@ -98,7 +117,10 @@ def _agree_on_plan(comm: MPI.Comm, cfg: Config, overwrite: bool) -> tuple[RunPla
         cfg.dist.workers = n_workers
         plan = plan_training(cfg, store, structure=load_structure(cfg.data.data))
         if rank == SERVER:
-            prepare_output(Path(cfg.run.output), overwrite)
+            output = Path(cfg.run.output)
+            start = plan_start(cfg, output, overwrite, resume)
+            if start.finished is None:
+                prepare_output(output, overwrite or resume is not None)
     except UserError as exc:
         error = exc.line()
     errors = comm.allgather(error)
@@ -107,10 +129,19 @@ def _agree_on_plan(comm: MPI.Comm, cfg: Config, overwrite: bool) -> tuple[RunPla
         if rank == SERVER:
             raise UserError(first)
         raise SystemExit(2)
-    return plan, store
+    start = comm.bcast(start, root=SERVER)
+    return plan, store, start
 
 
-def _serve(comm: MPI.Comm, cfg: Config, plan: RunPlan, output: Path, notifier: Notifier) -> dict[str, Any]:
+def _serve(
+    comm: MPI.Comm,
+    cfg: Config,
+    plan: RunPlan,
+    output: Path,
+    notifier: Notifier,
+    signals: StopSignals,
+    checkpoint: Checkpoint | None,
+) -> dict[str, Any]:
     n_workers = comm.Get_size() - 1
     log.info(
         "parallel run: %d ranks, %d workers for %d stocks, train %s..%s, eval %s..%s, %d episodes -> %s",
@@ -119,15 +150,24 @@ def _serve(comm: MPI.Comm, cfg: Config, plan: RunPlan, output: Path, notifier: N
     )
     for w, stocks in enumerate(plan.shards):
         log.info("worker %d (rank %d): %s", w, w + 1, " ".join(plan.symbols[i] for i in stocks))
+    saved = load_checkpoint_states(checkpoint, [], server=True) if checkpoint else None
     progress = Progress(total_steps=0, enabled=cfg.run.progress, without_terminal=True)
     recorder = RunRecorder(cfg, output, progress)
     on_episode = notifying(recorder.on_episode, recorder.curve, notifier, cfg.notify.every, plan.episodes)
-    server = ParameterServer(cfg, n_workers, on_episode, progress=progress)
-    loop = MPIServerLoop(server, comm, n_workers, cfg.dist.timeout)
+    server = ParameterServer(cfg, n_workers, on_episode, progress=progress, resume_state=saved.server if saved else None)
+    if saved:
+        recorder.restore_checkpoint(saved.recorder)
+    coordinator = make_coordinator(cfg, output, server, recorder, n_workers, signals, notifier, checkpoint)
+    loop = MPIServerLoop(server, comm, n_workers, cfg.dist.timeout, coordinator)
     started = time.perf_counter()
-    notifier.start("parallel", plan.symbols, n_workers, plan.episodes, output)
+    notifier.start("parallel", plan.symbols, n_workers, plan.episodes, output,
+                   resumed_from=checkpoint.path if checkpoint else None)
     try:
         loop.run()
+    except StoppedAfterCheckpoint as stop:
+        notifier.stopped(stop.reason, stop.checkpoint)
+        notifier.close()
+        raise
     finally:
         progress.close()
     wall = time.perf_counter() - started

@@ -15,11 +15,17 @@ tag                     buffer                                               dir
 ``DECISIONS``           float64 ``[header(5) | t, stock, q(3), action, reward]``  worker -> server
 ``SETUP``, ``DONE``,    pickled objects (once per run / per episode)         worker -> server
 ``STOP``
+``CKPT_REQUEST``        int64 ``[seq, stop, episode]``                         server -> worker
+``CKPT_DONE``           pickled ``(seq, worker, {file: digest})``              worker -> server
+``CKPT_END``            int64 ``[seq, go_on]``                                 server -> worker
+``STOP_REQUEST``        pickled signal name (SIGTERM / SIGUSR1)              worker -> server
 ======================  ===================================================  =====================
 
-(``worker, version`` are int32 values stored in the float32 slots' bits.) Rank 0
-serves in a loop on ``Iprobe`` + dispatch on the tag, like mpi4py's ``nxtval``
-demo, until every worker has sent ``STOP``. Every wait polls with a short sleep
+(``worker, version`` are int32 values stored in the float32 slots' bits; a
+``PARAMS`` answer with version -1 means "take checkpoint ``seq`` first, then ask
+again".) Rank 0 serves in a loop on ``Iprobe`` + dispatch on the tag, like
+mpi4py's ``nxtval`` demo, until every worker has sent ``STOP``; the checkpoint
+protocol is described in :mod:`parallel_dqn.dist.checkpointing`. Every wait polls with a short sleep
 (ranks may outnumber cores, and MPICH's own waits spin) and gives up after
 ``timeout`` seconds with :class:`CommTimeout`, so a rank that died never leaves
 the others waiting forever.
@@ -36,14 +42,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from mpi4py import MPI
 
+from parallel_dqn.dist.checkpointing import CheckpointCoordinator, CheckpointRequest
 from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
 from parallel_dqn.dist.server import ParameterServer
+from parallel_dqn.ops.signals import StoppedAfterCheckpoint
 
 log = logging.getLogger(__name__)
 
 SERVER = 0
 PHASES = ("train", "eval")
 DECISION_HEADER = 5
+CHECKPOINT_FIRST = -1  # the version of a PARAMS answer that asks for a checkpoint before the pull
 
 
 class Tag(IntEnum):
@@ -54,6 +63,10 @@ class Tag(IntEnum):
     DECISIONS = 5
     DONE = 6
     STOP = 7
+    CKPT_REQUEST = 8
+    CKPT_DONE = 9
+    CKPT_END = 10
+    STOP_REQUEST = 11
 
 
 class CommTimeout(RuntimeError):
@@ -95,6 +108,13 @@ def pack_params(msg: ParamsMessage) -> np.ndarray:
     return buf
 
 
+def pack_checkpoint_first(seq: int) -> np.ndarray:
+    """A PARAMS answer that defers a pull until checkpoint ``seq`` is taken."""
+    buf = np.empty(2, dtype=np.float32)
+    buf.view(np.int32)[:] = (CHECKPOINT_FIRST, seq)
+    return buf
+
+
 def unpack_params(buf: np.ndarray) -> ParamsMessage:
     version, target_version = (int(x) for x in buf[:2].view(np.int32))
     n = (buf.size - 2) // 2
@@ -130,6 +150,7 @@ class MPIWorkerTransport:
         self.max_in_flight = max_in_flight
         self._in_flight: deque[tuple[MPI.Request, Any]] = deque()
         self._params_buf: np.ndarray | None = None
+        self._deferred: CheckpointRequest | None = None  # asked for instead of the parameters
         self.bytes_sent = 0
 
     def allgather(self, parts: Sequence[Any]) -> list[Any]:
@@ -160,7 +181,7 @@ class MPIWorkerTransport:
     def push_gradient(self, msg: GradientMessage) -> None:
         self._isend(pack_gradient(msg), MPI.FLOAT, Tag.GRADIENT)
 
-    def pull_params(self, worker: int, min_version: int) -> ParamsMessage:
+    def pull_params(self, worker: int, min_version: int) -> ParamsMessage | None:
         request = np.array([worker, min_version], dtype=np.int64)
         self.comm.Send([request, MPI.INT64_T], dest=SERVER, tag=Tag.PULL)
         status = MPI.Status()
@@ -171,7 +192,40 @@ class MPIWorkerTransport:
         if self._params_buf is None or self._params_buf.size != n:
             self._params_buf = np.empty(n, dtype=np.float32)
         self.comm.Recv([self._params_buf, MPI.FLOAT], source=SERVER, tag=Tag.PARAMS)
+        if int(self._params_buf[:1].view(np.int32)[0]) == CHECKPOINT_FIRST:
+            self._deferred = self._receive_request(block=True)
+            return None
         return unpack_params(self._params_buf.copy())
+
+    def poll_checkpoint(self, wait: bool = False) -> CheckpointRequest | None:
+        if self._deferred is not None:
+            request, self._deferred = self._deferred, None
+            return request
+        return self._receive_request(block=wait)
+
+    def _receive_request(self, block: bool) -> CheckpointRequest | None:
+        if not block and not self.comm.Iprobe(source=SERVER, tag=Tag.CKPT_REQUEST):
+            return None
+        wait_until(lambda: self.comm.Iprobe(source=SERVER, tag=Tag.CKPT_REQUEST), self.timeout, "waiting for a checkpoint request")
+        buf = np.empty(3, dtype=np.int64)
+        self.comm.Recv([buf, MPI.INT64_T], source=SERVER, tag=Tag.CKPT_REQUEST)
+        return CheckpointRequest(int(buf[0]), stop=bool(buf[1]), episode=int(buf[2]))
+
+    def checkpoint_done(self, request: CheckpointRequest, files: dict[int, dict[str, dict[str, Any]]]) -> bool:
+        ((worker, written),) = files.items()
+        self._track(self.comm.isend((request.seq, worker, written), dest=SERVER, tag=Tag.CKPT_DONE), None)
+        wait_until(lambda: self.comm.Iprobe(source=SERVER, tag=Tag.CKPT_END), self.timeout, "waiting for the checkpoint")
+        answer = np.empty(2, dtype=np.int64)
+        self.comm.Recv([answer, MPI.INT64_T], source=SERVER, tag=Tag.CKPT_END)
+        if int(answer[0]) != request.seq:
+            raise RuntimeError(f"rank 0 ended checkpoint {int(answer[0])}, this worker took {request.seq}")
+        go_on = bool(answer[1])
+        if not go_on:
+            self._drain()
+        return go_on
+
+    def request_stop(self, reason: str) -> None:
+        self._track(self.comm.isend(reason, dest=SERVER, tag=Tag.STOP_REQUEST), None)
 
     def send_decisions(self, block: DecisionBlock) -> None:
         self._isend(pack_decisions(block), MPI.DOUBLE, Tag.DECISIONS)
@@ -182,6 +236,10 @@ class MPIWorkerTransport:
     def close(self, summary: dict[str, int]) -> None:
         """Tell rank 0 this worker is finished (with what it sent), and wait until everything has left."""
         self._track(self.comm.isend(summary, dest=SERVER, tag=Tag.STOP), None)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Wait until every message sent has left."""
         while self._in_flight:
             self._wait_oldest()
 
@@ -207,11 +265,19 @@ class MPIWorkerTransport:
 class MPIServerLoop:
     """Rank 0: receive, dispatch on the tag, answer pulls, until every worker sent STOP."""
 
-    def __init__(self, server: ParameterServer, comm: MPI.Comm, n_workers: int, timeout: float) -> None:
+    def __init__(
+        self,
+        server: ParameterServer,
+        comm: MPI.Comm,
+        n_workers: int,
+        timeout: float,
+        checkpoints: CheckpointCoordinator | None = None,
+    ) -> None:
         self.server = server
         self.comm = comm
         self.n_workers = n_workers
         self.timeout = timeout
+        self.checkpoints = checkpoints
         self._waiting_pulls: list[tuple[int, int]] = []  # (rank, min_version)
         self._sends: deque[tuple[MPI.Request, np.ndarray]] = deque()
         self._params_cache: tuple[int, np.ndarray] | None = None
@@ -229,12 +295,16 @@ class MPIServerLoop:
             Tag.DONE: self._on_object,
             Tag.STOP: self._on_object,
         }
+        handlers[Tag.CKPT_DONE] = handlers[Tag.STOP_REQUEST] = self._on_object
+
+        def probe() -> bool:
+            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+                return True
+            self._start_checkpoint_if_due()  # also while no message comes (a signal, a timer)
+            return False
+
         while len(stopped) < self.n_workers:
-            wait_until(
-                lambda: self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status),
-                self.timeout,
-                f"waiting for the workers ({self.n_workers - len(stopped)} still running)",
-            )
+            wait_until(probe, self.timeout, f"waiting for the workers ({self.n_workers - len(stopped)} still running)")
             source, tag = status.Get_source(), Tag(status.Get_tag())
             obj = handlers[tag](source, tag, status)
             self.messages += 1
@@ -245,12 +315,54 @@ class MPIServerLoop:
             elif tag == Tag.STOP:
                 self.server.on_workers_stopped(obj)
                 stopped.add(source)
+                if self.checkpoints is not None:
+                    for worker in self.checkpoints.workers_finishing():
+                        self._end_checkpoint(worker + 1, self._abandoned_seq(), go_on=True)
+            elif tag == Tag.STOP_REQUEST and self.checkpoints is not None:
+                self.checkpoints.request_stop(obj)
+            elif tag == Tag.CKPT_DONE:
+                self._on_checkpoint_done(source, *obj)
+            self._start_checkpoint_if_due()
             self._answer_pulls()
             self._reap_sends()
         if self._waiting_pulls:
             raise RuntimeError(f"workers stopped with pulls unanswered: {self._waiting_pulls}")
+        self._finish_sends()
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _start_checkpoint_if_due(self) -> None:
+        request = self.checkpoints.due() if self.checkpoints is not None else None
+        if request is None:
+            return
+        buf = np.array([request.seq, int(request.stop), request.episode], dtype=np.int64)
+        for rank in range(1, self.n_workers + 1):
+            self._sends.append((self.comm.Isend([buf, MPI.INT64_T], dest=rank, tag=Tag.CKPT_REQUEST), buf))
+
+    def _on_checkpoint_done(self, source: int, seq: int, worker: int, files: dict[str, Any]) -> None:
+        assert self.checkpoints is not None
+        checkpoint = self.checkpoints.worker_done(seq, worker, files)
+        if seq in self.checkpoints.abandoned:
+            self._end_checkpoint(source, seq, go_on=True)
+        if checkpoint is None:
+            return
+        stop = bool(checkpoint.manifest["stop"])
+        for rank in range(1, self.n_workers + 1):
+            self._end_checkpoint(rank, seq, go_on=not stop)
+        if stop:
+            self._finish_sends()
+            raise StoppedAfterCheckpoint(str(checkpoint.manifest["reason"]), str(checkpoint.path))
+
+    def _abandoned_seq(self) -> int:
+        assert self.checkpoints is not None
+        return max(self.checkpoints.abandoned, default=0)
+
+    def _end_checkpoint(self, rank: int, seq: int, go_on: bool) -> None:
+        buf = np.array([seq, int(go_on)], dtype=np.int64)
+        self._sends.append((self.comm.Isend([buf, MPI.INT64_T], dest=rank, tag=Tag.CKPT_END), buf))
+
+    def _finish_sends(self) -> None:
         while self._sends:
-            wait_until(self._sends[0][0].Test, self.timeout, "sending parameters")
+            wait_until(self._sends[0][0].Test, self.timeout, "sending to the workers")
             self._sends.popleft()
 
     def _on_object(self, source: int, tag: Tag, status: MPI.Status) -> Any:
@@ -275,12 +387,17 @@ class MPIServerLoop:
         self.server.on_decisions(unpack_decisions(buf))
 
     def _answer_pulls(self) -> None:
+        """Answer the pulls that can be; while a checkpoint is being taken, defer the others to it."""
+        pending = self.checkpoints.pending if self.checkpoints is not None else None
         still = []
         for rank, min_version in self._waiting_pulls:
-            if not self.server.params_ready(min_version):
+            if self.server.params_ready(min_version):
+                buf = self._params_buffer()
+            elif pending is not None:  # a waiting pull would keep its worker from the checkpoint
+                buf = pack_checkpoint_first(pending.seq)
+            else:
                 still.append((rank, min_version))
                 continue
-            buf = self._params_buffer()
             self._sends.append((self.comm.Isend([buf, MPI.FLOAT], dest=rank, tag=Tag.PARAMS), buf))
         self._waiting_pulls = still
 

@@ -12,6 +12,8 @@ their mean in worker order (deterministic for a seed and worker count).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import logging
 import time
 from collections import deque
@@ -23,6 +25,7 @@ import torch
 
 from parallel_dqn.config import Config
 from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
+from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.episode import EpisodeBook
 from parallel_dqn.model.flat import get_flat_params, set_flat_grads
 from parallel_dqn.model.meta_policy import MetaPolicy
@@ -68,11 +71,13 @@ class ParameterServer:
         on_episode: EpisodeHandler,
         initial_state: dict | None = None,
         progress: Any = None,
+        resume_state: dict | None = None,
     ) -> None:
         self.cfg = cfg
         self.n_workers = n_workers
         self.on_episode = on_episode  # called with each finished episode's book (outputs, meta training)
         self.initial_state = initial_state  # a saved model's weights (evaluation)
+        self.resume_state = resume_state  # a checkpoint's server state (--resume), applied at set-up
         self.progress = progress
         self.loss_ema = float("nan")
         self.info: SetupInfo | None = None
@@ -102,8 +107,11 @@ class ParameterServer:
             self.meta.load_state_dict(state["meta_state"])
         self.target = copy.deepcopy(self.qnet)
         self.optimizer = torch.optim.AdamW(self.qnet.parameters(), lr=self.cfg.dqn.lr, weight_decay=self.cfg.dqn.weight_decay)
+        self.market_digest = market_digest(info)
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
         self._online_flat = get_flat_params(self.qnet)
-        self._target_flat = self._online_flat.copy()
+        self._target_flat = get_flat_params(self.target)
         if self.progress is not None:
             train, evaluation = info.train_rows, info.eval_rows
             self.progress.set_total(
@@ -215,3 +223,58 @@ class ParameterServer:
         """What a saved model needs from the server."""
         assert self.qnet is not None and self.meta is not None
         return {"q_state": self.qnet.state_dict(), "meta_state": self.meta.state_dict(), "version": self.version}
+
+    # ---- checkpoints --------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from here: weights, optimizer, queues, partial episodes."""
+        assert self.qnet is not None and self.meta is not None
+        return {
+            "market_digest": self.market_digest,
+            "q_state": self.qnet.state_dict(),
+            "target_state": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "meta_state": self.meta.state_dict(),
+            "version": self.version,
+            "target_version": self.target_version,
+            "counters": dataclasses.asdict(self.counters),
+            "loss_ema": self.loss_ema,
+            "loss_window": list(self.loss_window),
+            "pending": {w: [dataclasses.asdict(m) for m in queue] for w, queue in self._pending.items()},
+            "books": [(key, book.state_dict()) for key, book in self._books.items()],
+            "done": [(key, [dataclasses.asdict(d) for d in dones]) for key, dones in self._done.items()],
+            "attention": self.attention,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Apply a checkpoint's state on top of the freshly built networks (at set-up, on resume)."""
+        assert self.qnet is not None and self.meta is not None
+        if state["market_digest"] != self.market_digest:
+            raise UserError(
+                "the market data differ from those the checkpoint was trained on (bars, stocks or periods changed)",
+                "resume with the same data, or start a new run with another --output",
+            )
+        self.qnet.load_state_dict(state["q_state"])
+        self.target.load_state_dict(state["target_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.meta.load_state_dict(state["meta_state"])
+        self.version, self.target_version = int(state["version"]), int(state["target_version"])
+        self.counters = GradientCounters(**state["counters"])
+        self.loss_ema = float(state["loss_ema"])
+        self.loss_window = list(state["loss_window"])
+        self._pending = {int(w): deque(GradientMessage(**m) for m in queue) for w, queue in state["pending"].items()}
+        self._books = {tuple(key): EpisodeBook.from_state_dict(book) for key, book in state["books"]}
+        self._done = {tuple(key): [EpisodeDone(**d) for d in dones] for key, dones in state["done"]}
+        self.attention = state["attention"]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed the server at version %d (%d gradients applied)", self.version, self.counters.applied)
+
+
+def market_digest(info: SetupInfo) -> str:
+    """A fingerprint of the market a run trains on: a checkpoint resumes only on the same one."""
+    digest = hashlib.sha256()
+    digest.update(" ".join(info.symbols).encode())
+    digest.update(repr((info.train_rows, info.eval_rows, info.episodes)).encode())
+    for array in (info.timestamps, info.close, info.tradeable):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()

@@ -13,6 +13,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from parallel_dqn.dist.checkpointing import CheckpointCoordinator, CheckpointRequest
 from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
 from parallel_dqn.dist.server import ParameterServer
 
@@ -32,8 +33,11 @@ class Transport(Protocol):
     def push_gradient(self, msg: GradientMessage) -> None:
         """Send a gradient; does not wait for it to be applied."""
 
-    def pull_params(self, worker: int, min_version: int) -> ParamsMessage:
-        """Current parameters, once the server's version is at least ``min_version``."""
+    def pull_params(self, worker: int, min_version: int) -> ParamsMessage | None:
+        """Current parameters, once the server's version is at least ``min_version``.
+
+        None when the server asks for a checkpoint first (:meth:`poll_checkpoint` then returns it).
+        """
 
     def send_decisions(self, block: DecisionBlock) -> None:
         """Stream a block of decision records to the server."""
@@ -44,6 +48,16 @@ class Transport(Protocol):
     def close(self, summary: dict[str, int]) -> None:
         """No more messages from the workers hosted here; ``summary`` counts what they sent."""
 
+    def poll_checkpoint(self, wait: bool = False) -> CheckpointRequest | None:
+        """The checkpoint the server asks for, if any (called between clock steps); ``wait``: until one comes."""
+
+    def checkpoint_done(self, request: CheckpointRequest, files: dict[int, dict[str, dict[str, Any]]]) -> bool:
+        """Each hosted worker wrote its ``files[worker]`` (name -> digest) for ``request``; wait until the
+        checkpoint is committed. False: every rank stops now."""
+
+    def request_stop(self, reason: str) -> None:
+        """A stop signal reached this process: ask the server for a checkpoint, then a stop."""
+
 
 class InProcessTransport:
     """Every worker and the server in one process: calls go straight to the server.
@@ -52,8 +66,10 @@ class InProcessTransport:
     needs a sync round always finds it applied; anything else is a bug.
     """
 
-    def __init__(self, server: ParameterServer) -> None:
+    def __init__(self, server: ParameterServer, checkpoints: CheckpointCoordinator | None = None) -> None:
         self.server = server
+        self.checkpoints = checkpoints
+        self.last_checkpoint = None  # the Checkpoint committed last (its path goes in the stop message)
 
     def allgather(self, parts: Sequence[Any]) -> list[Any]:
         return list(parts)
@@ -79,4 +95,26 @@ class InProcessTransport:
         self.server.on_episode_done(msg)
 
     def close(self, summary: dict[str, int]) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.workers_finishing()
         self.server.on_workers_stopped(summary)
+
+    def poll_checkpoint(self, wait: bool = False) -> CheckpointRequest | None:
+        request = self.checkpoints.due() if self.checkpoints is not None else None
+        if wait and request is None:
+            raise RuntimeError("a checkpoint was awaited, and none is due")
+        return request
+
+    def checkpoint_done(self, request: CheckpointRequest, files: dict[int, dict[str, dict[str, Any]]]) -> bool:
+        assert self.checkpoints is not None
+        checkpoint = None
+        for worker, written in sorted(files.items()):
+            checkpoint = self.checkpoints.worker_done(request.seq, worker, written)
+        if checkpoint is None:
+            raise RuntimeError(f"checkpoint {request.seq} was not committed: not every worker wrote its part")
+        self.last_checkpoint = checkpoint
+        return not request.stop
+
+    def request_stop(self, reason: str) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.request_stop(reason)

@@ -8,7 +8,9 @@ every ``pull_every`` gradient steps. It talks only to a transport, never to MPI.
 
 A driver calls, for every clock step and in this order, :meth:`sync_params`,
 :meth:`act`, :meth:`learn`; under ``--sync`` the pull at the start of a step
-waits for the round the worker pushed at the end of the previous one.
+waits for the round the worker pushed at the end of the previous one. Between
+two steps the driver may take a checkpoint: :meth:`checkpoint_state` holds
+everything the worker needs to continue exactly from there.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from parallel_dqn.config import Config
 from parallel_dqn.data.crosssection import CrossSection
 from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage
 from parallel_dqn.dist.transport import Transport
-from parallel_dqn.model.flat import get_flat_grads, set_flat_params
+from parallel_dqn.model.flat import get_flat_grads, get_flat_params, set_flat_params
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
 from parallel_dqn.rl.nstep import NStepBuilder
 from parallel_dqn.rl.observations import Observations
-from parallel_dqn.rl.replay import make_replay
+from parallel_dqn.rl.replay import make_replay, rng_state, set_rng_state
 from parallel_dqn.rl.reward import FLAT, POSITIONS, step_reward
 from parallel_dqn.rl.schedules import LinearSchedule
 
@@ -66,7 +68,9 @@ class Worker:
         self.train_steps = 0  # clock steps acted in training, over all episodes
         self.grad_steps = 0
         self.grads_since_pull = 0
+        self.pull_due = True  # pull before the next step whatever the count (start of an episode)
         self.attention_sum = np.zeros((len(self.stocks), S))
+        self.begin_episode(0, "train", (0, 0))  # an empty episode until the driver begins the first one
 
     # ---- episode ------------------------------------------------------------------
     def begin_episode(self, episode: int, phase: str, rows: tuple[int, int]) -> None:
@@ -79,18 +83,26 @@ class Worker:
         self.steps = 0
         self.attention_sum[:] = 0.0
         self._records: list[tuple] = []
-        self.sync_params(force=True)
+        self.pull_due = True
 
-    def sync_params(self, force: bool = False) -> None:
-        """Pull parameters when due; under ``--sync``, those of the round just pushed."""
-        if not force and self.grads_since_pull < self.cfg.dist.pull_every:
-            return
+    def sync_params(self) -> bool:
+        """Pull parameters when due; under ``--sync``, those of the round just pushed.
+
+        False when the server answered "checkpoint first": the driver takes the checkpoint
+        it asked for, then calls this again.
+        """
+        if not self.pull_due and self.grads_since_pull < self.cfg.dist.pull_every:
+            return True
         min_version = self.grad_steps if self.cfg.dist.sync else 0
         msg = self.transport.pull_params(self.id, min_version)
+        if msg is None:
+            return False
         set_flat_params(self.net, msg.online)
         set_flat_params(self.target, msg.target)
         self.version = msg.version
         self.grads_since_pull = 0
+        self.pull_due = False
+        return True
 
     def act(self, t: int) -> None:
         """Choose positions for all own stocks at bar ``t`` and record the outcome."""
@@ -120,7 +132,7 @@ class Worker:
         self.position = actions
         self.steps += 1
         if len(self._records) >= self.cfg.dist.record_block or done:
-            self._flush_records()
+            self.flush_records()
 
     def learn(self) -> None:
         """Compute and push one gradient when due (training only)."""
@@ -157,13 +169,14 @@ class Worker:
 
     def end_episode(self) -> None:
         """Send the last records and the episode summary."""
-        self._flush_records()
+        self.flush_records()
         attention = self.attention_sum / max(self.steps, 1) if self.phase == "eval" and self.net.attention else None
         self.transport.episode_done(
             EpisodeDone(self.id, self.episode, self.phase, self.steps, attention, self.stocks.copy())
         )
 
-    def _flush_records(self) -> None:
+    def flush_records(self) -> None:
+        """Send the decision records not sent yet (at the end of a block, an episode, or before a checkpoint)."""
         if not self._records:
             return
         k = len(self.stocks)
@@ -181,3 +194,49 @@ class Worker:
         )
         self._records.clear()
         self.transport.send_decisions(block)
+
+    # ---- checkpoints --------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """Everything to continue exactly from between two steps (records must be flushed first)."""
+        if self._records:
+            raise RuntimeError("flush the decision records before taking a checkpoint")
+        return {
+            "worker": self.id,
+            "stocks": self.stocks.copy(),
+            "net": get_flat_params(self.net),
+            "target": get_flat_params(self.target),
+            "version": self.version,
+            "rng": rng_state(self.rng),
+            "replay": self.replay.state_dict(),
+            "train_steps": self.train_steps,
+            "grad_steps": self.grad_steps,
+            "grads_since_pull": self.grads_since_pull,
+            "pull_due": self.pull_due,
+            "episode": self.episode,
+            "phase": self.phase,
+            "last_t": self.last_t,
+            "position": self.position.copy(),
+            "nstep": self.nstep.state_dict(),
+            "steps": self.steps,
+            "attention_sum": self.attention_sum.copy(),
+        }
+
+    def restore_checkpoint(self, state: dict) -> None:
+        """Continue from :meth:`checkpoint_state`'s snapshot (same stocks, same config)."""
+        if int(state["worker"]) != self.id or not np.array_equal(state["stocks"], self.stocks):
+            raise ValueError(f"checkpoint of worker {state['worker']} does not fit worker {self.id}")
+        set_flat_params(self.net, state["net"])
+        set_flat_params(self.target, state["target"])
+        self.version = int(state["version"])
+        self.replay.load_state_dict(state["replay"])
+        set_rng_state(self.rng, state["rng"])
+        self.train_steps, self.grad_steps = int(state["train_steps"]), int(state["grad_steps"])
+        self.grads_since_pull, self.pull_due = int(state["grads_since_pull"]), bool(state["pull_due"])
+        self.episode, self.phase = int(state["episode"]), str(state["phase"])
+        self.training = self.phase == "train"
+        self.last_t = int(state["last_t"])
+        self.position = np.asarray(state["position"], dtype=np.int64).copy()
+        self.nstep.load_state_dict(state["nstep"])
+        self.steps = int(state["steps"])
+        self.attention_sum[:] = state["attention_sum"]
+        self._records = []

@@ -43,6 +43,18 @@ class EpisodeBook:
         """How many (step, stock) decisions have not arrived."""
         return int((self.actions < 0).sum())
 
+    def state_dict(self) -> dict:
+        """The records so far (for a checkpoint taken in the middle of an episode)."""
+        return {"start": self.start, "stop": self.stop, "q": self.q.copy(), "actions": self.actions.copy(),
+                "rewards": self.rewards.copy(), "epsilon": self.epsilon}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "EpisodeBook":
+        book = cls(int(state["start"]), int(state["stop"]), state["actions"].shape[1])
+        book.q[:], book.actions[:], book.rewards[:] = state["q"], state["actions"], state["rewards"]
+        book.epsilon = float(state["epsilon"])
+        return book
+
 
 @dataclass
 class Portfolio:

@@ -132,6 +132,19 @@ class RunRecorder:
         if oracle_returns is not None:
             self.eval_curves["oracle"] = oracle_returns
 
+    # ---- checkpoints --------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The training curve so far and the run's start (a checkpoint never holds the evaluation)."""
+        return {"curve": json.dumps(self.curve, default=lambda x: x.item()), "started": self.started}  # NaN kept
+
+    def restore_checkpoint(self, state: dict[str, Any]) -> None:
+        """Continue a run: its curve, its start time, and ``metrics.jsonl`` cut back to the checkpoint."""
+        self.curve = json.loads(state["curve"])
+        self.started = float(state["started"])
+        lines = "".join(json.dumps(_jsonable(line)) + "\n" for line in self.curve)
+        write_atomically(self.output / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
+        self._jsonl_started = True
+
     # ---- end of run ---------------------------------------------------------------
     def finish(self, server: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the model, metrics.json and the plots; return metrics.json's content."""

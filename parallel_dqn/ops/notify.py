@@ -1,10 +1,11 @@
-"""Run notifications through Telegram's Bot API, from rank 0 only: start, progress, completion, errors.
+"""Run notifications through Telegram's Bot API, from rank 0 only: start, progress, checkpoints, completion,
+a stop on a signal, errors.
 
 A :class:`Notifier` never slows or stops training: callers only put a message in a bounded
 queue; one background thread sends them (``POST {base_url}/bot{TOKEN}/sendMessage``) with a
-short timeout, at most one per ``notify.min_interval`` seconds. Progress messages are
-coalesced (a newer one replaces one still waiting) and may be dropped; the others wait
-their turn. A failure of any kind (server down, HTTP error, Telegram's ``{"ok": false}``,
+short timeout, at most one per ``notify.min_interval`` seconds. Progress and checkpoint
+messages are coalesced (a newer one replaces a waiting one of its kind) and may be dropped;
+the others wait their turn. A failure of any kind (server down, HTTP error, Telegram's ``{"ok": false}``,
 429 ``retry_after``) is logged once as a warning and the run goes on. :meth:`Notifier.close`
 flushes the queue with a bounded wait.
 
@@ -47,7 +48,11 @@ _MAX_TEXT = 3500  # Telegram allows 4096 characters per message
 @dataclass
 class _Message:
     text: str
-    droppable: bool  # progress: may be coalesced or dropped
+    kind: str | None  # progress, checkpoint: a newer message of the kind replaces a waiting one; None: never dropped
+
+    @property
+    def droppable(self) -> bool:
+        return self.kind is not None
 
 
 class Notifier:
@@ -97,9 +102,13 @@ class Notifier:
         return cls(token, chat_id, label, cfg.base_url, cfg.min_interval, cfg.timeout)
 
     # ---- what a run says ------------------------------------------------------------
-    def start(self, mode: str, stocks: Sequence[str], workers: int, episodes: int, output: str | Path) -> None:
+    def start(
+        self, mode: str, stocks: Sequence[str], workers: int, episodes: int, output: str | Path,
+        resumed_from: str | Path | None = None,
+    ) -> None:
+        how = f"run resumed from {resumed_from}" if resumed_from else "run started"
         self._put(
-            f"run started: {mode} mode, {len(stocks)} stocks ({' '.join(stocks)}), {workers} workers, "
+            f"{how}: {mode} mode, {len(stocks)} stocks ({' '.join(stocks)}), {workers} workers, "
             f"{episodes} episodes\noutput: {output}"
         )
 
@@ -107,7 +116,7 @@ class Notifier:
         self._put(
             f"episode {episode}/{episodes}: reward {reward:.4f}, loss {loss:.4f}, epsilon {epsilon:.3f}, "
             f"{steps_per_s:.0f} steps/s",
-            droppable=True,
+            kind="progress",
         )
 
     def complete(self, result: Mapping[str, Any]) -> None:
@@ -126,30 +135,35 @@ class Notifier:
     def error(self, exc: BaseException) -> None:
         self._put(f"run failed: {error_summary(exc)}")
 
-    def checkpoint(self, path: str | Path, episode: int) -> None:
-        self._put(f"checkpoint saved after episode {episode}: {path}")
+    def checkpoint(self, path: str | Path, episodes_done: int, reason: str) -> None:
+        done = f"{episodes_done} episode{'' if episodes_done == 1 else 's'} done"
+        self._put(f"checkpoint saved ({reason}, {done}): {path}", kind="checkpoint")
+
+    def stopped(self, reason: str, checkpoint: str | Path | None) -> None:
+        """The run stopped on a signal after writing a checkpoint (it will be resumed)."""
+        self._put(f"run stopped by {reason} after checkpoint {checkpoint}; resume with --resume auto")
 
     # ---- queue ------------------------------------------------------------------------
-    def _put(self, text: str, droppable: bool = False) -> None:
-        """Queue a message without waiting; a waiting progress message gives way to a newer one."""
+    def _put(self, text: str, kind: str | None = None) -> None:
+        """Queue a message without waiting; a waiting message of the same ``kind`` gives way to a newer one."""
         if not self.enabled:
             return
-        message = _Message(self._redact(f"{self.prefix}: {text}")[:_MAX_TEXT], droppable)
+        message = _Message(self._redact(f"{self.prefix}: {text}")[:_MAX_TEXT], kind)
         with self._cond:
             if self._closing:
                 return
-            if droppable:
-                self._drop_progress()
-            elif len(self._queue) >= QUEUE_SIZE:
-                self._drop_progress()
+            if kind is not None:
+                self._drop(lambda m: m.kind == kind)
+            if len(self._queue) >= QUEUE_SIZE:
+                self._drop(lambda m: m.droppable)
             if len(self._queue) >= QUEUE_SIZE:
                 log.debug("notification queue full: a message was dropped")
                 return
             self._queue.append(message)
             self._cond.notify()
 
-    def _drop_progress(self) -> None:
-        for m in [m for m in self._queue if m.droppable]:
+    def _drop(self, which: Callable[[_Message], bool]) -> None:
+        for m in [m for m in self._queue if which(m)]:
             self._queue.remove(m)
 
     def close(self) -> None:

@@ -101,6 +101,22 @@ class NStepBuilder:
         """Number of pending (not yet emitted) steps."""
         return self._count
 
+    def state_dict(self) -> dict[str, np.ndarray | int | None]:
+        """The pending steps, for a checkpoint taken in the middle of an episode."""
+        return {
+            "t": self._t.copy(), "positions": self._positions.copy(), "actions": self._actions.copy(),
+            "rewards": self._rewards.copy(), "stocks": None if self._stocks is None else self._stocks.copy(),
+            "head": self._head, "count": self._count,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if np.shape(state["positions"]) != self._positions.shape:
+            raise ValueError(f"n-step state of shape {np.shape(state['positions'])}, builder {self._positions.shape}")
+        self._t[:], self._positions[:] = state["t"], state["positions"]
+        self._actions[:], self._rewards[:] = state["actions"], state["rewards"]
+        self._stocks = None if state["stocks"] is None else np.array(state["stocks"], dtype=np.int16)
+        self._head, self._count = int(state["head"]), int(state["count"])
+
     def push(
         self,
         t: int,

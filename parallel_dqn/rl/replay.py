@@ -55,12 +55,12 @@ def _as_rng(seed_or_rng: int | np.random.Generator | None) -> np.random.Generato
     return seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
 
 
-def _rng_state(rng: np.random.Generator) -> np.ndarray:
+def rng_state(rng: np.random.Generator) -> np.ndarray:
     """The generator's state as a uint8 array of its JSON (exact: Python ints are unbounded)."""
     return np.frombuffer(json.dumps(rng.bit_generator.state).encode(), dtype=np.uint8).copy()
 
 
-def _set_rng_state(rng: np.random.Generator, encoded: np.ndarray) -> None:
+def set_rng_state(rng: np.random.Generator, encoded: np.ndarray) -> None:
     rng.bit_generator.state = json.loads(np.asarray(encoded, dtype=np.uint8).tobytes().decode())
 
 
@@ -137,11 +137,11 @@ class UniformReplay:
         """No-op: uniform replay has no priorities."""
 
     def state_dict(self) -> StateDict:
-        return {**self.storage.state_dict(), "rng": _rng_state(self.rng)}
+        return {**self.storage.state_dict(), "rng": rng_state(self.rng)}
 
     def load_state_dict(self, state: StateDict) -> None:
         self.storage.load_state_dict(state)
-        _set_rng_state(self.rng, state["rng"])  # type: ignore[arg-type]
+        set_rng_state(self.rng, state["rng"])  # type: ignore[arg-type]
 
 
 class PrioritizedReplay:
@@ -218,14 +218,14 @@ class PrioritizedReplay:
     def state_dict(self) -> StateDict:
         return {
             **self.storage.state_dict(),
-            "rng": _rng_state(self.rng),
+            "rng": rng_state(self.rng),
             "priorities": self.priorities(),
             "max_priority": np.array(self._max_priority),
         }
 
     def load_state_dict(self, state: StateDict) -> None:
         self.storage.load_state_dict(state)
-        _set_rng_state(self.rng, state["rng"])  # type: ignore[arg-type]
+        set_rng_state(self.rng, state["rng"])  # type: ignore[arg-type]
         self._sum = SumTree(self.storage.capacity)
         self._min = MinTree(self.storage.capacity)
         self._set_priorities(np.arange(len(self)), np.asarray(state["priorities"]))
