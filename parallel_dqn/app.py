@@ -31,7 +31,7 @@ from parallel_dqn.ops.logs import setup_logging
 from parallel_dqn.ops.notify import Notifier, notifying
 from parallel_dqn.ops.progress import Progress
 from parallel_dqn.ops.signals import StopSignals, StoppedAfterCheckpoint
-from parallel_dqn.resume import check_compatible, choose_checkpoint, finished_result, resume_target
+from parallel_dqn.resume import check_compatible, check_resume_flags, choose_checkpoint, finished_result, resume_target
 from parallel_dqn.run_plan import RunPlan, plan_evaluation, plan_training
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> di
     ``resume`` (``--resume``): ``"auto"`` or a run / checkpoint folder (:mod:`parallel_dqn.resume`).
     """
     cfg.validate()
+    check_resume_flags(overwrite, resume)
     store = open_store(cfg.data.data)
     plan = plan_training(cfg, store, structure=load_structure(cfg.data.data))
     output = Path(cfg.run.output)
@@ -80,15 +81,19 @@ class RunStart:
     finished: dict[str, Any] | None = None
 
 
-def plan_start(cfg: Config, output: Path, overwrite: bool, resume: str | None) -> RunStart:
-    """Decide how a training run into ``output`` starts; a fresh start drops the folder's old checkpoints."""
+def plan_start(cfg: Config, output: Path, overwrite: bool, resume: str | None, console: bool = True) -> RunStart:
+    """Decide how a training run into ``output`` starts; a fresh start drops the folder's old checkpoints.
+
+    With ``--resume`` the folder is the run's own: what is decided (and any checkpoint skipped
+    as corrupt) is logged to its ``run.log`` as well.
+    """
     store = CheckpointStore(output / CHECKPOINTS, cfg.checkpoint.keep)
     if resume is None:
         if overwrite:
             store.clear()
         return RunStart()
-    if overwrite:
-        raise UserError("--resume and --overwrite contradict each other", "drop one of them")
+    output.mkdir(parents=True, exist_ok=True)
+    setup_logging(output / "run.log", console=console)
     finished = finished_result(output)
     if finished is not None:
         log.info("the run in %s has finished already (metrics.json): nothing to resume", output)

@@ -45,6 +45,12 @@ class ResumeTarget:
     auto: bool = False
 
 
+def check_resume_flags(overwrite: bool, resume: str | None) -> None:
+    """``--resume`` continues a run, ``--overwrite`` replaces one: never both."""
+    if resume is not None and overwrite:
+        raise UserError("--resume and --overwrite contradict each other", "drop one of them")
+
+
 def resume_target(resume: str, output: str) -> ResumeTarget:
     """Interpret the ``--resume`` value (``auto``, a run folder or a checkpoint folder)."""
     if resume == AUTO:

@@ -39,6 +39,7 @@ from parallel_dqn.ops.logs import setup_logging
 from parallel_dqn.ops.notify import Notifier, notifying
 from parallel_dqn.ops.progress import Progress
 from parallel_dqn.ops.signals import EXIT_PREEMPTED, StopSignals, StoppedAfterCheckpoint
+from parallel_dqn.resume import check_resume_flags
 from parallel_dqn.run_plan import RunPlan, plan_training, resolve_symbols
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def _agree_on_plan(comm: MPI.Comm, cfg: Config, overwrite: bool, resume: str | N
     error: str | None = None
     try:
         cfg.validate()
+        check_resume_flags(overwrite, resume)
         n_workers = size - 1
         if n_workers < 1:
             raise UserError(
