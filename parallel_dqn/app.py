@@ -30,6 +30,7 @@ from parallel_dqn.ops.checkpoints import CHECKPOINTS, Checkpoint, CheckpointStor
 from parallel_dqn.ops.logs import setup_logging
 from parallel_dqn.ops.notify import Notifier, notifying
 from parallel_dqn.ops.progress import Progress
+from parallel_dqn.ops.run_status import RunEvents
 from parallel_dqn.ops.signals import StopSignals, StoppedAfterCheckpoint
 from parallel_dqn.resume import check_compatible, check_resume_flags, choose_checkpoint, finished_result, resume_target
 from parallel_dqn.run_plan import RunPlan, plan_evaluation, plan_training
@@ -164,8 +165,8 @@ def _run_single(
         transport = InProcessTransport(server, coordinator if training else None)
         shards = [LocalShard(i, stocks) for i, stocks in enumerate(plan.shards)]
         started = time.perf_counter()
-        notifier.start("single", plan.symbols, len(plan.shards), plan.episodes, output,
-                       resumed_from=checkpoint.path if checkpoint else None)
+        events = RunEvents(output, notifier, record=training)
+        events.started("single", plan.symbols, len(plan.shards), plan.episodes, checkpoint.path if checkpoint else None)
         try:
             try:
                 run_workers(shards, plan, store, transport, cfg, resume=saved.workers if saved else None,
@@ -173,18 +174,18 @@ def _run_single(
             finally:
                 progress.close()
             result = recorder.finish(server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"})
-            notifier.complete(result)
+            events.finished(result)
         except StoppedAfterCheckpoint as stop:
             last = coordinator.written[-1].path if coordinator.written else None
-            notifier.stopped(stop.reason, last)
+            events.stopped(stop.reason, last)
             raise StoppedAfterCheckpoint(stop.reason, str(last)) from None
         except UserError as exc:
             log.debug("stopped: %s", exc.line())  # the file records why; the CLI prints the line once
-            notifier.error(exc)
+            events.failed(exc)
             raise
         except BaseException as exc:
             log.debug("failed", exc_info=True)
-            notifier.error(exc)
+            events.failed(exc)
             raise
         finally:
             notifier.close()

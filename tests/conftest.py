@@ -7,6 +7,8 @@
 * ``tiny_market_copy``: a fresh copy of it in the test's ``tmp_path``, free to corrupt.
 * ``azurite`` (session) / ``spare_azurite``: the real Azurite blob emulator (node_modules, from npm) on a free
   port, with ``.connection_string`` for the published dev account; fails, never skips, if it is not installed.
+* ``slurm`` (session): a SLURM cluster answering ``sinfo`` (``launchers/slurm/local_cluster.sh start``). Without
+  one the SLURM tests are skipped, except where ``PARALLEL_DQN_REQUIRE_SLURM=1`` (CI), where they fail.
 """
 
 from __future__ import annotations
@@ -137,3 +139,22 @@ def spare_azurite() -> Iterator[Azurite]:
     emulator = Azurite()
     yield emulator
     emulator.stop()
+
+
+# ---- SLURM: a real cluster (launchers/slurm/local_cluster.sh start; .ci/run starts one) ------------------------------
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """A SLURM cluster with idle nodes to submit to; skip without one, unless PARALLEL_DQN_REQUIRE_SLURM=1."""
+    problem = None
+    if shutil.which("sbatch") is None:
+        problem = "sbatch not found"
+    else:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0 or "idle" not in proc.stdout:
+            problem = f"no idle SLURM nodes (sinfo: {(proc.stdout + proc.stderr).strip()[:200]})"
+    if problem is None:
+        return
+    hint = "start one with: bash launchers/slurm/local_cluster.sh install && bash launchers/slurm/local_cluster.sh start"
+    if os.environ.get("PARALLEL_DQN_REQUIRE_SLURM") == "1":
+        pytest.fail(f"SLURM is required here (PARALLEL_DQN_REQUIRE_SLURM=1): {problem}; {hint}", pytrace=False)
+    pytest.skip(f"{problem}; {hint}")

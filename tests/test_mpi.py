@@ -141,7 +141,7 @@ def test_a_rank_killed_from_outside_does_not_hang_the_job(market, tmp_path):
     deadline = time.monotonic() + 60
     pid = None
     while pid is None and time.monotonic() < deadline:
-        found = re.search(r"rank 2 \(pid (\d+)\)", log.read_text()) if log.exists() else None
+        found = re.search(r"rank 2 \(pid (\d+),", log.read_text()) if log.exists() else None
         pid = int(found[1]) if found else None
         time.sleep(0.2)
     assert pid is not None, "rank 2 never started"

@@ -87,7 +87,7 @@ def pid_of_rank(out: Path, rank: int, job: subprocess.Popen[str]) -> int:
     log = out / "logs" / f"rank{rank}.log"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        found = re.search(rf"rank {rank} \(pid (\d+)\)", log.read_text()) if log.exists() else None
+        found = re.search(rf"rank {rank} \(pid (\d+),", log.read_text()) if log.exists() else None
         if found:
             return int(found[1])
         assert job.poll() is None, job.communicate()[1][-3000:]

