@@ -167,3 +167,18 @@ def test_more_worker_ranks_than_stocks_is_said_once(market, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "4 worker ranks but only 3 stocks" in errors[0], proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_messages_that_arrive_before_the_setup_wait_for_it(tmp_path, sync):
+    """A worker's records and gradient reaching rank 0 before worker 0's SETUP (as on a resume) are applied."""
+    from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
+    import datetime as dt
+
+    market = tmp_path / "m"
+    write_market(generate_market(["AAA", "BBB"], dt.date(2024, 1, 2), 2, seed=1, spec=SyntheticSpec(bar_minutes=5)), market)
+    proc = mpiexec(3, "tests/mpi_scripts/early_messages.py", str(market), str(int(sync)), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    counters = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counters["set_up"] and counters["gradients_received"] == counters["gradients_applied"] == 2
+    assert counters["version"] == (1 if sync else 2)  # sync: one round of two; async: two applies

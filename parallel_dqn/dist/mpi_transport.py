@@ -69,6 +69,10 @@ class Tag(IntEnum):
     STOP_REQUEST = 11
 
 
+#: messages the server can only handle once it knows the market (worker 0's SETUP); held back until then
+WAIT_FOR_SETUP = frozenset({Tag.GRADIENT, Tag.DECISIONS, Tag.DONE, Tag.CKPT_DONE})
+
+
 class CommTimeout(RuntimeError):
     """No answer from another rank within the timeout: it probably died."""
 
@@ -281,21 +285,20 @@ class MPIServerLoop:
         self._waiting_pulls: list[tuple[int, int]] = []  # (rank, min_version)
         self._sends: deque[tuple[MPI.Request, np.ndarray]] = deque()
         self._params_cache: tuple[int, np.ndarray] | None = None
+        self._early: list[tuple[int, Tag, Any]] = []  # messages that need the set-up, received before it
+        self._stopped: set[int] = set()
         self.messages = 0
         self.bytes_received = 0
 
     def run(self) -> None:
-        stopped: set[int] = set()
+        """Serve until every worker has sent STOP (or a checkpoint for a stop signal is committed)."""
+        self._stopped: set[int] = set()
         status = MPI.Status()
-        handlers = {
-            Tag.SETUP: self._on_object,
-            Tag.GRADIENT: self._on_gradient,
-            Tag.PULL: self._on_pull,
-            Tag.DECISIONS: self._on_decisions,
-            Tag.DONE: self._on_object,
-            Tag.STOP: self._on_object,
+        receive = {
+            Tag.GRADIENT: self._receive_gradient,
+            Tag.PULL: self._receive_pull,
+            Tag.DECISIONS: self._receive_decisions,
         }
-        handlers[Tag.CKPT_DONE] = handlers[Tag.STOP_REQUEST] = self._on_object
 
         def probe() -> bool:
             if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
@@ -303,31 +306,51 @@ class MPIServerLoop:
             self._start_checkpoint_if_due()  # also while no message comes (a signal, a timer)
             return False
 
-        while len(stopped) < self.n_workers:
-            wait_until(probe, self.timeout, f"waiting for the workers ({self.n_workers - len(stopped)} still running)")
+        while len(self._stopped) < self.n_workers:
+            wait_until(probe, self.timeout, f"waiting for the workers ({self.n_workers - len(self._stopped)} still running)")
             source, tag = status.Get_source(), Tag(status.Get_tag())
-            obj = handlers[tag](source, tag, status)
+            obj = receive.get(tag, self._receive_object)(source, tag, status)
             self.messages += 1
+            if self.server.info is None and tag in WAIT_FOR_SETUP:
+                self._early.append((source, tag, obj))  # worker 0's SETUP may come after another worker's first records
+            else:
+                self._dispatch(source, tag, obj)
             if tag == Tag.SETUP:
-                self.server.setup(obj)
-            elif tag == Tag.DONE:
-                self.server.on_episode_done(obj)
-            elif tag == Tag.STOP:
-                self.server.on_workers_stopped(obj)
-                stopped.add(source)
-                if self.checkpoints is not None:
-                    for worker in self.checkpoints.workers_finishing():
-                        self._end_checkpoint(worker + 1, self._abandoned_seq(), go_on=True)
-            elif tag == Tag.STOP_REQUEST and self.checkpoints is not None:
-                self.checkpoints.request_stop(obj)
-            elif tag == Tag.CKPT_DONE:
-                self._on_checkpoint_done(source, *obj)
+                for early in self._early:
+                    self._dispatch(*early)
+                self._early.clear()
             self._start_checkpoint_if_due()
             self._answer_pulls()
             self._reap_sends()
         if self._waiting_pulls:
             raise RuntimeError(f"workers stopped with pulls unanswered: {self._waiting_pulls}")
         self._finish_sends()
+
+    def _dispatch(self, source: int, tag: Tag, obj: Any) -> None:
+        """Hand one received message to the server (or the checkpoint coordinator)."""
+        if tag == Tag.SETUP:
+            self.server.setup(obj)
+        elif tag == Tag.GRADIENT:
+            self.server.on_gradient(obj)
+        elif tag == Tag.PULL:
+            self._waiting_pulls.append((source, obj))
+        elif tag == Tag.DECISIONS:
+            self.server.on_decisions(obj)
+        elif tag == Tag.DONE:
+            self.server.on_episode_done(obj)
+        elif tag == Tag.STOP:
+            self.server.on_workers_stopped(obj)
+            self._stopped.add(source)
+            if self.checkpoints is not None:
+                for worker in self.checkpoints.workers_finishing():
+                    self._end_checkpoint(worker + 1, self._abandoned_seq(), go_on=True)
+        elif tag == Tag.STOP_REQUEST:
+            if self.checkpoints is not None:
+                self.checkpoints.request_stop(obj)
+        elif tag == Tag.CKPT_DONE:
+            self._on_checkpoint_done(source, *obj)
+        else:
+            raise RuntimeError(f"rank 0 cannot handle a message tagged {tag.name} from rank {source}")
 
     # ---- checkpoints --------------------------------------------------------------------------
     def _start_checkpoint_if_due(self) -> None:
@@ -365,26 +388,27 @@ class MPIServerLoop:
             wait_until(self._sends[0][0].Test, self.timeout, "sending to the workers")
             self._sends.popleft()
 
-    def _on_object(self, source: int, tag: Tag, status: MPI.Status) -> Any:
+    def _receive_object(self, source: int, tag: Tag, status: MPI.Status) -> Any:
         self.bytes_received += status.Get_count(MPI.BYTE)
         return self.comm.recv(source=source, tag=tag)
 
-    def _on_gradient(self, source: int, tag: Tag, status: MPI.Status) -> None:
+    def _receive_gradient(self, source: int, tag: Tag, status: MPI.Status) -> GradientMessage:
         buf = np.empty(status.Get_count(MPI.FLOAT), dtype=np.float32)
         self.comm.Recv([buf, MPI.FLOAT], source=source, tag=tag)
         self.bytes_received += buf.nbytes
-        self.server.on_gradient(unpack_gradient(buf))
+        return unpack_gradient(buf)
 
-    def _on_pull(self, source: int, tag: Tag, status: MPI.Status) -> None:
+    def _receive_pull(self, source: int, tag: Tag, status: MPI.Status) -> int:
+        """A pull request; its minimum version."""
         request = np.empty(2, dtype=np.int64)
         self.comm.Recv([request, MPI.INT64_T], source=source, tag=tag)
-        self._waiting_pulls.append((source, int(request[1])))
+        return int(request[1])
 
-    def _on_decisions(self, source: int, tag: Tag, status: MPI.Status) -> None:
+    def _receive_decisions(self, source: int, tag: Tag, status: MPI.Status) -> DecisionBlock:
         buf = np.empty(status.Get_count(MPI.DOUBLE), dtype=np.float64)
         self.comm.Recv([buf, MPI.DOUBLE], source=source, tag=tag)
         self.bytes_received += buf.nbytes
-        self.server.on_decisions(unpack_decisions(buf))
+        return unpack_decisions(buf)
 
     def _answer_pulls(self) -> None:
         """Answer the pulls that can be; while a checkpoint is being taken, defer the others to it."""

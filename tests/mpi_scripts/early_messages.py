@@ -1,0 +1,67 @@
+"""Under mpiexec -n 3: worker 1's first gradient and decision records reach rank 0 before worker 0's SETUP
+(worker 0 is slow on purpose), as happens when a run resumes from a checkpoint. Rank 0 must hold them back
+until it knows the market, then apply them; it prints its counters as JSON.
+
+    mpiexec -n 3 python tests/mpi_scripts/early_messages.py MARKET_DIR SYNC(0|1)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from parallel_dqn.config import Config
+from parallel_dqn.data.store import open_store
+from parallel_dqn.dist.driver import LocalShard, build_cross_section
+from parallel_dqn.dist.messages import DecisionBlock, GradientMessage, SetupInfo
+from parallel_dqn.dist.mpi_transport import MPIServerLoop, MPIWorkerTransport
+from parallel_dqn.dist.server import ParameterServer
+from parallel_dqn.dist.transport import InProcessTransport
+from parallel_dqn.model.flat import n_params
+from parallel_dqn.model.qnet import QNetwork
+from parallel_dqn.run_plan import plan_training
+
+
+def main() -> None:
+    market, sync = sys.argv[1], sys.argv[2] == "1"
+    cfg = Config()
+    for key, value in {"data.data": market, "data.stocks": ["AAA", "BBB"], "dist.sync": sync,
+                       "market.graph_window": 40}.items():
+        cfg.set(key, value)
+    comm = MPI.COMM_WORLD.Dup()
+    rank = comm.Get_rank()
+    workers = comm.Split(color=0 if rank == 0 else 1, key=rank)
+    if rank == 0:
+        server = ParameterServer(cfg, 2, on_episode=lambda *a: None)
+        MPIServerLoop(server, comm, 2, timeout=60).run()
+        print(json.dumps({**server.counters.as_dict(), "version": server.version, "set_up": server.info is not None}))
+        return
+    store = open_store(market)
+    plan = plan_training(cfg, store)
+    # every rank builds the whole cross-section in-process (no exchange needed for this test)
+    local = InProcessTransport(ParameterServer(cfg, 2, on_episode=lambda *a: None))
+    xs, stats = build_cross_section([LocalShard(i, s) for i, s in enumerate(plan.shards)], plan, store, local, cfg)
+    transport = MPIWorkerTransport(comm, workers, timeout=60)
+    worker = rank - 1
+    P = n_params(QNetwork(2, xs.features.shape[2], cfg.market.window, cfg.model))
+    if worker == 0:
+        time.sleep(1.0)  # worker 1's messages arrive first
+        transport.send_setup(SetupInfo(
+            symbols=plan.symbols, timestamps=xs.timestamps, close=xs.close, log_returns=xs.log_returns,
+            tradeable=xs.tradeable, train_rows=(0, 20), eval_rows=(20, 20), bars_per_day=78.0, reward_scale=1.0,
+            return_std=1.0, n_features=xs.features.shape[2], feature_stats=stats.to_dict(), shards=plan.shards,
+            episodes=1,
+        ))
+    block = DecisionBlock(worker, 1, "train", np.array([0]), np.array([worker]), np.zeros((1, 3), np.float32),
+                          np.array([1]), np.array([0.0]))
+    transport.send_decisions(block)
+    transport.push_gradient(GradientMessage(worker, 0, np.full(P, 1e-3, np.float32), 0.5, 0.1))
+    transport.close({"gradients_sent": 1})
+
+
+if __name__ == "__main__":
+    main()
