@@ -9,7 +9,8 @@ The parameter server hands every finished episode to :meth:`RunRecorder.on_episo
 * ``trained_model.pth``; plots ``equity_eval.png``, ``drawdown_eval.png``,
   ``attention.png``, ``training_curve.png``;
 * ``run.json``: the run record (code commit, data fingerprint, seed, versions; see
-  :mod:`parallel_dqn.ops.tracking`), also under ``"run"`` in ``metrics.json``.
+  :mod:`parallel_dqn.ops.tracking`), also under ``"run"`` in ``metrics.json``;
+* ``tensorboard/``: the same curve as TensorBoard scalars (:mod:`parallel_dqn.ops.tensorboard`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from parallel_dqn.evaluation.portfolio import bars_per_year
 from parallel_dqn.model.meta_policy import decision_features
 from parallel_dqn.model.saved import save_model
 from parallel_dqn.ops.files import write_atomically
+from parallel_dqn.ops.tensorboard import TENSORBOARD_DIR, ScalarLog
 from parallel_dqn.ops.tracking import run_record, stock_day_files
 from parallel_dqn.rl.reward import POSITIONS
 
@@ -53,6 +55,7 @@ class RunRecorder:
         self.eval_timestamps: np.ndarray | None = None
         self._jsonl_started = False
         self.started = time.time()  # wall-clock start, for the run record
+        self.tensorboard = ScalarLog(output / TENSORBOARD_DIR)
 
     # ---- per episode --------------------------------------------------------------
     def on_episode(self, server: Any, episode: int, phase: str, book: EpisodeBook, summary: dict) -> None:
@@ -94,6 +97,7 @@ class RunRecorder:
             self._evaluate(info, book, pf, metrics, bpy)
             log.info("evaluation: return %.4f sharpe %.2f", metrics["total_return"], metrics["sharpe"])
         self._append_jsonl(line)
+        self.tensorboard.log(phase, episode if phase == "train" else len(self.curve), line)
         if self.progress is not None:
             self.progress.episode_finished(line)
 
@@ -144,6 +148,7 @@ class RunRecorder:
         lines = "".join(json.dumps(_jsonable(line)) + "\n" for line in self.curve)
         write_atomically(self.output / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
         self._jsonl_started = True
+        self.tensorboard.resume_at(len(self.curve) + 1)
 
     # ---- end of run ---------------------------------------------------------------
     def finish(self, server: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -182,6 +187,7 @@ class RunRecorder:
             if number.isdigit() and int(number) > len(self.curve):
                 stale.unlink()
         self._plots(info, attention)
+        self.tensorboard.close()
         return result
 
     def _run_record(self, info: Any) -> dict[str, Any]:
