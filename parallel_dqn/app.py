@@ -8,6 +8,7 @@ and so are checkpoints and ``--resume``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -160,23 +161,25 @@ def _run_single(
     )
     if saved:
         recorder.restore_checkpoint(saved.recorder)
-    with StopSignals() as signals:
-        coordinator = make_coordinator(cfg, output, server, recorder, len(plan.shards), signals, notifier, checkpoint)
-        transport = InProcessTransport(server, coordinator if training else None)
+    with StopSignals() if training else contextlib.nullcontext() as signals:  # an evaluation just ends on a signal
+        coordinator = (
+            make_coordinator(cfg, output, server, recorder, len(plan.shards), signals, notifier, checkpoint)
+            if training else None
+        )
+        transport = InProcessTransport(server, coordinator)
         shards = [LocalShard(i, stocks) for i, stocks in enumerate(plan.shards)]
         started = time.perf_counter()
         events = RunEvents(output, notifier, record=training)
         events.started("single", plan.symbols, len(plan.shards), plan.episodes, checkpoint.path if checkpoint else None)
         try:
             try:
-                run_workers(shards, plan, store, transport, cfg, resume=saved.workers if saved else None,
-                            signals=signals if training else None)
+                run_workers(shards, plan, store, transport, cfg, resume=saved.workers if saved else None, signals=signals)
             finally:
                 progress.close()
             result = recorder.finish(server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"})
             events.finished(result)
         except StoppedAfterCheckpoint as stop:
-            last = coordinator.written[-1].path if coordinator.written else None
+            last = coordinator.written[-1].path if coordinator and coordinator.written else None
             events.stopped(stop.reason, last)
             raise StoppedAfterCheckpoint(stop.reason, str(last)) from None
         except UserError as exc:
