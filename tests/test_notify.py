@@ -6,6 +6,7 @@
   stops training: one warning, no traceback, and a throttled message is sent again once allowed;
 * progress over the rate is coalesced (the newest wins); start and completion are never dropped;
 * a run that fails on a corrupt data file sends the error's line;
+* a run stopped by SIGTERM says where its checkpoint is; the resumed run says what it resumed from;
 * under mpiexec only rank 0 speaks: start and completion once each.
 """
 
@@ -14,9 +15,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,6 +183,37 @@ def test_a_run_that_fails_on_a_corrupt_file_sends_the_error_line(market, tmp_pat
     assert telegram.texts[0].startswith("parallel-dqn out: run started")
     assert telegram.texts[-1] == f"parallel-dqn out: run failed: {caught.value.line()}"
     assert str(victim) in telegram.texts[-1] and len(telegram.texts) == 2
+
+
+def test_a_stop_on_sigterm_and_the_resume_are_announced(market, tmp_path, telegram):
+    out = tmp_path / "run"
+    notify_config(market, out, telegram.url, **{"dqn.episodes": 4, "notify.every": 0}).write(tmp_path / "run.toml")
+    command = [sys.executable, "-m", "parallel_dqn", "train", "--config", str(tmp_path / "run.toml"), "--resume", "auto"]
+    env = {**os.environ, TOKEN_ENV: TOKEN, CHAT_ENV: CHAT}
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "ckpt-000001").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 75, job.stderr.read()
+    job.stderr.close()
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    texts = telegram.texts
+    ckpt = f"{out}/checkpoints/ckpt-000002"
+    assert texts[:3] == [
+        f"parallel-dqn run: run started: single mode, 3 stocks (LEAD FOLW MOMO), 3 workers, 4 episodes\noutput: {out}",
+        f"parallel-dqn run: checkpoint saved (after episode 1, 1 episode done): {out}/checkpoints/ckpt-000001",
+        f"parallel-dqn run: checkpoint saved (SIGTERM, 1 episode done): {ckpt}",
+    ], texts
+    assert texts[3] == f"parallel-dqn run: run stopped by SIGTERM after checkpoint {ckpt}; resume with --resume auto"
+    assert texts[4] == (f"parallel-dqn run: run resumed from {ckpt}: single mode, 3 stocks (LEAD FOLW MOMO), "
+                        f"3 workers, 4 episodes\noutput: {out}")
+    assert [t.split(": ")[1] for t in texts[5:-1]] == ["checkpoint saved (after episode 2, 2 episodes done)",
+                                                      "checkpoint saved (after episode 3, 3 episodes done)",
+                                                      "checkpoint saved (after episode 4, 4 episodes done)"]
+    assert texts[-1].startswith("parallel-dqn run: run finished in ")
+    assert_token_nowhere(out, resumed.stdout, resumed.stderr)
 
 
 # ---- the notifier itself -------------------------------------------------------------------------
