@@ -84,15 +84,15 @@ class RunStart:
 
 
 def plan_start(cfg: Config, output: Path, overwrite: bool, resume: str | None, console: bool = True) -> RunStart:
-    """Decide how a training run into ``output`` starts; a fresh start drops the folder's old checkpoints.
+    """Decide how a training run into ``output`` starts.
 
     With ``--resume`` the folder is the run's own: what is decided (and any checkpoint skipped
-    as corrupt) is logged to its ``run.log`` as well.
+    as corrupt) is logged to its ``run.log`` as well. Nothing is removed here: a fresh start
+    retires an earlier run in the folder only once its own data have loaded
+    (:func:`retire_earlier_run`), so a run refused for bad input leaves the folder as it was.
     """
     store = CheckpointStore(output / CHECKPOINTS, cfg.checkpoint.keep)
     if resume is None:
-        if overwrite:
-            store.clear()
         return RunStart()
     output.mkdir(parents=True, exist_ok=True)
     setup_logging(output / "run.log", console=console)
@@ -103,12 +103,21 @@ def plan_start(cfg: Config, output: Path, overwrite: bool, resume: str | None, c
     checkpoint = choose_checkpoint(resume_target(resume, str(output)))
     if checkpoint is None:
         log.info("no checkpoint in %s: starting the run from the beginning", store.folder)
-        store.clear()
         return RunStart()
     check_compatible(cfg, checkpoint)
     store.remove_staging()
     log.info("resuming from %s (%s)", checkpoint.path, checkpoint.manifest["reason"])
     return RunStart(checkpoint=checkpoint)
+
+
+def retire_earlier_run(output: Path) -> None:
+    """A fresh run has loaded its data: the earlier run it replaces in ``output`` stops being resumable or finished.
+
+    Its checkpoints and its ``metrics.json`` go (a later ``--resume auto`` would otherwise continue
+    or report the old run); its other files are replaced as the new run writes them.
+    """
+    CheckpointStore(output / CHECKPOINTS).clear()
+    (output / "metrics.json").unlink(missing_ok=True)
 
 
 def evaluate(cfg: Config, model_path: str, overwrite: bool = False) -> dict[str, Any]:
@@ -158,6 +167,7 @@ def _run_single(
     server = ParameterServer(
         cfg, len(plan.shards), on_episode, initial_state=initial_state, progress=progress,
         resume_state=saved.server if saved else None,
+        on_setup=(lambda info: retire_earlier_run(output)) if training and not checkpoint else None,
     )
     if saved:
         recorder.restore_checkpoint(saved.recorder)

@@ -25,6 +25,8 @@ DATA_COMMANDS = (
     "parallel_dqn.commands.data_import",
     "parallel_dqn.commands.data_azure",
 )
+# the module that adds `parallel-dqn sweep ...` subcommands: register(subparsers, flag)
+SWEEP_COMMANDS = "parallel_dqn.commands.sweep"
 
 # flag -> config key, for the flags that set one setting each
 TRAIN_FLAGS: dict[str, str] = {
@@ -74,13 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _train_flags(sub.add_parser("full-workflow", help="train, evaluate the saved model, write report.html"))
     r = sub.add_parser("report", help="one self-contained HTML report over run folders")
-    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output folders of runs")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output folders of runs, or sweep folders (their finished runs)")
     _flag(r, "output", default=None, help="HTML file (default: RUN_DIR/report.html, or ./report.html for several)")
 
     d = sub.add_parser("data", help="market data tools")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
     for module in DATA_COMMANDS:
         importlib.import_module(module).register(dsub, _flag)
+
+    s = sub.add_parser("sweep", help="hyperparameter sweeps: plan, run here, submit to SLURM, status")
+    ssub = s.add_subparsers(dest="sweep_command", required=True, parser_class=OneLineParser)
+    importlib.import_module(SWEEP_COMMANDS).register(ssub, _flag)
     return p
 
 
@@ -177,6 +183,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     return args.handler(args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``parallel-dqn sweep SUBCOMMAND``: SWEEP_COMMANDS set its handler."""
+    return args.handler(args)
+
+
 def print_results(result: dict[str, Any], output: str) -> None:
     """The results table: agent vs baselines (and the oracle) on the evaluation period."""
     rows = []
@@ -206,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "data": cmd_data,
+        "sweep": cmd_sweep,
         "full-workflow": workflow.full_workflow,
         "report": workflow.report,
     }

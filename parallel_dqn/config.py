@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,7 @@ class Config:
         Only how a run is watched and kept may change on resume (:data:`RESUME_MAY_CHANGE`):
         everything else shapes the results, so resuming with it changed would mix two runs.
         """
-        mine, theirs = _flatten(self.to_dict()), _flatten(saved.to_dict())
+        mine, theirs = flatten_settings(self.to_dict()), flatten_settings(saved.to_dict())
         return [
             f"{key} = {theirs.get(key)!r} in the checkpoint, {mine.get(key)!r} now"
             for key in sorted(set(mine) | set(theirs))
@@ -272,11 +273,12 @@ _SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 RESUME_MAY_CHANGE = ("run.output", "run.progress", "run.threads", "dist.timeout", "notify.", "checkpoint.")
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_settings(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"dqn": {"lr": 1}}`` (nested tables, or TOML's unquoted dotted keys) -> ``{"dqn.lr": 1}``."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            out.update(flatten_settings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -215,3 +215,13 @@ def test_bad_resume_arguments_are_one_line(tmp_path, capsys, argv, message):
     names = {"missing": tmp_path / "missing", "empty": tmp_path / "empty"}
     err = one_line_error(capsys, ["train", *[a.format(**names) for a in argv]])
     assert message in err
+
+
+def test_a_fresh_start_over_an_earlier_run_retires_its_checkpoints_once_its_data_load(market, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(market, out))
+    old = {p.name for p in (out / "checkpoints").iterdir()}
+    train(tiny_config(market, out, **{"run.seed": 1}), overwrite=True)
+    manifests = [json.loads(m.read_text()) for m in (out / "checkpoints").glob("ckpt-*/manifest.json")]
+    assert manifests and all(m["config"]["run"]["seed"] == 1 for m in manifests)
+    assert not old & {p.name for p in (out / "checkpoints").iterdir()}

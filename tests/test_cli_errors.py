@@ -15,6 +15,7 @@ checks its own case's result.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ BAD_KEY = "stocks_intraday/BBB/2024/01/BBB_2024-01-03.parquet"
 #: a file of the evaluation day (the tiny market's last day, held out by default)
 EVAL_KEY = "stocks_intraday/BBB/2024/01/BBB_2024-01-04.parquet"
 RUN_FILES = ("trained_model.pth", "metrics.json", "metrics.jsonl", "portfolio_ep1.csv")
+LOGS = ("run.log", "status.json")  # what every attempt writes: its log, and its state (here: failed)
 NO_AZURE_ENV = {k: v for k, v in os.environ.items() if not k.upper().startswith("AZURE")}
 
 
@@ -326,7 +328,7 @@ def safety_runs(cli, pool, trained_run, tiny_market, tmp_path_factory) -> dict[s
         if damage is not None:
             market = Path(shutil.copytree(tiny_market, tmp / "market"))
             damage(market)
-        before, log_before = hash_tree(out, exclude=("run.log",)), (out / "run.log").read_bytes()
+        before, log_before = hash_tree(out, exclude=LOGS), (out / "run.log").read_bytes()
         future = pool.submit(cli, *build(market, out, model))
         runs[case] = Launched(future, words, not at_load, tmp, before, log_before)
     return runs
@@ -337,10 +339,14 @@ def test_failed_run_keeps_earlier_results(case, safety_runs):
     run = safety_runs[case]
     user_error(run.proc(), *run.words)
     out = run.tmp / "out"
-    after = hash_tree(out, exclude=("run.log",))
+    after = hash_tree(out, exclude=LOGS)
     for name in RUN_FILES:
         assert after.get(name) == run.before[name], f"{name} changed or vanished"
     assert after == run.before, "a failed run changed, added or removed files in --output"
+    assert any(p.parts[-3:-1] == ("checkpoints", "ckpt-000001") for p in (run.tmp / "out").rglob("*"))
+    status = json.loads((out / "status.json").read_text())  # a training attempt that started says it failed
+    started_training = not run.refused_at_start and not case.startswith("evaluate")
+    assert status["state"] == ("failed" if started_training else "finished"), status
     log = (out / "run.log").read_bytes()
     assert log.startswith(run.log_before), "the earlier run's run.log was lost"
     if run.refused_at_start:  # not even the log is touched

@@ -18,12 +18,13 @@ EVALUATION_DIR = "evaluation"
 
 
 def report(args: argparse.Namespace) -> int:
-    """Write one HTML report over the given run folders and say where it is."""
+    """Write one HTML report over the given run folders (a sweep folder: its finished combinations) and say where it is."""
     from parallel_dqn.evaluation.report import write_report
+    from parallel_dqn.sweep import expand_run_dirs
 
     dirs = [Path(d) for d in args.run_dirs]
     default = dirs[0] / REPORT_NAME if len(dirs) == 1 else Path(REPORT_NAME)
-    path = write_report(dirs, Path(args.output) if args.output else default)
+    path = write_report(expand_run_dirs(dirs), Path(args.output) if args.output else default)
     print(f"report: {path}")
     return 0
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
-from parallel_dqn.app import RunStart, plan_start, prepare_output
+from parallel_dqn.app import RunStart, plan_start, prepare_output, retire_earlier_run
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
@@ -164,7 +164,10 @@ def _serve(
     progress = Progress(total_steps=0, enabled=cfg.run.progress, without_terminal=True)
     recorder = RunRecorder(cfg, output, progress)
     on_episode = notifying(recorder.on_episode, recorder.curve, events.notifier, cfg.notify.every, plan.episodes)
-    server = ParameterServer(cfg, n_workers, on_episode, progress=progress, resume_state=saved.server if saved else None)
+    server = ParameterServer(
+        cfg, n_workers, on_episode, progress=progress, resume_state=saved.server if saved else None,
+        on_setup=None if checkpoint else (lambda info: retire_earlier_run(output)),
+    )
     if saved:
         recorder.restore_checkpoint(saved.recorder)
     coordinator = make_coordinator(cfg, output, server, recorder, n_workers, signals, events.notifier, checkpoint)

@@ -72,12 +72,14 @@ class ParameterServer:
         initial_state: dict | None = None,
         progress: Any = None,
         resume_state: dict | None = None,
+        on_setup: Callable[[SetupInfo], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.n_workers = n_workers
         self.on_episode = on_episode  # called with each finished episode's book (outputs, meta training)
         self.initial_state = initial_state  # a saved model's weights (evaluation)
         self.resume_state = resume_state  # a checkpoint's server state (--resume), applied at set-up
+        self.on_setup = on_setup  # called once the market is known: every worker has loaded its data
         self.progress = progress
         self.loss_ema = float("nan")
         self.info: SetupInfo | None = None
@@ -117,6 +119,8 @@ class ParameterServer:
             self.progress.set_total(
                 info.episodes * max(train[1] - train[0] - 1, 0) + max(evaluation[1] - evaluation[0] - 1, 0), info.episodes
             )
+        if self.on_setup is not None:
+            self.on_setup(info)
 
     # ---- gradients and parameters -------------------------------------------------
     def on_gradient(self, msg: GradientMessage) -> None:

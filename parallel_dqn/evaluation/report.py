@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from parallel_dqn.config import flatten_settings
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation import plots
 from parallel_dqn.ops.files import write_atomically
@@ -70,7 +71,7 @@ class Run:
         self.curve = _read_jsonl(folder / "metrics.jsonl")
         config_path = folder / "config.toml"
         self.config_text = config_path.read_text() if config_path.is_file() else ""
-        self.settings = _flatten(tomllib.loads(self.config_text)) if self.config_text else {}
+        self.settings = flatten_settings(tomllib.loads(self.config_text)) if self.config_text else {}
         self.record: dict[str, Any] = self.metrics.get("run") or _read_json(folder / "run.json") or {}
 
     def sharpe(self) -> float:
@@ -246,17 +247,6 @@ def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"dqn": {"lr": 1}}`` -> ``{"dqn.lr": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _read_json(path: Path) -> Any:

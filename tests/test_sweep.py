@@ -1,0 +1,374 @@
+"""Hyperparameter sweeps through the real CLI (``python -m parallel_dqn sweep ...`` as subprocesses, no mocks).
+
+* planning: grid x points, deduplication of identical resolved configurations, names, extending a sweep
+  folder (indices kept, nothing deleted), refusing a folder that is not a sweep's;
+* every mistake in a sweep file: one line naming the file and the key, exit 2;
+* ``sweep config``, ``sweep status`` over every state, ``sweep submit --dry-run`` (the sbatch command);
+* a real local ``sweep run`` of two tiny combinations, one of them stopped before (resumable), then
+  ``sweep status`` and ``report`` over the sweep folder.
+
+SLURM itself is not needed here (``submit --dry-run`` runs no sbatch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from parallel_dqn.ops.run_status import write_status
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+ERROR_LINE = re.compile(r"^parallel-dqn(?: [a-z-]+)*: error: \S")
+SAFE_NAME = re.compile(r"^c\d{3}(-[A-Za-z0-9._+=-]+)?$")
+
+#: the base of the planning tests: small settings, no data needed to plan
+BASE = """
+[base_settings.data]
+stocks = ["LEAD", "FOLW", "MOMO"]
+[base_settings.dqn]
+episodes = 4
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], *names: str) -> str:
+    """Check ``proc`` failed as a user error with one error line on stderr naming ``names``; return it."""
+    out = f"\n--- exit {proc.returncode}\n--- stderr:\n{proc.stderr}\n--- stdout:\n{proc.stdout}"
+    assert proc.returncode == 2, f"expected exit 2{out}"
+    assert "Traceback" not in proc.stderr + proc.stdout, out
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and ERROR_LINE.match(lines[0]), f"expected one error line{out}"
+    missing = [n for n in names if n not in lines[0]]
+    assert not missing, f"the error line does not name {missing}: {lines[0]!r}"
+    return lines[0]
+
+
+def sweep_json(folder: Path) -> dict:
+    return json.loads((folder / "sweep.json").read_text())
+
+
+def names(folder: Path) -> list[str]:
+    return [c["name"] for c in sweep_json(folder)["combinations"]]
+
+
+def status_rows(stdout: str) -> dict[str, list[str]]:
+    """``sweep status`` table -> name: the cells after it (split on runs of two or more spaces)."""
+    rows = {}
+    for line in stdout.splitlines():
+        if re.match(r"^c\d{3}", line):
+            cells = re.split(r"\s{2,}", line.strip())
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+# ---- planning --------------------------------------------------------------------------------
+def test_plan_grid_then_points_deduplicated_and_named(tmp_path):
+    sweep = write(tmp_path / "sweep.toml", BASE + """
+[grid]
+"dqn.lr" = [1e-3, 5e-4]
+"dqn.gamma" = [0.5, 0.9]
+
+[[points]]
+"dqn.lr" = 1e-3
+"dqn.target_update" = 100
+
+[[points]]   # resolves to the first grid combination (batch_size 32 is the default): not planned again
+"dqn.lr" = 0.001
+"dqn.gamma" = 0.5
+"dqn.batch_size" = 32
+""")
+    out = tmp_path / "sw"
+    proc = run_cli("sweep", "plan", sweep, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 duplicate" in proc.stdout
+    expected = ["c000-lr=0.001-gamma=0.5", "c001-lr=0.001-gamma=0.9", "c002-lr=0.0005-gamma=0.5",
+                "c003-lr=0.0005-gamma=0.9", "c004-lr=0.001-target_update=100"]
+    tree = sweep_json(out)
+    assert [c["name"] for c in tree["combinations"]] == expected
+    assert [c["index"] for c in tree["combinations"]] == [0, 1, 2, 3, 4]
+    assert len({c["id"] for c in tree["combinations"]}) == 5
+    assert tree["combinations"][4]["settings"] == {"dqn.lr": 0.001, "dqn.target_update": 100}
+    assert tree["sweep_text"] == sweep.read_text() and Path(tree["sweep_file"]) == sweep.resolve()
+    for c in tree["combinations"]:
+        cfg = tomllib.loads((out / c["name"] / "config.toml").read_text())
+        assert cfg["run"]["output"] == str((out / c["name"]).resolve())
+        assert cfg["data"]["stocks"] == ["LEAD", "FOLW", "MOMO"] and cfg["dqn"]["episodes"] == 4
+        for key, value in c["settings"].items():
+            section, _, name = key.partition(".")
+            assert cfg[section][name] == value, (c["name"], key)
+    assert tomllib.loads((out / expected[4] / "config.toml").read_text())["dqn"]["gamma"] == 0.5  # the default
+
+
+def test_plan_base_file_only_and_ambiguous_names(tmp_path):
+    write(tmp_path / "conf" / "base.toml", '[dqn]\nepisodes = 7\n[data]\nstocks = ["AAA", "BBB"]\n')
+    only = write(tmp_path / "conf" / "only_base.toml", 'base = "base.toml"\n')
+    out = tmp_path / "base_only"
+    assert run_cli("sweep", "plan", only, "--output", out).returncode == 0
+    assert names(out) == ["c000"]
+    assert tomllib.loads((out / "c000" / "config.toml").read_text())["dqn"]["episodes"] == 7
+
+    sweep = write(tmp_path / "conf" / "ambiguous.toml", """
+base = "base.toml"
+[grid]
+dqn.lr = [0.001]               # unquoted dotted keys work too
+"meta.lr" = [0.01]
+"data.stocks" = [["AAA", "BBB"]]
+"data.data" = ["my data/x:y*z"]
+""")
+    out = tmp_path / "ambiguous"
+    proc = run_cli("sweep", "plan", sweep, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    (name,) = names(out)
+    assert name == "c000-dqn.lr=0.001-meta.lr=0.01-stocks=AAA+BBB-data=my_data_x_y_z"
+    assert SAFE_NAME.match(name) and (out / name / "config.toml").is_file()
+
+
+def test_plan_again_is_idempotent_and_extends_keeping_indices(tmp_path):
+    sweep = write(tmp_path / "sweep.toml", BASE + '[grid]\n"dqn.lr" = [0.1, 0.2]\n')
+    out = tmp_path / "sw"
+    assert run_cli("sweep", "plan", sweep, "--output", out).returncode == 0
+    first = (out / "sweep.json").read_bytes()
+    (out / "c001-lr=0.2" / "marker").write_text("results of a run")
+    assert run_cli("sweep", "plan", sweep, "--output", out).returncode == 0
+    assert (out / "sweep.json").read_bytes() == first
+
+    write(sweep, BASE + '[grid]\n"dqn.lr" = [0.2, 0.3]\n[[points]]\n"run.seed" = 5\n')
+    proc = run_cli("sweep", "plan", sweep, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    tree = sweep_json(out)
+    assert [(c["index"], c["name"], c["in_sweep"]) for c in tree["combinations"]] == [
+        (0, "c000-lr=0.1", False), (1, "c001-lr=0.2", True), (2, "c002-lr=0.3", True), (3, "c003-seed=5", True),
+    ]
+    assert "c000-lr=0.1" in proc.stdout.splitlines()[-1] and "kept 1" in proc.stdout  # reported, not deleted
+    assert (out / "c000-lr=0.1" / "config.toml").is_file()
+    assert (out / "c001-lr=0.2" / "marker").read_text() == "results of a run"
+    # a combination no longer in the file is neither submitted nor run again
+    proc = run_cli("sweep", "submit", out, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "--array=1,2,3 " in proc.stdout
+
+
+def test_plan_refuses_a_folder_that_is_not_a_sweep(tmp_path):
+    sweep = write(tmp_path / "sweep.toml", BASE)
+    other = tmp_path / "results"
+    write(other / "notes.txt", "mine")
+    line = one_error_line(run_cli("sweep", "plan", sweep, "--output", other), str(other), "sweep.json")
+    assert "not a sweep folder" in line
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+# ---- every mistake: one line, exit 2 ----------------------------------------------------------------
+#: case -> (sweep file text or None for a missing file, what the error line must name besides the file)
+BAD_SWEEPS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "missing_file": (None, ("cannot read",)),
+    "toml_error": ('[grid\n"dqn.lr" = [1]\n', ("not valid TOML", "line 1")),
+    "unknown_top_key": ('[grids]\n"dqn.lr" = [1]\n', ("'grids'",)),
+    "unknown_setting": ('[grid]\n"dqn.learning_rate" = [0.1]\n', ("[grid]", "dqn.learning_rate")),
+    "unknown_section": ('[[points]]\n"optim.lr" = 0.1\n', ("[[points]] #1", "optim.lr")),
+    "unknown_base_setting": ("[base_settings.dqn]\nlrate = 1\n", ("[base_settings]", "dqn.lrate")),
+    "grid_not_a_list": ('[grid]\n"dqn.lr" = 0.001\n', ("[grid]", "dqn.lr", "list")),
+    "grid_empty_list": ('[grid]\n"dqn.gamma" = []\n', ("[grid]", "dqn.gamma", "empty")),
+    "invalid_type": ('[grid]\n"dqn.batch_size" = [16, "many"]\n', ("[grid]", "dqn.batch_size", "many")),
+    "invalid_value": ('[grid]\n"dqn.gamma" = [0.5, 1.5]\n', ("[grid]", "dqn.gamma", "[0, 1)")),
+    "invalid_point": ('[[points]]\n"dqn.episodes" = 1\n[[points]]\n"dqn.episodes" = 0\n', ("#2", "episodes")),
+    "swept_output": ('[grid]\n"run.output" = ["a", "b"]\n', ("run.output", "may not be swept")),
+    "swept_mode": ('[[points]]\n"dist.mode" = "parallel"\n', ("dist.mode", "may not be swept")),
+    "missing_base": ('base = "nowhere.toml"\n', ("base", "nowhere.toml")),
+    "points_not_tables": ('points = [1, 2]\n', ("points", "[[points]]")),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_sweep_results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """Plan every bad sweep file at once (a thread pool of real CLI processes)."""
+    base = tmp_path_factory.mktemp("bad_sweeps")
+    jobs = {}
+    for case, (text, _) in BAD_SWEEPS.items():
+        path = base / f"{case}.toml"
+        if text is not None:
+            path.write_text(text)
+        jobs[case] = (path, ["sweep", "plan", path, "--output", base / f"out_{case}"])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {case: pool.submit(run_cli, *args) for case, (_, args) in jobs.items()}
+        return {case: (jobs[case][0], f.result()) for case, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SWEEPS))
+def test_bad_sweep_file_is_one_line(case, bad_sweep_results):
+    path, proc = bad_sweep_results[case]
+    one_error_line(proc, path.name, *BAD_SWEEPS[case][1])
+    assert not (path.parent / f"out_{case}").exists()  # nothing planned
+
+
+def test_run_and_submit_need_a_sweep_folder_or_a_file_with_output(tmp_path):
+    sweep = write(tmp_path / "sweep.toml", BASE)
+    one_error_line(run_cli("sweep", "run", sweep), "--output")
+    one_error_line(run_cli("sweep", "submit", sweep, "--dry-run"), "--output")
+    one_error_line(run_cli("sweep", "status", tmp_path), "not a sweep folder")
+
+
+# ---- sweep config, status, submit --dry-run ------------------------------------------------------
+def test_sweep_config_prints_the_absolute_config_path(tmp_path):
+    sweep = write(tmp_path / "sweep.toml", BASE + '[grid]\n"dqn.lr" = [0.1, 0.2]\n')
+    out = tmp_path / "sw"
+    assert run_cli("sweep", "plan", sweep, "--output", out).returncode == 0
+    proc = run_cli("sweep", "config", out, "1", cwd=tmp_path.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{(out / 'c001-lr=0.2' / 'config.toml').resolve()}\n" and proc.stderr == ""
+    one_error_line(run_cli("sweep", "config", out, "2"), "no combination 2", "0..1")
+    one_error_line(run_cli("sweep", "config", tmp_path, "0"), "not a sweep folder")
+
+
+@pytest.fixture
+def states_sweep(tmp_path):
+    """A planned 6-combination sweep whose run folders say: finished, stopped, failed, gone, running, nothing."""
+    sweep = write(tmp_path / "sweep.toml", BASE + '[grid]\n"run.seed" = [0, 1, 2, 3, 4, 5]\n')
+    out = tmp_path / "sw"
+    assert run_cli("sweep", "plan", sweep, "--output", out).returncode == 0
+    folders = [out / name for name in names(out)]
+    write(folders[0] / "metrics.json", json.dumps({"eval": {"sharpe": 1.234567}}))
+    write(folders[0] / "metrics.jsonl", "".join(json.dumps({"phase": p, "episode": e}) + "\n"
+                                                 for p, e in (("train", 1), ("train", 2), ("eval", 0))))
+    write(folders[1] / "metrics.jsonl", json.dumps({"phase": "train", "episode": 1}) + "\n")
+    write_status(folders[1], "stopped", reason="SIGTERM", checkpoint=str(folders[1] / "checkpoints" / "ckpt-000001"))
+    write_status(folders[2], "failed", message="BBB_2024-01-03.parquet row 7: high < low")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    write_status(folders[3], "running", pid=gone.pid)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "parallel_dqn"])
+    write_status(folders[4], "running", pid=alive.pid)
+    yield out, folders
+    alive.kill()
+    alive.wait()
+
+
+def test_status_tells_every_state(states_sweep):
+    out, folders = states_sweep
+    proc = run_cli("sweep", "status", out)
+    assert proc.returncode == 0, proc.stderr
+    rows = status_rows(proc.stdout)
+    assert list(rows) == [f.name for f in folders]
+    states = [rows[f.name][1] for f in folders]
+    assert states == ["finished", "stopped", "failed", "interrupted", "running", "not started"]
+    assert rows[folders[0].name][0] == "run.seed=0"
+    assert rows[folders[0].name][2:4] == ["2/4", "1.234567"] and rows[folders[1].name][2] == "1/4"
+    assert "high < low" in rows[folders[2].name][-1] and "SIGTERM" in rows[folders[1].name][-1]
+    assert ("6 combination(s): 1 finished, 1 running, 1 stopped, 1 interrupted, 1 failed, 1 not started"
+            in proc.stdout)
+    assert f"best: {folders[0].name} (eval Sharpe 1.234567)" in proc.stdout
+
+
+def test_submit_dry_run_prints_the_sbatch_command(states_sweep):
+    out, _ = states_sweep
+    proc = run_cli("sweep", "submit", out, "--dry-run", "--ranks", "3", "--nodes", "2", "--time", "00:05:00",
+                   "--partition", "debug", "--sbatch-arg=--overcommit", "--sbatch-arg=--mem=1G")
+    assert proc.returncode == 0, proc.stderr
+    resolved = out.resolve()
+    expected = ["sbatch", "--parsable", "--array=1,2,3,5", "--ntasks=3", "--nodes=2",
+                f"--output={resolved}/logs/slurm-%A_%a.out", "--time=00:05:00", "--partition=debug",
+                "--overcommit", "--mem=1G", str(ROOT / "launchers" / "slurm" / "sweep.sbatch"), str(resolved)]
+    assert proc.stdout.splitlines() == [shlex.join(expected)]  # finished (0) and running (4) left out
+    assert not (out / "submissions.json").exists() and not (out / "logs").exists()
+    one_error_line(run_cli("sweep", "submit", out, "--dry-run", "--ranks", "1"), "--ranks 1", "2 ranks")
+
+
+def test_submit_dry_run_of_a_sweep_file_writes_nothing(tmp_path):
+    sweep = write(tmp_path / "sweep.toml", BASE + '[grid]\n"dqn.lr" = [0.1, 0.2]\n')
+    out = tmp_path / "new"
+    proc = run_cli("sweep", "submit", sweep, "--output", out, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "--array=0,1 --ntasks=2 --nodes=1 " in proc.stdout and not out.exists()
+
+
+# ---- a real local sweep ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_sweep(tiny_market, tmp_path_factory):
+    """Two tiny combinations (grid + point), the second stopped before (status.json, no metrics.json), run together."""
+    base = tmp_path_factory.mktemp("local_sweep")
+    sweep = write(base / "sweep.toml", f"""
+[base_settings.data]
+data = "{tiny_market}"
+[base_settings.dqn]
+episodes = 1
+learning_starts = 20
+batch_size = 16
+[base_settings.market]
+graph_window = 40
+[grid]
+"run.seed" = [0]
+[[points]]
+"run.seed" = 1
+"dqn.lr" = 1e-3
+""")
+    out = base / "sw"
+    planned = run_cli("sweep", "plan", sweep, "--output", out)
+    assert planned.returncode == 0, planned.stderr
+    stopped = out / names(out)[1]
+    write_status(stopped, "stopped", reason="SIGUSR1", checkpoint=None)
+    before = run_cli("sweep", "status", out)
+    ran = run_cli("sweep", "run", out, "--jobs", "2", timeout=240)
+    after = run_cli("sweep", "status", out)
+    return out, before, ran, after
+
+
+def test_local_run_finishes_every_combination(local_sweep):
+    out, before, ran, after = local_sweep
+    states = {name: cells[1] for name, cells in status_rows(before.stdout).items()}
+    assert states == {"c000-seed=0": "not started", "c001-seed=1-lr=0.001": "stopped"}
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for name in names(out):
+        folder = out / name
+        assert (folder / "metrics.json").is_file() and json.loads((folder / "status.json").read_text())["state"] == "finished"
+        log = (folder / "console.log").read_text()
+        assert "--resume auto" in log and "--mode single" in log and "exit code 0" in log
+    assert after.returncode == 0
+    rows = status_rows(after.stdout)
+    assert list(rows) == names(out)
+    for name, cells in rows.items():
+        sharpe = json.loads((out / name / "metrics.json").read_text())["eval"]["sharpe"]
+        assert cells[1:4] == ["finished", "1/1", str(sharpe)], (name, cells)
+    assert "2 combination(s): 2 finished" in after.stdout
+
+
+def test_local_run_again_runs_nothing(local_sweep):
+    out = local_sweep[0]
+    stamps = {name: (out / name / "metrics.json").stat().st_mtime_ns for name in names(out)}
+    proc = run_cli("sweep", "run", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to run" in proc.stderr and "started" not in proc.stderr
+    assert stamps == {name: (out / name / "metrics.json").stat().st_mtime_ns for name in names(out)}
+
+
+def test_report_of_a_sweep_folder(local_sweep, tmp_path):
+    out = local_sweep[0]
+    proc = run_cli("report", out)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out / "report.html") in proc.stdout
+    page = (out / "report.html").read_text()
+    table = page[page.index('<table id="comparison">'):]
+    table = table[: table.index("</table>")]
+    listed = re.findall(r"<tr><td>(c\d{3}[^<]*)</td><td>([^<]*)</td>", table)
+    sharpe = {name: json.loads((out / name / "metrics.json").read_text())["eval"]["sharpe"] for name in names(out)}
+    assert sorted(name for name, _ in listed) == sorted(sharpe)
+    assert [float(s) for _, s in listed] == sorted(sharpe.values(), reverse=True)
+    assert all(float(s) == sharpe[name] for name, s in listed)
+    assert "run.seed" in table[: table.index("</tr>")]
+
+    # a sweep with nothing finished: one line
+    empty = tmp_path / "empty"
+    assert run_cli("sweep", "plan", out.parent / "sweep.toml", "--output", empty).returncode == 0
+    one_error_line(run_cli("report", empty), str(empty), "no finished combination")
