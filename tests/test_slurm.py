@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,3 +105,39 @@ def test_a_job_told_to_stop_checkpoints_requeues_resumes_and_matches_an_uninterr
                    timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert_same_run(reference, out)
+
+
+def test_a_sweep_runs_as_one_job_array_and_the_report_consolidates_it(market, tmp_path):
+    sweep_file = tmp_path / "sweep.toml"
+    base = run_config(market, tmp_path / "unused", tmp_path / "base.toml", **{"dqn.episodes": 1})
+    sweep_file.write_text(f'base = "{base.name}"\n[grid]\n"dqn.lr" = [0.001, 0.0005]\n"dqn.gamma" = [0.5, 0.9]\n'
+                          '[[points]]\n"dqn.lr" = 0.001\n"dqn.gamma" = 0.5\n')  # the point repeats a grid combination
+    folder = tmp_path / "sweep"
+    submit = cli("sweep", "submit", str(sweep_file), "--output", str(folder), "--ranks", "2")
+    assert submit.returncode == 0, submit.stderr
+    job = re.search(r"submitted job (\d+): 4 combination\(s\), indices 0,1,2,3", submit.stdout)
+    assert job, submit.stdout
+    for index in range(4):
+        info = wait_for(f"{job[1]}_{index}")
+        assert info["JobState"] == "COMPLETED", (folder / "logs" / f"slurm-{job[1]}_{index}.out").read_text()
+    status = cli("sweep", "status", str(folder))
+    assert status.returncode == 0 and "4 combination(s): 4 finished" in status.stdout, status.stdout
+    for run in sorted(folder.glob("c00*")):
+        record = json.loads((run / "status.json").read_text())
+        assert record["state"] == "finished" and record["slurm_array"].startswith(f"{job[1]}_")
+        assert json.loads((run / "metrics.json").read_text())["ranks"] == 2
+    again = cli("sweep", "submit", str(folder))
+    assert again.returncode == 0 and "nothing to submit" in again.stderr
+    report = cli("report", str(folder))
+    assert report.returncode == 0, report.stderr
+    html = (folder / "report.html").read_text()
+    assert all(run.name in html for run in folder.glob("c00*"))
+    sharpes = {run.name: json.loads((run / "metrics.json").read_text())["eval"]["sharpe"] for run in folder.glob("c00*")}
+    table = html[html.index('<table id="comparison">'):]
+    order = sorted(sharpes, key=lambda name: table.index(name))
+    assert order == sorted(sharpes, key=sharpes.get, reverse=True)  # the comparison table: best Sharpe first
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "parallel_dqn", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
