@@ -176,16 +176,8 @@ class Config:
     @classmethod
     def load(cls, path: str | Path, base: "Config | None" = None) -> "Config":
         """Read a TOML file (its settings over ``base``, default: the defaults)."""
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise UserError(f"cannot read config file {p}: {exc.strerror}", "check the --config path") from None
-        try:
-            tree = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"config file {p} is not valid TOML: {exc}", "fix the line it names") from None
-        return cls.from_dict(tree, source=str(p), base=base)
+        _, tree = read_toml(path, "config file", "check the --config path")
+        return cls.from_dict(tree, source=str(path), base=base)
 
     def set(self, dotted: str, value: Any, source: str = "flag") -> None:
         """Set ``section.key`` to ``value``, converted to the field's type."""
@@ -271,6 +263,19 @@ _SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 #: settings (prefixes) that may differ between a checkpoint and the run resuming it
 RESUME_MAY_CHANGE = ("run.output", "run.progress", "run.threads", "dist.timeout", "notify.", "checkpoint.")
+
+
+def read_toml(path: str | Path, kind: str, fix: str) -> tuple[str, dict[str, Any]]:
+    """A TOML file's text and tree; a one-line UserError naming the ``kind`` of file if it cannot be read or parsed."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read {kind} {p}: {exc.strerror}", fix) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{kind} {p} is not valid TOML: {exc}", "fix the line it names") from None
 
 
 def flatten_settings(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

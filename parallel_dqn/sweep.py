@@ -46,7 +46,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
-from parallel_dqn.config import Config, flatten_settings
+from parallel_dqn.config import Config, flatten_settings, read_toml
 from parallel_dqn.errors import UserError
 from parallel_dqn.ops.files import write_atomically
 from parallel_dqn.ops.run_status import is_alive, read_status
@@ -106,14 +106,7 @@ class SweepSpec:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and check a sweep file; every mistake is a one-line UserError naming the file and the key."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read sweep file {p}: {exc.strerror}", "give a sweep file (TOML) or a sweep folder") from None
-    try:
-        tree = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"sweep file {p} is not valid TOML: {exc}", "fix the line it names") from None
+    text, tree = read_toml(p, "sweep file", "give a sweep file (TOML) or a sweep folder")
     for key in tree:
         if key not in SWEEP_KEYS:
             raise UserError(f"{p}: unknown key '{key}'",
