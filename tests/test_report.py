@@ -124,3 +124,16 @@ def test_full_workflow_cli(market, tmp_path, cli):
     trained = json.loads((out / "metrics.json").read_text())
     evaluated = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert evaluated["eval"] == trained["eval"]
+
+
+def test_full_workflow_resumes_and_is_idempotent_with_resume_auto(market, tmp_path, cli):
+    out = tmp_path / "wf"
+    first = cli("full-workflow", "--data", market, "--output", out, "--resume", "auto", *TINY_FLAGS)
+    assert first.returncode == 0, first.stderr
+    report = (out / "report.html").stat().st_mtime_ns
+    again = cli("full-workflow", "--data", market, "--output", out, "--resume", "auto", *TINY_FLAGS)
+    assert again.returncode == 0, again.stderr  # training has finished: evaluate and report again, nothing trained
+    assert "nothing to resume" in (out / "run.log").read_text()
+    assert (out / "report.html").stat().st_mtime_ns > report
+    assert json.loads((out / "evaluation" / "metrics.json").read_text())["eval"] == \
+        json.loads((out / "metrics.json").read_text())["eval"]

@@ -35,7 +35,7 @@ def full_workflow(args: argparse.Namespace) -> int:
     from parallel_dqn.evaluation.report import write_report
 
     cfg = config_from_args(args)
-    trained = run_training(cfg, overwrite=args.overwrite)
+    trained = run_training(cfg, overwrite=args.overwrite, resume=args.resume)
     if trained is None:  # an MPI worker rank: rank 0 evaluates and reports
         return 0
     output = Path(cfg.run.output)
@@ -46,7 +46,8 @@ def full_workflow(args: argparse.Namespace) -> int:
     eval_cfg.set("data.eval_start", period[0][:10])  # UTC days, as the store's keys
     eval_cfg.set("data.eval_end", period[1][:10])
     eval_cfg.set("run.output", str(output / EVALUATION_DIR))
-    evaluated = evaluate(eval_cfg, str(output / "trained_model.pth"), overwrite=args.overwrite)
+    # the evaluation belongs to this run: a resumed workflow redoes it over an earlier attempt's
+    evaluated = evaluate(eval_cfg, str(output / "trained_model.pth"), overwrite=args.overwrite or args.resume is not None)
     print_results(evaluated, eval_cfg.run.output)
     path = write_report([output], output / REPORT_NAME)
     print(f"report: {path}")
