@@ -26,9 +26,11 @@ Everything here is logic: the CLI (``parallel_dqn.commands.sweep``) parses and p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import fcntl
 import hashlib
 import itertools
 import json
@@ -40,7 +42,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -58,6 +60,7 @@ METRICS_FILE = "metrics.json"
 CURVE_FILE = "metrics.jsonl"
 CONSOLE_LOG = "console.log"
 LOGS_DIR = "logs"
+RUN_LOCK = ".sweep-run.lock"  # held by the one `sweep run` working on the folder
 FORMAT = 1  # version of sweep.json
 
 #: the top-level keys of a sweep file
@@ -559,6 +562,27 @@ def run_local(
     if ranks is not None:
         check_ranks(sweep, ranks)
         mpiexec()
+    with _only_runner(sweep):
+        return _run_all(sweep, jobs, ranks, stop_requested, on_event)
+
+
+@contextlib.contextmanager
+def _only_runner(sweep: Sweep) -> Iterator[None]:
+    """Hold the sweep folder's run lock: two ``sweep run`` on one folder (one machine) would start runs twice."""
+    with open(sweep.folder / RUN_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another `sweep run` is working on {sweep.folder}", "let it finish, or stop it first") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_all(
+    sweep: Sweep, jobs: int, ranks: int | None, stop_requested: Callable[[], str | None], on_event: Callable[[str], None]
+) -> LocalOutcome:
     outcome = LocalOutcome()
     queue = sweep_queue(sweep)
     todo = [c for c in sweep.combinations if c.in_sweep]

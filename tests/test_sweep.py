@@ -353,6 +353,17 @@ def test_local_run_again_runs_nothing(local_sweep):
     assert stamps == {name: (out / name / "metrics.json").stat().st_mtime_ns for name in names(out)}
 
 
+def test_a_second_local_runner_on_the_same_folder_is_refused(local_sweep):
+    import fcntl
+
+    out = local_sweep[0]
+    with open(out / ".sweep-run.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a first `sweep run` holds it
+        proc = run_cli("sweep", "run", out)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"parallel-dqn: error: another `sweep run` is working on {out} (let it finish, or stop it first)")
+
+
 def test_report_of_a_sweep_folder(local_sweep, tmp_path):
     out = local_sweep[0]
     proc = run_cli("report", out)
