@@ -187,7 +187,7 @@ def test_a_run_that_fails_on_a_corrupt_file_sends_the_error_line(market, tmp_pat
 
 def test_a_stop_on_sigterm_and_the_resume_are_announced(market, tmp_path, telegram):
     out = tmp_path / "run"
-    notify_config(market, out, telegram.url, **{"dqn.episodes": 4, "notify.every": 0}).write(tmp_path / "run.toml")
+    notify_config(market, out, telegram.url, **{"dqn.episodes": 4, "notify.every": 1}).write(tmp_path / "run.toml")
     command = [sys.executable, "-m", "parallel_dqn", "train", "--config", str(tmp_path / "run.toml"), "--resume", "auto"]
     env = {**os.environ, TOKEN_ENV: TOKEN, CHAT_ENV: CHAT}
     job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -201,17 +201,20 @@ def test_a_stop_on_sigterm_and_the_resume_are_announced(market, tmp_path, telegr
     assert resumed.returncode == 0, resumed.stderr
     texts = telegram.texts
     ckpt = f"{out}/checkpoints/ckpt-000002"
-    assert texts[:3] == [
-        f"parallel-dqn run: run started: single mode, 3 stocks (LEAD FOLW MOMO), 3 workers, 4 episodes\noutput: {out}",
+    assert texts[0] == (f"parallel-dqn run: run started: single mode, 3 stocks (LEAD FOLW MOMO), 3 workers, 4 episodes"
+                        f"\noutput: {out}")
+    assert texts[1].startswith("parallel-dqn run: episode 1/4: reward ")
+    assert texts[2:4] == [
         f"parallel-dqn run: checkpoint saved (after episode 1, 1 episode done): {out}/checkpoints/ckpt-000001",
         f"parallel-dqn run: checkpoint saved (SIGTERM, 1 episode done): {ckpt}",
     ], texts
-    assert texts[3] == f"parallel-dqn run: run stopped by SIGTERM after checkpoint {ckpt}; resume with --resume auto"
-    assert texts[4] == (f"parallel-dqn run: run resumed from {ckpt}: single mode, 3 stocks (LEAD FOLW MOMO), "
+    assert texts[4] == f"parallel-dqn run: run stopped by SIGTERM after checkpoint {ckpt}; resume with --resume auto"
+    assert texts[5] == (f"parallel-dqn run: run resumed from {ckpt}: single mode, 3 stocks (LEAD FOLW MOMO), "
                         f"3 workers, 4 episodes\noutput: {out}")
-    assert [t.split(": ")[1] for t in texts[5:-1]] == ["checkpoint saved (after episode 2, 2 episodes done)",
-                                                      "checkpoint saved (after episode 3, 3 episodes done)",
-                                                      "checkpoint saved (after episode 4, 4 episodes done)"]
+    # after the resume, progress goes on from the restored training curve
+    assert [t.split(": ")[1].split(",")[0] for t in texts[6:-1]] == [
+        "episode 2/4", "checkpoint saved (after episode 2", "episode 3/4", "checkpoint saved (after episode 3",
+        "episode 4/4", "checkpoint saved (after episode 4"]
     assert texts[-1].startswith("parallel-dqn run: run finished in ")
     assert_token_nowhere(out, resumed.stdout, resumed.stderr)
 

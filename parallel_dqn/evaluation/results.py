@@ -139,11 +139,14 @@ class RunRecorder:
     # ---- checkpoints --------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
         """The training curve so far and the run's start (a checkpoint never holds the evaluation)."""
-        return {"curve": json.dumps(self.curve, default=lambda x: x.item()), "started": self.started}  # NaN kept
+        return {"curve": self.curve, "started": self.started}
 
     def restore_checkpoint(self, state: dict[str, Any]) -> None:
-        """Continue a run: its curve, its start time, and ``metrics.jsonl`` cut back to the checkpoint."""
-        self.curve = json.loads(state["curve"])
+        """Continue a run: its curve, its start time, and ``metrics.jsonl`` cut back to the checkpoint.
+
+        The curve is refilled in place: the progress notifications hold on to this same list.
+        """
+        self.curve[:] = state["curve"]
         self.started = float(state["started"])
         lines = "".join(json.dumps(_jsonable(line)) + "\n" for line in self.curve)
         write_atomically(self.output / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
