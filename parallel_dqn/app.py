@@ -20,7 +20,12 @@ import torch
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
-from parallel_dqn.dist.checkpointing import load_checkpoint_states, make_coordinator
+from parallel_dqn.dist.checkpointing import (
+    CheckpointCoordinator,
+    load_rank0_state,
+    load_worker_states,
+    make_coordinator,
+)
 from parallel_dqn.dist.driver import LocalShard, run_workers
 from parallel_dqn.dist.server import ParameterServer
 from parallel_dqn.dist.transport import InProcessTransport
@@ -83,7 +88,7 @@ class RunStart:
     finished: dict[str, Any] | None = None
 
 
-def plan_start(cfg: Config, output: Path, overwrite: bool, resume: str | None, console: bool = True) -> RunStart:
+def plan_start(cfg: Config, output: Path, overwrite: bool, resume: str | None) -> RunStart:
     """Decide how a training run into ``output`` starts.
 
     With ``--resume`` the folder is the run's own: what is decided (and any checkpoint skipped
@@ -91,23 +96,65 @@ def plan_start(cfg: Config, output: Path, overwrite: bool, resume: str | None, c
     retires an earlier run in the folder only once its own data have loaded
     (:func:`retire_earlier_run`), so a run refused for bad input leaves the folder as it was.
     """
-    store = CheckpointStore(output / CHECKPOINTS, cfg.checkpoint.keep)
     if resume is None:
         return RunStart()
     output.mkdir(parents=True, exist_ok=True)
-    setup_logging(output / "run.log", console=console)
+    setup_logging(output / "run.log")
     finished = finished_result(output)
     if finished is not None:
         log.info("the run in %s has finished already (metrics.json): nothing to resume", output)
         return RunStart(finished=finished)
     checkpoint = choose_checkpoint(resume_target(resume, str(output)))
     if checkpoint is None:
-        log.info("no checkpoint in %s: starting the run from the beginning", store.folder)
+        log.info("no checkpoint in %s: starting the run from the beginning", output / CHECKPOINTS)
         return RunStart()
     check_compatible(cfg, checkpoint)
-    store.remove_staging()
+    CheckpointStore(output / CHECKPOINTS).remove_staging()
     log.info("resuming from %s (%s)", checkpoint.path, checkpoint.manifest["reason"])
     return RunStart(checkpoint=checkpoint)
+
+
+@dataclass
+class Rank0:
+    """Rank 0's part of a run (in one process, beside the workers): recorder, parameter server, checkpoints, events."""
+
+    recorder: RunRecorder
+    server: ParameterServer
+    coordinator: CheckpointCoordinator | None  # None: an evaluation, which writes no checkpoints
+    events: RunEvents
+
+
+def build_rank0(
+    cfg: Config,
+    plan: RunPlan,
+    output: Path,
+    n_workers: int,
+    progress: Progress,
+    notifier: Notifier,
+    signals: StopSignals | None,
+    checkpoint: Checkpoint | None = None,
+    initial_state: dict | None = None,
+) -> Rank0:
+    """The parameter server and what records, checkpoints and announces the run, restored from ``checkpoint``.
+
+    ``initial_state``: a saved model to evaluate (no checkpoints then). A training run started
+    afresh retires an earlier run in ``output`` once every worker has loaded its data.
+    """
+    training = initial_state is None
+    saved = load_rank0_state(checkpoint) if checkpoint else None
+    recorder = RunRecorder(cfg, output, progress)
+    on_episode = notifying(recorder.on_episode, recorder.curve, notifier, cfg.notify.every, plan.episodes)
+    server = ParameterServer(
+        cfg, n_workers, on_episode, initial_state=initial_state, progress=progress,
+        resume_state=saved["server"] if saved else None,
+        on_setup=(lambda info: retire_earlier_run(output)) if training and checkpoint is None else None,
+    )
+    if saved:
+        recorder.restore_checkpoint(saved["recorder"])
+    coordinator = (
+        make_coordinator(cfg, output, server, recorder, n_workers, signals, notifier, checkpoint) if training else None
+    )
+    return Rank0(recorder, server, coordinator, RunEvents(output, notifier, record=training))
 
 
 def retire_earlier_run(output: Path) -> None:
@@ -159,37 +206,27 @@ def _run_single(
         plan.episodes, output,
     )
     training = initial_state is None
-    saved = load_checkpoint_states(checkpoint, range(len(plan.shards))) if checkpoint else None
     progress = Progress(total_steps=0, enabled=cfg.run.progress)
-    recorder = RunRecorder(cfg, output, progress)
     notifier = Notifier.from_config(cfg.notify, output.name)
-    on_episode = notifying(recorder.on_episode, recorder.curve, notifier, cfg.notify.every, plan.episodes)
-    server = ParameterServer(
-        cfg, len(plan.shards), on_episode, initial_state=initial_state, progress=progress,
-        resume_state=saved.server if saved else None,
-        on_setup=(lambda info: retire_earlier_run(output)) if training and not checkpoint else None,
-    )
-    if saved:
-        recorder.restore_checkpoint(saved.recorder)
     with StopSignals() if training else contextlib.nullcontext() as signals:  # an evaluation just ends on a signal
-        coordinator = (
-            make_coordinator(cfg, output, server, recorder, len(plan.shards), signals, notifier, checkpoint)
-            if training else None
-        )
-        transport = InProcessTransport(server, coordinator)
+        rank0 = build_rank0(cfg, plan, output, len(plan.shards), progress, notifier, signals, checkpoint, initial_state)
+        transport = InProcessTransport(rank0.server, rank0.coordinator)
         shards = [LocalShard(i, stocks) for i, stocks in enumerate(plan.shards)]
+        saved = load_worker_states(checkpoint, range(len(shards))) if checkpoint else None
         started = time.perf_counter()
-        events = RunEvents(output, notifier, record=training)
+        events = rank0.events
         events.started("single", plan.symbols, len(plan.shards), plan.episodes, checkpoint.path if checkpoint else None)
         try:
             try:
-                run_workers(shards, plan, store, transport, cfg, resume=saved.workers if saved else None, signals=signals)
+                run_workers(shards, plan, store, transport, cfg, resume=saved, signals=signals)
             finally:
                 progress.close()
-            result = recorder.finish(server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"})
+            result = rank0.recorder.finish(
+                rank0.server, extra={"wall_seconds": round(time.perf_counter() - started, 2), "mode": "single"}
+            )
             events.finished(result)
         except StoppedAfterCheckpoint as stop:
-            last = coordinator.written[-1].path if coordinator and coordinator.written else None
+            last = rank0.coordinator.last.path if rank0.coordinator and rank0.coordinator.last else None
             events.stopped(stop.reason, last)
             raise StoppedAfterCheckpoint(stop.reason, str(last)) from None
         except UserError as exc:

@@ -86,7 +86,7 @@ class CheckpointCoordinator:
         self.abandoned: set[int] = set()
         self.stop_reason: str | None = None
         self.finishing = False  # a worker has finished the run: no new checkpoints
-        self.written: list[Checkpoint] = []
+        self.last: Checkpoint | None = None  # the newest checkpoint this run wrote
         self._files: dict[str, dict[str, Any]] = {}
         self._reported: list[int] = []
         self._last_applied = 0
@@ -176,7 +176,7 @@ class CheckpointCoordinator:
         }
         checkpoint = self.store.commit(request.seq, files, info)
         self.pending = None
-        self.written.append(checkpoint)
+        self.last = checkpoint
         size = sum(f["bytes"] for f in files.values())
         log.info(
             "checkpoint %d written (%s): %s, %.1f MB in %.2f s",
@@ -202,30 +202,25 @@ class CheckpointCoordinator:
         return waiting
 
 
-@dataclass
-class SavedStates:
-    """What a run continues from: rank 0's parts and the hosted workers' states."""
-
-    server: dict[str, Any] | None
-    recorder: dict[str, Any] | None
-    workers: dict[int, dict[str, Any]]
+def load_rank0_state(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Rank 0's part of a checkpoint, ``{"server", "recorder"}``, checked against the manifest again."""
+    return read_state(checkpoint.file(SERVER_FILE), checkpoint.manifest["files"][SERVER_FILE])
 
 
-def load_checkpoint_states(checkpoint: Checkpoint, workers: Iterable[int], server: bool = True) -> SavedStates:
-    """Read (checking each file against the manifest again) the server's part and ``workers``' states."""
-    workers = list(workers)
+def load_worker_states(checkpoint: Checkpoint, workers: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The states of ``workers`` in a checkpoint (each file checked against the manifest again)."""
     files = checkpoint.manifest["files"]
-    missing = [w for w in workers if worker_file(w) not in files]
-    if missing or checkpoint.manifest["n_workers"] != len(files) - 1:
-        raise UserError(
-            f"checkpoint {checkpoint.path} was taken with {checkpoint.manifest['n_workers']} workers",
-            f"resume it with as many (mpirun -n {checkpoint.manifest['n_workers'] + 1} in parallel mode)",
-        )
-    states = {w: read_state(checkpoint.file(worker_file(w)), files[worker_file(w)]) for w in workers}
-    if not server:
-        return SavedStates(None, None, states)
-    main = read_state(checkpoint.file(SERVER_FILE), files[SERVER_FILE])
-    return SavedStates(main["server"], main["recorder"], states)
+    states = {}
+    for worker in workers:
+        name = worker_file(worker)
+        if name not in files:
+            raise UserError(
+                f"checkpoint {checkpoint.path} has no state for worker {worker}: it was taken with "
+                f"{checkpoint.manifest['n_workers']} workers",
+                f"resume it with as many (mpirun -n {checkpoint.manifest['n_workers'] + 1} in parallel mode)",
+            )
+        states[worker] = read_state(checkpoint.file(name), files[name])
+    return states
 
 
 def make_coordinator(

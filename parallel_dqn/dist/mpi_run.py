@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
-from parallel_dqn.app import RunStart, plan_start, prepare_output, retire_earlier_run
+from parallel_dqn.app import RunStart, build_rank0, plan_start, prepare_output
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
-from parallel_dqn.dist.checkpointing import load_checkpoint_states, make_coordinator
+from parallel_dqn.dist.checkpointing import load_worker_states
 from parallel_dqn.dist.driver import LocalShard, run_workers
 from parallel_dqn.dist.mpi_transport import SERVER, CommTimeout, MPIServerLoop, MPIWorkerTransport
 from parallel_dqn.dist.server import ParameterServer
@@ -61,17 +61,17 @@ def train_parallel(
         output = Path(cfg.run.output)
         setup_logging(output / ("run.log" if rank == SERVER else f"logs/rank{rank}.log"), console=rank == SERVER)
         torch.set_num_threads(cfg.run.threads)
-        events = RunEvents(output, Notifier.from_config(cfg.notify, output.name)) if rank == SERVER else None
+        notifier = Notifier.from_config(cfg.notify, output.name) if rank == SERVER else None
         with StopSignals() as signals:
             try:
                 if rank == SERVER:
-                    return _serve(comm, cfg, plan, output, events, signals, start.checkpoint)
+                    return _serve(comm, cfg, plan, output, notifier, signals, start.checkpoint)
                 shard = LocalShard(rank - 1, plan.shards[rank - 1])
                 log.info("rank %d (pid %d, node %s): worker %d owns %s", rank, os.getpid(), _node(), shard.worker_id,
                          " ".join(plan.symbols[i] for i in shard.stocks))
-                saved = load_checkpoint_states(start.checkpoint, [shard.worker_id], server=False) if start.checkpoint else None
+                saved = load_worker_states(start.checkpoint, [shard.worker_id]) if start.checkpoint else None
                 transport = MPIWorkerTransport(comm, workers, cfg.dist.timeout)
-                run_workers([shard], plan, store, transport, cfg, resume=saved.workers if saved else None, signals=signals)
+                run_workers([shard], plan, store, transport, cfg, resume=saved, signals=signals)
                 log.info("rank %d: done, sent %d bytes", rank, transport.bytes_sent)
                 return None
             except StoppedAfterCheckpoint:
@@ -80,7 +80,7 @@ def train_parallel(
                 log.info("rank %d: stopped after the checkpoint", rank)
                 raise SystemExit(EXIT_PREEMPTED) from None
             except BaseException as exc:  # noqa: BLE001 - every failure must end the whole job
-                _abort(comm, rank, exc, events)
+                _abort(comm, rank, exc, RunEvents(output, notifier) if notifier is not None else None)
     finally:
         if not MPI.Is_finalized():
             workers.Free()
@@ -148,7 +148,7 @@ def _serve(
     cfg: Config,
     plan: RunPlan,
     output: Path,
-    events: RunEvents,
+    notifier: Notifier,
     signals: StopSignals,
     checkpoint: Checkpoint | None,
 ) -> dict[str, Any]:
@@ -160,18 +160,10 @@ def _serve(
     )
     for w, stocks in enumerate(plan.shards):
         log.info("worker %d (rank %d): %s", w, w + 1, " ".join(plan.symbols[i] for i in stocks))
-    saved = load_checkpoint_states(checkpoint, [], server=True) if checkpoint else None
     progress = Progress(total_steps=0, enabled=cfg.run.progress, without_terminal=True)
-    recorder = RunRecorder(cfg, output, progress)
-    on_episode = notifying(recorder.on_episode, recorder.curve, events.notifier, cfg.notify.every, plan.episodes)
-    server = ParameterServer(
-        cfg, n_workers, on_episode, progress=progress, resume_state=saved.server if saved else None,
-        on_setup=None if checkpoint else (lambda info: retire_earlier_run(output)),
-    )
-    if saved:
-        recorder.restore_checkpoint(saved.recorder)
-    coordinator = make_coordinator(cfg, output, server, recorder, n_workers, signals, events.notifier, checkpoint)
-    loop = MPIServerLoop(server, comm, n_workers, cfg.dist.timeout, coordinator)
+    rank0 = build_rank0(cfg, plan, output, n_workers, progress, notifier, signals, checkpoint)
+    server, recorder, events = rank0.server, rank0.recorder, rank0.events
+    loop = MPIServerLoop(server, comm, n_workers, cfg.dist.timeout, rank0.coordinator)
     started = time.perf_counter()
     events.started("parallel", plan.symbols, n_workers, plan.episodes, checkpoint.path if checkpoint else None)
     try:
@@ -214,7 +206,7 @@ def _abort(comm: MPI.Comm, rank: int, exc: BaseException, events: RunEvents | No
         code = 1
     log.debug("aborting: %s", text)
     print(text, file=sys.stderr, flush=True)
-    if events is not None:
+    if events is not None:  # rank 0
         events.failed(exc)
         events.notifier.close()  # a bounded wait: the message goes out before MPI_Abort ends the process
     comm.Abort(code)

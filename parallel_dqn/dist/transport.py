@@ -69,7 +69,6 @@ class InProcessTransport:
     def __init__(self, server: ParameterServer, checkpoints: CheckpointCoordinator | None = None) -> None:
         self.server = server
         self.checkpoints = checkpoints
-        self.last_checkpoint = None  # the Checkpoint committed last (its path goes in the stop message)
 
     def allgather(self, parts: Sequence[Any]) -> list[Any]:
         return list(parts)
@@ -112,7 +111,6 @@ class InProcessTransport:
             checkpoint = self.checkpoints.worker_done(request.seq, worker, written)
         if checkpoint is None:
             raise RuntimeError(f"checkpoint {request.seq} was not committed: not every worker wrote its part")
-        self.last_checkpoint = checkpoint
         return not request.stop
 
     def request_stop(self, reason: str) -> None:
