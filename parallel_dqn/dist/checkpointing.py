@@ -186,20 +186,22 @@ class CheckpointCoordinator:
             self.notifier.checkpoint(checkpoint.path, episodes, request.reason)
         return checkpoint
 
-    def workers_finishing(self) -> list[int]:
+    def workers_finishing(self) -> tuple[int, list[int]]:
         """A worker finished the run: no new checkpoints; give up the pending one.
 
-        Returns the workers that already reported to it: they are waiting, and must be told to go on.
+        Returns its number and the workers that already reported to it: they are waiting, and must
+        be told to go on (``(0, [])`` when none was pending).
         """
         self.finishing = True
         if self.pending is None:
-            return []
-        log.debug("checkpoint %d abandoned: the workers are finishing", self.pending.seq)
-        self.abandoned.add(self.pending.seq)
-        self.store.abandon(self.pending.seq)
+            return 0, []
+        seq = self.pending.seq
+        log.debug("checkpoint %d abandoned: the workers are finishing", seq)
+        self.abandoned.add(seq)
+        self.store.abandon(seq)
         self.pending = None
         waiting, self._reported = self._reported, []
-        return waiting
+        return seq, waiting
 
 
 def load_rank0_state(checkpoint: Checkpoint) -> dict[str, Any]:

@@ -292,7 +292,7 @@ class MPIServerLoop:
 
     def run(self) -> None:
         """Serve until every worker has sent STOP (or a checkpoint for a stop signal is committed)."""
-        self._stopped: set[int] = set()
+        self._stopped = set()
         status = MPI.Status()
         receive = {
             Tag.GRADIENT: self._receive_gradient,
@@ -342,8 +342,9 @@ class MPIServerLoop:
             self.server.on_workers_stopped(obj)
             self._stopped.add(source)
             if self.checkpoints is not None:
-                for worker in self.checkpoints.workers_finishing():
-                    self._end_checkpoint(worker + 1, self._abandoned_seq(), go_on=True)
+                seq, waiting = self.checkpoints.workers_finishing()
+                for worker in waiting:
+                    self._end_checkpoint(worker + 1, seq, go_on=True)
         elif tag == Tag.STOP_REQUEST:
             if self.checkpoints is not None:
                 self.checkpoints.request_stop(obj)
@@ -374,10 +375,6 @@ class MPIServerLoop:
         if stop:
             self._finish_sends()
             raise StoppedAfterCheckpoint(str(checkpoint.manifest["reason"]), str(checkpoint.path))
-
-    def _abandoned_seq(self) -> int:
-        assert self.checkpoints is not None
-        return max(self.checkpoints.abandoned, default=0)
 
     def _end_checkpoint(self, rank: int, seq: int, go_on: bool) -> None:
         buf = np.array([seq, int(go_on)], dtype=np.int64)
