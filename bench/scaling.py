@@ -31,8 +31,8 @@ import torch
 
 from parallel_dqn.config import Config
 from parallel_dqn.data.features import N_FEATURES
-from parallel_dqn.dist.messages import SetupInfo
-from parallel_dqn.dist.server import ParameterServer
+from parallel_dqn.comm.messages import SetupInfo
+from parallel_dqn.training.server import ParameterServer
 from parallel_dqn.model.flat import n_params
 
 STOCKS = ["LEAD", "FOLW", "MOMO", "MREV"]

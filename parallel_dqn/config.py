@@ -123,7 +123,7 @@ class RunConfig:
 
 @dataclass
 class NotifyConfig:
-    """Telegram messages from rank 0 (parallel_dqn.ops.notify); on only when the bot's env variables are set."""
+    """Telegram messages from rank 0 (parallel_dqn.telemetry.notify); on only when the bot's env variables are set."""
 
     enabled: bool = True  # False: never send, even with TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID set
     base_url: str = "https://api.telegram.org"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parallel_dqn.app import train
+from parallel_dqn.run.single import train
 from parallel_dqn.data.azure_store import RETRIES, AzureBlobStore, connect, replacing
 from parallel_dqn.data.store import open_store
 from parallel_dqn.errors import UserError

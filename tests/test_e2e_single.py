@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from parallel_dqn.app import evaluate, train
+from parallel_dqn.run.single import evaluate, train
 from parallel_dqn.config import Config
 from tests.helpers import make_market, tiny_config, weights
 

@@ -10,7 +10,7 @@ import datetime as dt
 
 import pytest
 
-from parallel_dqn.app import train
+from parallel_dqn.run.single import train
 from parallel_dqn.config import Config
 from parallel_dqn.data.synthetic import generate_market, write_market
 

@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 import torch
 
-from parallel_dqn.app import train
-from parallel_dqn.dist.driver import LocalShard, build_cross_section
+from parallel_dqn.run.single import train
+from parallel_dqn.training.driver import LocalShard, build_cross_section
 from parallel_dqn.data.store import open_store
-from parallel_dqn.dist.server import ParameterServer
-from parallel_dqn.dist.transport import InProcessTransport
-from parallel_dqn.run_plan import plan_training
+from parallel_dqn.training.server import ParameterServer
+from parallel_dqn.comm.transport import InProcessTransport
+from parallel_dqn.training.plan import plan_training
 from tests.helpers import STOCKS, make_market, perturb_after, tiny_config, weights
 
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")

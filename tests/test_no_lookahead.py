@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from parallel_dqn.app import evaluate, train
+from parallel_dqn.run.single import evaluate, train
 from parallel_dqn.data.align import align
 from parallel_dqn.data.features import correlation_graph, graph_stamps, raw_features
 from parallel_dqn.data.loader import load_bars

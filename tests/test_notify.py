@@ -1,4 +1,4 @@
-"""Telegram notifications (``parallel_dqn.ops.notify``) against a real loopback server answering like the Bot API.
+"""Telegram notifications (``parallel_dqn.telemetry.notify``) against a real loopback server answering like the Bot API.
 
 * a single-process run sends exactly: start, progress per episode, completion (the final metrics), to the chat;
 * the token is only ever in the request path: never in run.log, stdout/stderr or the outputs;
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from parallel_dqn.app import train
+from parallel_dqn.run.single import train
 from parallel_dqn.config import NotifyConfig
 from parallel_dqn.errors import UserError
-from parallel_dqn.ops.notify import CHAT_ENV, TOKEN_ENV, Notifier
+from parallel_dqn.telemetry.notify import CHAT_ENV, TOKEN_ENV, Notifier
 from tests.helpers import LoopbackJSONServer, make_market, tiny_config
 from tests.test_mpi import MPIEXEC, ROOT, train_args
 
@@ -93,7 +93,7 @@ def assert_token_nowhere(out: Path, *texts: str) -> None:
 
 
 def warnings_in(out: Path) -> list[str]:
-    return [line for line in (out / "run.log").read_text().splitlines() if " WARNING parallel_dqn.ops.notify" in line]
+    return [line for line in (out / "run.log").read_text().splitlines() if " WARNING parallel_dqn.telemetry.notify" in line]
 
 
 # ---- a whole run ---------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from parallel_dqn.ops.checkpoints import CheckpointStore
-from parallel_dqn.ops.signals import EXIT_PREEMPTED
+from parallel_dqn.checkpoint.format import CheckpointStore
+from parallel_dqn.run.signals import EXIT_PREEMPTED
 from tests.helpers import make_market
 from tests.test_checkpoint import assert_same_run
 from tests.test_mpi import MPIEXEC, ROOT, mpiexec, train_args

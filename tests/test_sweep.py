@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from parallel_dqn.ops.run_status import write_status
+from parallel_dqn.telemetry.status import write_status
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

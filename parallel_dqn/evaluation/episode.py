@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from parallel_dqn.dist.messages import DecisionBlock
+from parallel_dqn.comm.messages import DecisionBlock
 from parallel_dqn.evaluation.portfolio import hold_untradeable, portfolio_returns
-from parallel_dqn.rl.reward import POSITIONS
+from parallel_dqn.market.step import POSITIONS
 
 
 class EpisodeBook:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from parallel_dqn.config import flatten_settings
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation import plots
-from parallel_dqn.ops.files import write_atomically
+from parallel_dqn.files import write_atomically
 
 #: metric key -> column heading of the evaluation tables
 METRICS = {

@@ -9,8 +9,8 @@ The parameter server hands every finished episode to :meth:`RunRecorder.on_episo
 * ``trained_model.pth``; plots ``equity_eval.png``, ``drawdown_eval.png``,
   ``attention.png``, ``training_curve.png``;
 * ``run.json``: the run record (code commit, data fingerprint, seed, versions; see
-  :mod:`parallel_dqn.ops.tracking`), also under ``"run"`` in ``metrics.json``;
-* ``tensorboard/``: the same curve as TensorBoard scalars (:mod:`parallel_dqn.ops.tensorboard`).
+  :mod:`parallel_dqn.telemetry.record`), also under ``"run"`` in ``metrics.json``;
+* ``tensorboard/``: the same curve as TensorBoard scalars (:mod:`parallel_dqn.telemetry.tensorboard`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from parallel_dqn.evaluation.metrics import performance_metrics
 from parallel_dqn.evaluation.portfolio import bars_per_year
 from parallel_dqn.model.meta_policy import decision_features
 from parallel_dqn.model.saved import save_model
-from parallel_dqn.ops.files import write_atomically
-from parallel_dqn.ops.tensorboard import TENSORBOARD_DIR, ScalarLog
-from parallel_dqn.ops.tracking import run_record, stock_day_files
-from parallel_dqn.rl.reward import POSITIONS
+from parallel_dqn.files import write_atomically
+from parallel_dqn.telemetry.tensorboard import TENSORBOARD_DIR, ScalarLog
+from parallel_dqn.telemetry.record import run_record, stock_day_files
+from parallel_dqn.market.step import POSITIONS
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from parallel_dqn.config import MetaConfig
-from parallel_dqn.rl.reward import FLAT, POSITIONS
+from parallel_dqn.market.step import FLAT, POSITIONS
 
 N_META_FEATURES = 5
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from parallel_dqn.config import ModelConfig
-from parallel_dqn.rl.reward import N_ACTIONS
+from parallel_dqn.market.step import N_ACTIONS
 
 
 class StockEncoder(nn.Module):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from parallel_dqn.errors import UserError
-from parallel_dqn.ops.files import write_atomically
+from parallel_dqn.files import write_atomically
 
 FORMAT = "parallel-dqn-model/1"
 

@@ -17,9 +17,9 @@ from mpi4py import MPI
 
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
-from parallel_dqn.dist.driver import LocalShard, build_cross_section
-from parallel_dqn.dist.mpi_transport import MPIWorkerTransport
-from parallel_dqn.run_plan import plan_training
+from parallel_dqn.training.driver import LocalShard, build_cross_section
+from parallel_dqn.comm.mpi.transport import MPIWorkerTransport
+from parallel_dqn.training.plan import plan_training
 
 
 def digest(*arrays: np.ndarray) -> str:

@@ -16,14 +16,14 @@ from mpi4py import MPI
 
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
-from parallel_dqn.dist.driver import LocalShard, build_cross_section
-from parallel_dqn.dist.messages import DecisionBlock, GradientMessage, SetupInfo
-from parallel_dqn.dist.mpi_transport import MPIServerLoop, MPIWorkerTransport
-from parallel_dqn.dist.server import ParameterServer
-from parallel_dqn.dist.transport import InProcessTransport
+from parallel_dqn.training.driver import LocalShard, build_cross_section
+from parallel_dqn.comm.messages import DecisionBlock, GradientMessage, SetupInfo
+from parallel_dqn.comm.mpi.transport import MPIServerLoop, MPIWorkerTransport
+from parallel_dqn.training.server import ParameterServer
+from parallel_dqn.comm.transport import InProcessTransport
 from parallel_dqn.model.flat import n_params
 from parallel_dqn.model.qnet import QNetwork
-from parallel_dqn.run_plan import plan_training
+from parallel_dqn.training.plan import plan_training
 
 
 def main() -> None:

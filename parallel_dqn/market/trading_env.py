@@ -1,6 +1,6 @@
 """TradingEnv: one stock of a panel, as a single-agent Gymnasium environment.
 
-It is a one-stock :class:`~envs.market_env.MarketEnv` underneath (the arrays'
+It is a one-stock :class:`~parallel_dqn.market.market_env.MarketEnv` underneath (the arrays'
 column ``stock``, sliced without copying), so observations, the reward rule, the
 tradeable rule and episode bounds are exactly those of the multi-stock env.
 """
@@ -13,8 +13,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.market_env import MarketEnv
-from parallel_dqn.rl.reward import N_ACTIONS
+from parallel_dqn.market.market_env import MarketEnv
+from parallel_dqn.market.step import N_ACTIONS
 
 
 class TradingEnv(gym.Env):

@@ -16,9 +16,9 @@ long and without MPI in this module:
    before their snapshots (messages from one rank arrive in order) and none sent after; it
    writes its own state and the recorder's, and the manifest commits the folder atomically.
    The workers then go on, or, for a stop signal, every rank exits with
-   :data:`~parallel_dqn.ops.signals.EXIT_PREEMPTED`.
+   :data:`~parallel_dqn.run.signals.EXIT_PREEMPTED`.
 
-The transports carry steps 2 and 3 (:mod:`parallel_dqn.dist.transport`, ``mpi_transport``).
+The transports carry steps 2 and 3 (:mod:`parallel_dqn.comm.transport`, ``mpi_transport``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
-from parallel_dqn.ops.checkpoints import (
+from parallel_dqn.checkpoint.format import (
     CHECKPOINTS,
     SERVER_FILE,
     Checkpoint,

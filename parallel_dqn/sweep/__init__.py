@@ -21,7 +21,7 @@ index, name, id, swept settings), one run folder per combination with its ``conf
 Planning into a folder again keeps every planned combination's index, name and folder, adds new
 ones at the next indices and never deletes anything.
 
-Everything here is logic: the CLI (``parallel_dqn.commands.sweep``) parses and prints.
+Everything here is logic: the CLI (``parallel_dqn.cli.sweep``) parses and prints.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from typing import IO, Any
 
 from parallel_dqn.config import Config, flatten_settings, read_toml
 from parallel_dqn.errors import UserError
-from parallel_dqn.ops.files import write_atomically
-from parallel_dqn.ops.run_status import is_alive, read_status
+from parallel_dqn.files import write_atomically
+from parallel_dqn.telemetry.status import is_alive, read_status
 
 SWEEP_FILE = "sweep.json"
 SUBMISSIONS_FILE = "submissions.json"
@@ -77,7 +77,7 @@ TO_RUN = ("not started", "stopped", "interrupted", "failed")
 #: squeue states (%T) of a job that waits for its turn; any other listed state counts as running
 QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
 #: the repository root: the parent of the ``parallel_dqn`` package folder
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SWEEP_SBATCH = ROOT / "launchers" / "slurm" / "sweep.sbatch"
 #: longest combination name (a folder name; the index prefix keeps names unique when cut)
 MAX_NAME = 120

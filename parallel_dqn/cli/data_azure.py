@@ -88,7 +88,7 @@ def list_source(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from parallel_dqn.data.store import open_store
-    from parallel_dqn.run_plan import resolve_symbols
+    from parallel_dqn.training.plan import resolve_symbols
 
     store = open_store(args.source)
     symbols = resolve_symbols(store, args.stocks or [])
@@ -109,7 +109,7 @@ def list_source(args: argparse.Namespace) -> int:
 def download(args: argparse.Namespace) -> int:
     from parallel_dqn.data.azure_store import replacing
     from parallel_dqn.data.store import open_store
-    from parallel_dqn.run_plan import resolve_symbols
+    from parallel_dqn.training.plan import resolve_symbols
 
     store = open_store(args.source)
     out = Path(args.to).expanduser()

@@ -17,16 +17,16 @@ from typing import Any, Sequence
 from parallel_dqn import __version__
 from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
-from parallel_dqn.ops.signals import EXIT_PREEMPTED, StoppedAfterCheckpoint
+from parallel_dqn.run.signals import EXIT_PREEMPTED, StoppedAfterCheckpoint
 
 # modules that add `parallel-dqn data ...` subcommands: each has register(subparsers, flag)
 DATA_COMMANDS = (
-    "parallel_dqn.commands.data_local",
-    "parallel_dqn.commands.data_import",
-    "parallel_dqn.commands.data_azure",
+    "parallel_dqn.cli.data_local",
+    "parallel_dqn.cli.data_import",
+    "parallel_dqn.cli.data_azure",
 )
 # the module that adds `parallel-dqn sweep ...` subcommands: register(subparsers, flag)
-SWEEP_COMMANDS = "parallel_dqn.commands.sweep"
+SWEEP_COMMANDS = "parallel_dqn.cli.sweep"
 
 # flag -> config key, for the flags that set one setting each
 TRAIN_FLAGS: dict[str, str] = {
@@ -124,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults (or, for ``--resume RUN_DIR``, the checkpoint's settings), then the --config file, then flags."""
     resume = getattr(args, "resume", None)
     if resume and resume != "auto":
-        from parallel_dqn.resume import resume_target, saved_config
+        from parallel_dqn.checkpoint.resume import resume_target, saved_config
 
         target = resume_target(resume, "")
         cfg = saved_config(target)
@@ -161,16 +161,16 @@ def run_training(cfg: Config, overwrite: bool, resume: str | None = None) -> dic
     """Train in the configured mode; the results on rank 0, None on MPI worker ranks."""
     cfg.validate()
     if cfg.dist.mode == "parallel":
-        from parallel_dqn.dist.mpi_run import train_parallel
+        from parallel_dqn.run.mpi import train_parallel
 
         return train_parallel(cfg, overwrite=overwrite, resume=resume)
-    from parallel_dqn.app import train
+    from parallel_dqn.run.single import train
 
     return train(cfg, overwrite=overwrite, resume=resume)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from parallel_dqn.app import evaluate
+    from parallel_dqn.run.single import evaluate
 
     cfg = config_from_args(args)
     result = evaluate(cfg, args.model, overwrite=args.overwrite)
@@ -211,7 +211,7 @@ def print_results(result: dict[str, Any], output: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from parallel_dqn.commands import workflow
+    from parallel_dqn.cli import workflow
 
     handlers = {
         "train": cmd_train,

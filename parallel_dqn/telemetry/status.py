@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from parallel_dqn.ops.files import write_atomically
+from parallel_dqn.files import write_atomically
 
 STATUS_FILE = "status.json"
 STATES = ("running", "stopped", "failed", "finished")
@@ -74,7 +74,7 @@ class RunEvents:
     """A training run's changes of state, told to ``status.json`` and to the notifier (rank 0 only)."""
 
     def __init__(self, output: Path, notifier: Any, record: bool = True) -> None:
-        """``notifier``: a :class:`~parallel_dqn.ops.notify.Notifier`; ``record``: write status.json."""
+        """``notifier``: a :class:`~parallel_dqn.telemetry.notify.Notifier`; ``record``: write status.json."""
         self.output = output
         self.notifier = notifier
         self.record = record
@@ -98,7 +98,7 @@ class RunEvents:
         self.notifier.stopped(reason, checkpoint)
 
     def failed(self, exc: BaseException) -> None:
-        from parallel_dqn.ops.notify import error_summary
+        from parallel_dqn.telemetry.notify import error_summary
 
         if self.record:
             write_status(self.output, "failed", message=error_summary(exc))

@@ -65,7 +65,7 @@ def plan(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the combinations still to run here; the status table at the end; non-zero if any failed."""
-    from parallel_dqn.ops.signals import EXIT_PREEMPTED, StopSignals
+    from parallel_dqn.run.signals import EXIT_PREEMPTED, StopSignals
     from parallel_dqn.sweep import gather_status, run_local, sweep_from
 
     sweep, planned = sweep_from(args.source, args.output)

@@ -13,9 +13,9 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from parallel_dqn.dist.checkpointing import CheckpointCoordinator, CheckpointRequest
-from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
-from parallel_dqn.dist.server import ParameterServer
+from parallel_dqn.checkpoint.coordinator import CheckpointCoordinator, CheckpointRequest
+from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
+from parallel_dqn.training.server import ParameterServer
 
 
 class Transport(Protocol):

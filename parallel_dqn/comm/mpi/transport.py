@@ -25,7 +25,7 @@ tag                     buffer                                               dir
 ``PARAMS`` answer with version -1 means "take checkpoint ``seq`` first, then ask
 again".) Rank 0 serves in a loop on ``Iprobe`` + dispatch on the tag, like
 mpi4py's ``nxtval`` demo, until every worker has sent ``STOP``; the checkpoint
-protocol is described in :mod:`parallel_dqn.dist.checkpointing`. Every wait polls with a short sleep
+protocol is described in :mod:`parallel_dqn.checkpoint.coordinator`. Every wait polls with a short sleep
 (ranks may outnumber cores, and MPICH's own waits spin) and gives up after
 ``timeout`` seconds with :class:`CommTimeout`, so a rank that died never leaves
 the others waiting forever.
@@ -42,10 +42,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from mpi4py import MPI
 
-from parallel_dqn.dist.checkpointing import CheckpointCoordinator, CheckpointRequest
-from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
-from parallel_dqn.dist.server import ParameterServer
-from parallel_dqn.ops.signals import StoppedAfterCheckpoint
+from parallel_dqn.checkpoint.coordinator import CheckpointCoordinator, CheckpointRequest
+from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
+from parallel_dqn.training.server import ParameterServer
+from parallel_dqn.run.signals import StoppedAfterCheckpoint
 
 log = logging.getLogger(__name__)
 

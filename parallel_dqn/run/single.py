@@ -2,7 +2,7 @@
 
 Each builds the plan, the parameter server with its recorder, and the workers,
 wired through a transport: in-process for ``--mode single``, MPI for
-``--mode parallel`` (``parallel_dqn.dist.mpi_run``). The algorithm is the same,
+``--mode parallel`` (``parallel_dqn.run.mpi``). The algorithm is the same,
 and so are checkpoints and ``--resume``.
 """
 
@@ -20,26 +20,26 @@ import torch
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
-from parallel_dqn.dist.checkpointing import (
+from parallel_dqn.checkpoint.coordinator import (
     CheckpointCoordinator,
     load_rank0_state,
     load_worker_states,
     make_coordinator,
 )
-from parallel_dqn.dist.driver import LocalShard, run_workers
-from parallel_dqn.dist.server import ParameterServer
-from parallel_dqn.dist.transport import InProcessTransport
+from parallel_dqn.training.driver import LocalShard, run_workers
+from parallel_dqn.training.server import ParameterServer
+from parallel_dqn.comm.transport import InProcessTransport
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.results import RunRecorder
 from parallel_dqn.model.saved import load_model
-from parallel_dqn.ops.checkpoints import CHECKPOINTS, Checkpoint, CheckpointStore
-from parallel_dqn.ops.logs import setup_logging
-from parallel_dqn.ops.notify import Notifier, notifying
-from parallel_dqn.ops.progress import Progress
-from parallel_dqn.ops.run_status import RunEvents
-from parallel_dqn.ops.signals import StopSignals, StoppedAfterCheckpoint
-from parallel_dqn.resume import check_compatible, check_resume_flags, choose_checkpoint, finished_result, resume_target
-from parallel_dqn.run_plan import RunPlan, plan_evaluation, plan_training
+from parallel_dqn.checkpoint.format import CHECKPOINTS, Checkpoint, CheckpointStore
+from parallel_dqn.telemetry.logs import setup_logging
+from parallel_dqn.telemetry.notify import Notifier, notifying
+from parallel_dqn.telemetry.progress import Progress
+from parallel_dqn.telemetry.status import RunEvents
+from parallel_dqn.run.signals import StopSignals, StoppedAfterCheckpoint
+from parallel_dqn.checkpoint.resume import check_compatible, check_resume_flags, choose_checkpoint, finished_result, resume_target
+from parallel_dqn.training.plan import RunPlan, plan_evaluation, plan_training
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def prepare_output(output: Path, overwrite: bool) -> None:
 def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> dict[str, Any]:
     """Train on the training period, evaluate on the held-out one, write every output.
 
-    ``resume`` (``--resume``): ``"auto"`` or a run / checkpoint folder (:mod:`parallel_dqn.resume`).
+    ``resume`` (``--resume``): ``"auto"`` or a run / checkpoint folder (:mod:`parallel_dqn.checkpoint.resume`).
     """
     cfg.validate()
     check_resume_flags(overwrite, resume)

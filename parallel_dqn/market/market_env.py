@@ -10,7 +10,7 @@ be causal and normalised):
 A decision at clock ``t`` sees the last ``window`` feature rows up to and including
 ``t`` (zero rows before index 0) and the one-hot of the position currently held,
 sets the position held from ``t`` to ``t+1`` and earns
-:func:`parallel_dqn.rl.reward.step_reward` on ``r[t+1]``. An episode covers bars
+:func:`parallel_dqn.market.step.step_reward` on ``r[t+1]``. An episode covers bars
 ``start .. end-1``: decisions at ``t = start .. end-2``, then it terminates.
 
 The arrays are used in place, not copied: do not modify them during an episode.
@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from parallel_dqn.rl.reward import FLAT, N_ACTIONS, POSITIONS, step_reward
+from parallel_dqn.market.step import FLAT, N_ACTIONS, POSITIONS, step_reward
 
 
 def observation(features: np.ndarray, t: int, window: int, positions: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from parallel_dqn.config import Config
-from parallel_dqn.dist.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
+from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.episode import EpisodeBook
 from parallel_dqn.model.flat import get_flat_params, set_flat_grads

@@ -24,14 +24,14 @@ from parallel_dqn.data.features import FeatureStats, graph_stamps, raw_features,
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
-from parallel_dqn.dist.checkpointing import CheckpointRequest
-from parallel_dqn.dist.messages import SetupInfo
-from parallel_dqn.dist.transport import Transport
-from parallel_dqn.dist.worker import Worker
+from parallel_dqn.checkpoint.coordinator import CheckpointRequest
+from parallel_dqn.comm.messages import SetupInfo
+from parallel_dqn.comm.transport import Transport
+from parallel_dqn.training.worker import Worker
 from parallel_dqn.errors import UserError
-from parallel_dqn.ops.checkpoints import CHECKPOINTS, CheckpointStore, worker_file, write_state
-from parallel_dqn.ops.signals import StopSignals, StoppedAfterCheckpoint
-from parallel_dqn.run_plan import RunPlan
+from parallel_dqn.checkpoint.format import CHECKPOINTS, CheckpointStore, worker_file, write_state
+from parallel_dqn.run.signals import StopSignals, StoppedAfterCheckpoint
+from parallel_dqn.training.plan import RunPlan
 
 log = logging.getLogger(__name__)
 

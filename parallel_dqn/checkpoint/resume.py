@@ -22,7 +22,7 @@ from typing import Any
 
 from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
-from parallel_dqn.ops.checkpoints import (
+from parallel_dqn.checkpoint.format import (
     CHECKPOINTS,
     MANIFEST,
     Checkpoint,

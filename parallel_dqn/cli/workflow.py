@@ -31,7 +31,7 @@ def report(args: argparse.Namespace) -> int:
 
 def full_workflow(args: argparse.Namespace) -> int:
     """Train into --output, evaluate the saved model into OUTPUT/evaluation, write OUTPUT/report.html."""
-    from parallel_dqn.app import evaluate
+    from parallel_dqn.run.single import evaluate
     from parallel_dqn.evaluation.report import write_report
 
     cfg = config_from_args(args)

@@ -1,7 +1,7 @@
 """``--mode parallel``: one run across MPI ranks (mpirun / mpiexec / SLURM srun).
 
 Rank 0 hosts the parameter server and the run's recorder; rank r >= 1 hosts
-worker r-1 through :func:`parallel_dqn.dist.driver.run_workers`, the same driver
+worker r-1 through :func:`parallel_dqn.training.driver.run_workers`, the same driver
 and classes as single-process mode, wired through the MPI transport instead.
 
 Failure rules: a user error found while planning (flags, stocks, dates, output
@@ -25,24 +25,24 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
-from parallel_dqn.app import RunStart, build_rank0, plan_start, prepare_output
+from parallel_dqn.run.single import RunStart, build_rank0, plan_start, prepare_output
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
-from parallel_dqn.dist.checkpointing import load_worker_states
-from parallel_dqn.dist.driver import LocalShard, run_workers
-from parallel_dqn.dist.mpi_transport import SERVER, CommTimeout, MPIServerLoop, MPIWorkerTransport
-from parallel_dqn.dist.server import ParameterServer
+from parallel_dqn.checkpoint.coordinator import load_worker_states
+from parallel_dqn.training.driver import LocalShard, run_workers
+from parallel_dqn.comm.mpi.transport import SERVER, CommTimeout, MPIServerLoop, MPIWorkerTransport
+from parallel_dqn.training.server import ParameterServer
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.results import RunRecorder
-from parallel_dqn.ops.checkpoints import Checkpoint
-from parallel_dqn.ops.logs import setup_logging
-from parallel_dqn.ops.notify import Notifier, notifying
-from parallel_dqn.ops.progress import Progress
-from parallel_dqn.ops.run_status import RunEvents
-from parallel_dqn.ops.signals import EXIT_PREEMPTED, StopSignals, StoppedAfterCheckpoint
-from parallel_dqn.resume import check_resume_flags
-from parallel_dqn.run_plan import RunPlan, plan_training, resolve_symbols
+from parallel_dqn.checkpoint.format import Checkpoint
+from parallel_dqn.telemetry.logs import setup_logging
+from parallel_dqn.telemetry.notify import Notifier, notifying
+from parallel_dqn.telemetry.progress import Progress
+from parallel_dqn.telemetry.status import RunEvents
+from parallel_dqn.run.signals import EXIT_PREEMPTED, StopSignals, StoppedAfterCheckpoint
+from parallel_dqn.checkpoint.resume import check_resume_flags
+from parallel_dqn.training.plan import RunPlan, plan_training, resolve_symbols
 
 log = logging.getLogger(__name__)
 

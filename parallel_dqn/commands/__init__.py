@@ -1,1 +1,0 @@
-"""Subcommands of ``parallel-dqn data``, one module per group; each has ``register(subparsers, flag)``."""
