@@ -13,6 +13,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import math
+import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -159,7 +162,7 @@ class Config:
 
     # ---- construction -------------------------------------------------------------
     @classmethod
-    def from_dict(cls, tree: dict[str, Any], source: str = "config", base: "Config | None" = None) -> "Config":
+    def from_dict(cls, tree: dict[str, Any], source: str = "config", base: Config | None = None) -> Config:
         """Build from a nested dict (a parsed TOML file) over ``base`` (default: the defaults); unknown keys are an error."""
         cfg = copy.deepcopy(base) if base is not None else cls()
         for section, values in tree.items():
@@ -174,7 +177,7 @@ class Config:
         return cfg
 
     @classmethod
-    def load(cls, path: str | Path, base: "Config | None" = None) -> "Config":
+    def load(cls, path: str | Path, base: Config | None = None) -> Config:
         """Read a TOML file (its settings over ``base``, default: the defaults)."""
         _, tree = read_toml(path, "config file", "check the --config path")
         return cls.from_dict(tree, source=str(path), base=base)
@@ -201,41 +204,58 @@ class Config:
         Path(path).write_text(self.to_toml())
 
     # ---- validation ---------------------------------------------------------------
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check every setting once; raise UserError naming the first bad one."""
         d = self.data
-        for name in ("start_date", "end_date", "eval_start", "eval_end"):
-            value = getattr(d, name)
-            if value:
-                _parse_date(value, f"--{name}")
-        if d.start_date and d.end_date and d.start_date > d.end_date:
+        start, end, eval_start, eval_end = (
+            _parse_date(getattr(d, name), f"--{name}") if getattr(d, name) else None
+            for name in ("start_date", "end_date", "eval_start", "eval_end")
+        )
+        if start and end and start > end:
             raise UserError(f"--start_date {d.start_date} is after --end_date {d.end_date}", "swap them")
-        if d.eval_start and d.eval_end and d.eval_start > d.eval_end:
+        if eval_start and eval_end and eval_start > eval_end:
             raise UserError(f"--eval_start {d.eval_start} is after --eval_end {d.eval_end}", "swap them")
-        if d.end_date and d.eval_start and d.eval_start <= d.end_date:
+        if end and eval_start and eval_start <= end:
             raise UserError(
                 f"evaluation period starts {d.eval_start}, on or before the training end {d.end_date}",
                 "evaluate on days after training (held-out data)",
             )
         if len(set(d.stocks)) != len(d.stocks):
             raise UserError(f"--stocks names a stock twice: {' '.join(d.stocks)}")
+        self._check_finite()
         _check(self.market.cost_bps >= 0, "--cost_bps must be >= 0")
         _check(self.market.window >= 1, "market.window must be >= 1")
         _check(self.market.graph_window >= 2, "market.graph_window must be >= 2")
-        _check(self.model.embed_dim % self.model.heads == 0, "model.embed_dim must be a multiple of model.heads")
+        m = self.model
+        _check(m.embed_dim >= 1, f"model.embed_dim must be >= 1, not {m.embed_dim}")
+        _check(m.hidden >= 1, f"model.hidden must be >= 1, not {m.hidden}")
+        _check(m.heads >= 1, f"model.heads must be >= 1, not {m.heads}")
+        _check(m.embed_dim % m.heads == 0, "model.embed_dim must be a multiple of model.heads")
         q = self.dqn
         _check(q.episodes >= 1, "--episodes must be >= 1")
         _check(0.0 <= q.gamma < 1.0, "dqn.gamma must be in [0, 1)")
         _check(q.n_step >= 1, "dqn.n_step must be >= 1")
         _check(q.lr > 0, "dqn.lr must be > 0")
         _check(q.batch_size >= 1 and q.train_freq >= 1 and q.target_update >= 1, "dqn batch/train_freq/target_update >= 1")
+        _check(q.learning_starts >= 0, f"dqn.learning_starts must be >= 0, not {q.learning_starts}")
+        _check(q.grad_clip > 0, f"dqn.grad_clip must be > 0, not {q.grad_clip} (it is the largest gradient norm applied)")
+        _check(q.huber_delta > 0, f"dqn.huber_delta must be > 0, not {q.huber_delta}")
+        _check(q.weight_decay >= 0, f"dqn.weight_decay must be >= 0, not {q.weight_decay}")
         _check(0.0 <= q.eps_end <= q.eps_start <= 1.0, "need 0 <= dqn.eps_end <= dqn.eps_start <= 1")
-        _check(self.replay.capacity >= q.batch_size, "replay.capacity must be >= dqn.batch_size")
+        r = self.replay
+        _check(r.alpha >= 0, f"replay.alpha must be >= 0, not {r.alpha}")
+        _check(0.0 <= r.beta_start <= 1.0, f"replay.beta_start must be in [0, 1], not {r.beta_start}")
+        self._check_memory()
+        _check(r.capacity >= q.batch_size, "replay.capacity must be >= dqn.batch_size")
         _check(self.dist.mode in ("single", "parallel"), "--mode must be 'single' or 'parallel'")
         _check(self.dist.workers >= 0, "--workers must be >= 0 (0: one per stock)")
-        _check(self.dist.staleness_bound >= 0 and self.dist.pull_every >= 1, "bad dist.staleness_bound / pull_every")
+        _check(self.dist.staleness_bound >= 0, f"dist.staleness_bound must be >= 0, not {self.dist.staleness_bound}")
+        _check(self.dist.pull_every >= 1, f"dist.pull_every must be >= 1, not {self.dist.pull_every}")
         _check(self.dist.timeout > 0 and self.dist.record_block >= 1, "dist.timeout and dist.record_block must be > 0")
         _check(0.0 < self.meta.max_weight <= 1.0, "meta.max_weight must be in (0, 1]")
+        _check(self.meta.lr > 0, f"meta.lr must be > 0, not {self.meta.lr}")
+        _check(self.meta.epochs >= 0, f"meta.epochs must be >= 0, not {self.meta.epochs}")
+        _check(0 <= self.run.seed < 2**32, f"run.seed (--seed) must be >= 0 and < 2**32, not {self.run.seed}")
         _check(self.run.threads >= 1, "run.threads must be >= 1")
         n = self.notify
         _check(n.base_url.startswith(("http://", "https://")), "notify.base_url must start with http:// or https://")
@@ -245,7 +265,50 @@ class Config:
         _check(c.keep >= 1, "checkpoint.keep must be >= 1")
         return self
 
-    def resume_conflicts(self, saved: "Config") -> list[str]:
+    def _check_finite(self) -> None:
+        """Every float setting must be a finite number (``inf`` and ``nan`` convert, but nothing works with them)."""
+        for section in _SECTIONS:
+            obj = getattr(self, section)
+            for key, typ in typing.get_type_hints(type(obj)).items():
+                value = getattr(obj, key)
+                if typ is float and not math.isfinite(value):
+                    raise UserError(f"{section}.{key} must be a finite number, not {value}")
+
+    def _check_memory(self) -> None:
+        """Refuse sizes whose memory clearly exceeds this machine's (each estimate is a lower bound)."""
+        total = physical_memory()
+        if total is None:
+            return
+        # imported here, not at the top: reading a config needs neither
+        import numpy as np
+
+        from parallel_dqn.rl.nstep import TRANSITION_DTYPES
+
+        m, q = self.model, self.dqn
+        # a transition's fields, plus a sum tree and a min tree (two float64 nodes per slot each) when prioritized
+        per_transition = sum(np.dtype(t).itemsize for t in TRANSITION_DTYPES.values()) + 32 * self.replay.prioritized
+        # a single process holds every worker's replay; under MPI each worker may have a machine of its own
+        workers = 1 if self.dist.mode == "parallel" else max(1, self.dist.workers or len(self.data.stocks))
+        # encoder, dueling head, attention and per-stock embeddings, counting one input feature per bar
+        params = m.hidden * (self.market.window + 2 * m.embed_dim + 2 * _ACTIONS + 2) + m.embed_dim * (4 * m.embed_dim + 5)
+        network = "model.hidden" if m.hidden * (self.market.window + 2 * m.embed_dim) >= 4 * m.embed_dim**2 else "model.embed_dim"
+        needs = [
+            (f"replay.capacity={self.replay.capacity}", self.replay.capacity * per_transition * workers,
+             f"{per_transition} bytes per transition x {workers} worker{'s' if workers > 1 else ''}"),
+            (f"dqn.batch_size={q.batch_size}", q.batch_size * 4 * (self.market.window + m.hidden + m.embed_dim),
+             "each sample's inputs and activations, 4 bytes each"),
+            (f"{network}={getattr(m, network.partition('.')[2])}", params * 4 * _PARAM_COPIES,
+             f"{params:,} parameters x {_PARAM_COPIES} copies x 4 bytes"),
+        ]
+        if sum(size for _, size, _ in needs) <= total:
+            return
+        name, size, why = max(needs, key=lambda need: need[1])
+        raise UserError(
+            f"{name} needs at least {_size(size)} of memory ({why}), more than this machine's {_size(total)}",
+            f"lower {name.partition('=')[0]}",
+        )
+
+    def resume_conflicts(self, saved: Config) -> list[str]:
         """Settings that differ from ``saved`` (a checkpoint's) and would change the run if resumed.
 
         Only how a run is watched and kept may change on resume (:data:`RESUME_MAY_CHANGE`):
@@ -260,6 +323,11 @@ class Config:
 
 
 _SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: lower bounds of the memory check: copies of the network's parameters (online, target, gradient, two optimizer
+#: moments), Q-values per stock
+_PARAM_COPIES = 5
+_ACTIONS = 3
 
 #: settings (prefixes) that may differ between a checkpoint and the run resuming it
 RESUME_MAY_CHANGE = ("run.output", "run.progress", "run.threads", "dist.timeout", "notify.", "checkpoint.")
@@ -269,9 +337,12 @@ def read_toml(path: str | Path, kind: str, fix: str) -> tuple[str, dict[str, Any
     """A TOML file's text and tree; a one-line UserError naming the ``kind`` of file if it cannot be read or parsed."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot read {kind} {p}: {exc.strerror}", fix) from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{kind} {p} is not valid UTF-8 text (byte {exc.start} cannot be decoded)",
+                        f"{fix}; TOML files are UTF-8 text") from None
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -295,10 +366,30 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _parse_date(value: str, name: str) -> dt.date:
+    """Only YYYY-MM-DD: ``date.fromisoformat`` also takes ``20240103`` and ``2024-W01-3``."""
     try:
+        if not _DAY.fullmatch(value):
+            raise ValueError(value)
         return dt.date.fromisoformat(value)
     except ValueError:
         raise UserError(f"{name} '{value}' is not a date", "use YYYY-MM-DD") from None
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _size(n: float) -> str:
+    """Bytes as a short decimal size, e.g. ``6.4 TB``."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} PB"
 
 
 def parse_date(value: str, name: str) -> dt.date:
