@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from parallel_dqn.data.daywriter import DayFile, ImportResult, plan_day_files, write_day_files
+from parallel_dqn.data.daywriter import (
+    DayFile,
+    ImportResult,
+    plan_day_files,
+    write_day_files,
+)
 from parallel_dqn.data.layout import check_symbol
 from parallel_dqn.data.validation import REQUIRED_COLUMNS, short_reason
 from parallel_dqn.errors import UserError
@@ -83,10 +88,12 @@ def _rename_columns(raw: pd.DataFrame, source: str) -> pd.DataFrame:
 def _parse_timestamps(values: pd.Series, timezone: str, source: str) -> pd.Series:
     """Parse timestamps to tz-aware UTC (ns); naive values are in ``timezone``."""
     text = values.astype("string").str.strip()
+    naive = None  # where values with and without an offset are mixed: which ones have none
     try:
         ts = pd.to_datetime(text, errors="coerce", format="mixed")
-    except ValueError:  # mixed UTC offsets (e.g. across a DST change): all carry their offset
-        ts = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+    except ValueError:  # several offsets (e.g. across a DST change), or naive values mixed with offset ones
+        ts = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)  # naive ones read as UTC: fixed below
+        naive = _without_offset(text)
     bad = np.flatnonzero((ts.isna() & text.notna()).to_numpy())
     if bad.size:
         more = f" (and {bad.size - 1} more rows)" if bad.size > 1 else ""
@@ -94,15 +101,35 @@ def _parse_timestamps(values: pd.Series, timezone: str, source: str) -> pd.Serie
             f"{source}: row {bad[0]}: timestamp {text.iloc[bad[0]]!r} is not a date and time{more}",
             "use e.g. 2024-01-02 09:30:00 or 2024-01-02T09:30:00-05:00",
         )
+    if naive is not None and naive.any():  # wall-clock times in ``timezone``, as in a file of naive times only
+        ts = ts.copy()
+        ts[naive] = _localize(ts[naive].dt.tz_localize(None), timezone, source)
     if ts.dt.tz is None:
-        try:
-            ts = ts.dt.tz_localize(timezone, ambiguous="raise", nonexistent="raise")
-        except Exception as exc:  # noqa: BLE001 - unknown zone, or a local time that is ambiguous/nonexistent
-            raise UserError(
-                f"{source}: cannot interpret the timestamps in time zone {timezone!r}: {short_reason(exc)}",
-                "pass a valid --timezone (e.g. America/New_York), or timestamps with a UTC offset",
-            ) from exc
+        ts = _localize(ts, timezone, source)
     return ts.dt.tz_convert("UTC").dt.as_unit("ns")
+
+
+def _localize(ts: pd.Series, timezone: str, source: str) -> pd.Series:
+    """Naive wall-clock times in ``timezone`` -> UTC; UserError for an unknown zone or a time that is not one."""
+    try:
+        return ts.dt.tz_localize(timezone, ambiguous="raise", nonexistent="raise").dt.tz_convert("UTC")
+    except Exception as exc:
+        raise UserError(
+            f"{source}: cannot interpret the timestamps in time zone {timezone!r}: {short_reason(exc)}",
+            "pass a valid --timezone (e.g. America/New_York), or timestamps with a UTC offset",
+        ) from exc
+
+
+def _without_offset(text: pd.Series) -> pd.Series:
+    """Which values parse to a naive time (no UTC offset, no ``Z``); missing or unparseable ones count as not."""
+    def naive(value: str) -> bool:
+        try:
+            return pd.Timestamp(value).tzinfo is None
+        except (ValueError, TypeError, OverflowError):
+            return False
+
+    known = {value: naive(value) for value in pd.unique(text.dropna())}
+    return text.map(known).fillna(False).astype(bool)
 
 
 def import_csv_files(
