@@ -114,8 +114,9 @@ def write_day_files(day_files: Iterable[DayFile], dest: Path, overwrite: bool = 
         raise UserError(
             f"{different[0]} already exists with different bars{more}", "pass --overwrite to replace them"
         )
+    mode = new_file_mode()
     for f in todo:
-        _atomic_write(dest / f.key, f.bars)
+        _atomic_write(dest / f.key, f.bars, mode)
     return ImportResult(
         bars=sum(len(f.bars) for f in files),
         stocks=len({f.symbol for f in files}),
@@ -139,12 +140,32 @@ def _existing_state(path: Path, bars: pd.DataFrame) -> str:
     return "same" if same else "different"
 
 
-def _atomic_write(path: Path, bars: pd.DataFrame) -> None:
-    """Write ``bars`` as parquet to a temporary file beside ``path``, then rename it into place."""
+def new_file_mode() -> int:
+    """The mode a new file gets from ``open()`` under this process's umask: ``0o666 & ~umask`` (e.g. 0o644)."""
+    try:  # Linux says it without changing it (os.umask cannot be read without being set, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_write(path: Path, bars: pd.DataFrame, mode: int) -> None:
+    """Write ``bars`` as parquet to a temporary file beside ``path``, then rename it into place.
+
+    The temporary file is made private (0600) by mkstemp; it gets ``mode``, that of any new file, before
+    the rename, so the stored file is as readable as if it had been written directly.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
         pq.write_table(pa.Table.from_pandas(bars, preserve_index=False), tmp)
         os.replace(tmp, path)
     except BaseException:
