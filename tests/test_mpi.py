@@ -25,32 +25,14 @@ import torch
 from parallel_dqn.run.single import train
 from parallel_dqn.training.driver import LocalShard, build_cross_section
 from parallel_dqn.data.store import open_store
+from parallel_dqn.comm.inprocess import InProcessTransport
+from parallel_dqn.training.endpoint import ServerEndpoint
+from parallel_dqn.training.observers import Observers
 from parallel_dqn.training.server import ParameterServer
-from parallel_dqn.comm.transport import InProcessTransport
 from parallel_dqn.training.plan import plan_training
-from tests.helpers import STOCKS, make_market, perturb_after, tiny_config, weights
+from tests.helpers import MPIEXEC, ROOT, STOCKS, make_market, mpiexec, perturb_after, tiny_config, train_args, weights
 
-MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def mpiexec(n: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MPIEXEC, "-n", str(n), sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-
-
-def train_args(market: Path, out: Path, *extra: str) -> list[str]:
-    """The CLI flags equivalent of tests.helpers.tiny_config."""
-    cfg = tiny_config(market, out)
-    sets = [f"{k}={v}" for k, v in (("dqn.learning_starts", cfg.dqn.learning_starts), ("dqn.batch_size", cfg.dqn.batch_size),
-                                      ("dqn.target_update", cfg.dqn.target_update), ("market.graph_window", cfg.market.graph_window))]
-    return [
-        "-m", "parallel_dqn", "train", "--mode", "parallel", "--data", str(market), "--stocks", *STOCKS,
-        "--start_date", cfg.data.start_date, "--end_date", cfg.data.end_date, "--eval_start", cfg.data.eval_start,
-        "--eval_end", cfg.data.eval_end, "--episodes", str(cfg.dqn.episodes), "--output", str(out), "--no-progress",
-        *[x for s in sets for x in ("--set", s)], *extra,
-    ]
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # every test starts mpiexec or a parallel run
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +92,7 @@ def test_cross_section_is_identical_on_every_worker_and_causal(market, tmp_path)
     # ...and the same as the single-process build of the same cross-section
     store = open_store(str(market))
     plan = plan_training(cfg, store)
-    transport = InProcessTransport(ParameterServer(cfg, 3, on_episode=lambda *a: None))
+    transport = InProcessTransport(ServerEndpoint(ParameterServer(cfg, 3, Observers(cfg.market.cost_bps)), 3))
     xs, _ = build_cross_section([LocalShard(i, s) for i, s in enumerate(plan.shards)], plan, store, transport, cfg)
     sys.path.insert(0, str(ROOT / "tests" / "mpi_scripts"))
     from cross_section import digest

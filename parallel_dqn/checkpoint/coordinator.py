@@ -18,18 +18,18 @@ long and without MPI in this module:
    The workers then go on, or, for a stop signal, every rank exits with
    :data:`~parallel_dqn.run.signals.EXIT_PREEMPTED`.
 
-The transports carry steps 2 and 3 (:mod:`parallel_dqn.comm.transport`, ``mpi_transport``).
+Rank 0's protocol (:mod:`parallel_dqn.training.endpoint`) carries steps 2 and 3 over either transport.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from parallel_dqn.comm.messages import CheckpointRequest
 from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
 from parallel_dqn.checkpoint.format import (
@@ -45,20 +45,6 @@ from parallel_dqn.checkpoint.format import (
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CheckpointRequest:
-    """Checkpoint ``seq`` is being taken; ``stop``: every rank exits after it.
-
-    ``episode`` > 0: it is the checkpoint at the end of that training episode, which the workers
-    wait for at the episode boundary (so it holds exactly the state between the two episodes).
-    """
-
-    seq: int
-    stop: bool
-    reason: str = ""
-    episode: int = 0
-
-
 class CheckpointCoordinator:
     """Decides when to checkpoint and commits a checkpoint once every worker's file is in."""
 
@@ -69,18 +55,20 @@ class CheckpointCoordinator:
         server: Any,
         recorder: Any,
         n_workers: int,
-        signals: Any = None,
-        notifier: Any = None,
+        stop_signal: Callable[[], str | None] = lambda: None,
+        on_commit: Callable[[Checkpoint, int, str], None] | None = None,
         first_seq: int = 1,
     ) -> None:
-        """``server``: the ParameterServer; ``recorder``: the RunRecorder; ``signals``: a StopSignals."""
+        """``server``: the ParameterServer; ``recorder``: the RunRecorder; ``stop_signal``: the name of a stop
+        signal this process received, or None; ``on_commit(checkpoint, episodes_done, reason)``: told of each
+        checkpoint written."""
         self.cfg = cfg
         self.store = store
         self.server = server
         self.recorder = recorder
         self.n_workers = n_workers
-        self.signals = signals
-        self.notifier = notifier
+        self.stop_signal = stop_signal
+        self.on_commit = on_commit
         self.next_seq = first_seq
         self.pending: CheckpointRequest | None = None
         self.abandoned: set[int] = set()
@@ -109,8 +97,9 @@ class CheckpointCoordinator:
         """A new request if a checkpoint is due now (and none is being taken), else None."""
         if self.pending is not None or self.finishing or self.server.info is None:
             return None
-        if self.stop_reason is None and self.signals is not None and self.signals.received:
-            self.request_stop(self.signals.received)
+        received = self.stop_signal()
+        if self.stop_reason is None and received:
+            self.request_stop(received)
         why = self._reason()
         if why is None:
             return None
@@ -162,7 +151,8 @@ class CheckpointCoordinator:
         assert request is not None
         staging = self.store.staging_path(request.seq)
         state = {"server": self.server.checkpoint_state(), "recorder": self.recorder.checkpoint_state()}
-        files = {**self._files, SERVER_FILE: write_state(staging / SERVER_FILE, state)}
+        with self.store.writing(request.seq):  # a full disk: the staging folder goes, one line says why
+            files = {**self._files, SERVER_FILE: write_state(staging / SERVER_FILE, state)}
         counters = self.server.counters
         episodes = len(self.recorder.curve)
         info = {
@@ -174,7 +164,8 @@ class CheckpointCoordinator:
             "n_workers": self.n_workers,
             "config": self.cfg.to_dict(),
         }
-        checkpoint = self.store.commit(request.seq, files, info)
+        with self.store.writing(request.seq):
+            checkpoint = self.store.commit(request.seq, files, info)
         self.pending = None
         self.last = checkpoint
         size = sum(f["bytes"] for f in files.values())
@@ -182,8 +173,8 @@ class CheckpointCoordinator:
             "checkpoint %d written (%s): %s, %.1f MB in %.2f s",
             request.seq, request.reason, checkpoint.path, size / 1e6, time.perf_counter() - self._started_at,
         )
-        if self.notifier is not None:
-            self.notifier.checkpoint(checkpoint.path, episodes, request.reason)
+        if self.on_commit is not None:
+            self.on_commit(checkpoint, episodes, request.reason)
         return checkpoint
 
     def workers_finishing(self) -> tuple[int, list[int]]:
@@ -231,14 +222,14 @@ def make_coordinator(
     server: Any,
     recorder: Any,
     n_workers: int,
-    signals: Any,
-    notifier: Any,
+    stop_signal: Callable[[], str | None],
+    on_commit: Callable[[Checkpoint, int, str], None] | None,
     resumed: Checkpoint | None,
 ) -> CheckpointCoordinator:
     """Rank 0's coordinator for a run into ``output``, counting on from the checkpoint it resumed, if any."""
     store = CheckpointStore(output / CHECKPOINTS, cfg.checkpoint.keep)
     coordinator = CheckpointCoordinator(
-        cfg, store, server, recorder, n_workers, signals, notifier, first_seq=store.last_seq() + 1
+        cfg, store, server, recorder, n_workers, stop_signal, on_commit, first_seq=store.last_seq() + 1
     )
     if resumed is not None:
         m = resumed.manifest

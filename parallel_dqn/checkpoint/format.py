@@ -24,6 +24,7 @@ read with ``torch.load(..., weights_only=True)``: loading a checkpoint runs no p
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -33,10 +34,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+from parallel_dqn.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -210,13 +214,37 @@ class CheckpointStore:
             for p in self.folder.glob(f"{_STAGING}*"):
                 shutil.rmtree(p, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def writing(self, seq: int) -> Iterator[None]:
+        """Write part of checkpoint ``seq``; if the file system refuses (full disk, no permission), remove its
+        staging folder (freeing the space) and raise one line saying what happened."""
+        try:
+            yield
+        except OSError as exc:
+            self.abandon(seq)
+            raise UserError(
+                f"cannot write checkpoint {seq} into {self.folder}: {exc.strerror or exc}",
+                "free space on that file system (or lower checkpoint.keep), then continue with --resume auto",
+            ) from None
+
     def abandon(self, seq: int) -> None:
         """Remove the staging folder of a checkpoint that will not be committed."""
         shutil.rmtree(self.staging_path(seq), ignore_errors=True)
 
     def clear(self) -> None:
-        """Remove every checkpoint (a fresh start in a folder that held an earlier run's)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Remove every checkpoint of this store (a fresh start in a folder that held an earlier run's).
+
+        Only parallel-dqn's own entries (``ckpt-NNNNNN``, staging folders) go; anything else a user keeps in
+        the folder stays, and so does the folder then.
+        """
+        if not self.folder.is_dir():
+            return
+        for p in self.folder.iterdir():
+            tail = p.name.removeprefix(_PREFIX).removeprefix(_STAGING)
+            if p.is_dir() and p.name != tail and tail.isdigit():
+                shutil.rmtree(p, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # only when nothing else is left in it
 
     def _rotate(self) -> None:
         for old in self.committed()[self.keep :]:

@@ -2,7 +2,12 @@
 
 Plain dataclasses: the in-process transport hands them over as they are, the MPI
 transport packs the hot ones (gradients, parameters, decision records) into one
-flat numeric buffer per message.
+flat numeric buffer per message (:mod:`parallel_dqn.comm.mpi.wire`).
+
+From a worker to rank 0: :class:`SetupInfo` (worker 0, once), :class:`GradientMessage`,
+:class:`Pull`, :class:`DecisionBlock`, :class:`EpisodeDone`, :class:`CheckpointDone`,
+:class:`StopRequest`, :class:`WorkerStopped`. From rank 0 to a worker: :class:`ParamsMessage`,
+:class:`CheckpointFirst`, :class:`CheckpointRequest`, :class:`CheckpointEnd`.
 """
 
 from __future__ import annotations
@@ -81,3 +86,71 @@ class SetupInfo:
     episodes: int
     structure: dict[str, Any] | None = None  # planted structure of a synthetic market, for the oracle
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pull:
+    """A worker asks for the parameters, once the server's version is at least ``min_version``."""
+
+    worker: int
+    min_version: int
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """Checkpoint ``seq`` is being taken; ``stop``: every rank exits after it.
+
+    ``episode`` > 0: it is the checkpoint at the end of that training episode, which the workers
+    wait for at the episode boundary (so it holds exactly the state between the two episodes).
+    """
+
+    seq: int
+    stop: bool
+    reason: str = ""
+    episode: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointFirst:
+    """The answer to a pull that would wait: take checkpoint ``seq`` first, then pull again."""
+
+    seq: int
+
+
+@dataclass
+class CheckpointDone:
+    """Worker ``worker`` wrote its part of checkpoint ``seq``: ``files`` maps file name -> digest."""
+
+    seq: int
+    worker: int
+    files: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CheckpointEnd:
+    """Checkpoint ``seq`` is committed (or given up); ``go_on`` False: every rank stops now."""
+
+    seq: int
+    go_on: bool
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """A stop signal (SIGTERM, SIGUSR1) reached a worker's process: checkpoint, then stop."""
+
+    worker: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkerStopped:
+    """A worker has finished the run; ``gradients_sent`` counts every gradient it pushed."""
+
+    worker: int
+    gradients_sent: int
+
+
+#: what a worker may send to rank 0
+ToServer = SetupInfo | GradientMessage | Pull | DecisionBlock | EpisodeDone | CheckpointDone | StopRequest | WorkerStopped
+#: what rank 0 may send to a worker
+ToWorker = ParamsMessage | CheckpointFirst | CheckpointRequest | CheckpointEnd

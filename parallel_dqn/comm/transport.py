@@ -1,21 +1,28 @@
 """The few operations workers use to reach the parameter server and each other.
 
 Two implementations expose the same :class:`Transport` operations:
-:class:`InProcessTransport` (single-process mode: every worker and the server in
-one process, messages handed over as objects) and ``MPITransport`` (one worker
-per MPI rank, rank 0 the server). The algorithm code (server, worker, driver)
-only ever sees this interface.
+:class:`~parallel_dqn.comm.inprocess.InProcessTransport` (single-process mode: every worker and
+the server in one process, messages handed over as objects) and
+:class:`~parallel_dqn.comm.mpi.worker_end.MPIWorkerTransport` (one worker per MPI rank, rank 0
+the server). The worker and the driver only ever see this interface; rank 0's side of every
+operation is :class:`parallel_dqn.training.endpoint.ServerEndpoint`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from parallel_dqn.checkpoint.coordinator import CheckpointCoordinator, CheckpointRequest
-from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
-from parallel_dqn.training.server import ParameterServer
+from parallel_dqn.comm.messages import (
+    CheckpointRequest,
+    DecisionBlock,
+    EpisodeDone,
+    GradientMessage,
+    ParamsMessage,
+    SetupInfo,
+)
 
 
 class Transport(Protocol):
@@ -45,8 +52,8 @@ class Transport(Protocol):
     def episode_done(self, msg: EpisodeDone) -> None:
         """A worker finished an episode."""
 
-    def close(self, summary: dict[str, int]) -> None:
-        """No more messages from the workers hosted here; ``summary`` counts what they sent."""
+    def close(self, sent: Mapping[int, int]) -> None:
+        """No more messages from the workers hosted here; ``sent[w]`` counts the gradients worker w pushed."""
 
     def poll_checkpoint(self, wait: bool = False) -> CheckpointRequest | None:
         """The checkpoint the server asks for, if any (called between clock steps); ``wait``: until one comes."""
@@ -57,62 +64,3 @@ class Transport(Protocol):
 
     def request_stop(self, reason: str) -> None:
         """A stop signal reached this process: ask the server for a checkpoint, then a stop."""
-
-
-class InProcessTransport:
-    """Every worker and the server in one process: calls go straight to the server.
-
-    The driver steps the workers in lock-step, phase by phase, so a pull that
-    needs a sync round always finds it applied; anything else is a bug.
-    """
-
-    def __init__(self, server: ParameterServer, checkpoints: CheckpointCoordinator | None = None) -> None:
-        self.server = server
-        self.checkpoints = checkpoints
-
-    def allgather(self, parts: Sequence[Any]) -> list[Any]:
-        return list(parts)
-
-    def allgather_rows(self, parts: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return list(parts)
-
-    def send_setup(self, info: SetupInfo) -> None:
-        self.server.setup(info)
-
-    def push_gradient(self, msg: GradientMessage) -> None:
-        self.server.on_gradient(msg)
-
-    def pull_params(self, worker: int, min_version: int) -> ParamsMessage:
-        if not self.server.params_ready(min_version):
-            raise RuntimeError(f"worker {worker} needs version {min_version}, server has {self.server.version}")
-        return self.server.params()
-
-    def send_decisions(self, block: DecisionBlock) -> None:
-        self.server.on_decisions(block)
-
-    def episode_done(self, msg: EpisodeDone) -> None:
-        self.server.on_episode_done(msg)
-
-    def close(self, summary: dict[str, int]) -> None:
-        if self.checkpoints is not None:
-            self.checkpoints.workers_finishing()
-        self.server.on_workers_stopped(summary)
-
-    def poll_checkpoint(self, wait: bool = False) -> CheckpointRequest | None:
-        request = self.checkpoints.due() if self.checkpoints is not None else None
-        if wait and request is None:
-            raise RuntimeError("a checkpoint was awaited, and none is due")
-        return request
-
-    def checkpoint_done(self, request: CheckpointRequest, files: dict[int, dict[str, dict[str, Any]]]) -> bool:
-        assert self.checkpoints is not None
-        checkpoint = None
-        for worker, written in sorted(files.items()):
-            checkpoint = self.checkpoints.worker_done(request.seq, worker, written)
-        if checkpoint is None:
-            raise RuntimeError(f"checkpoint {request.seq} was not committed: not every worker wrote its part")
-        return not request.stop
-
-    def request_stop(self, reason: str) -> None:
-        if self.checkpoints is not None:
-            self.checkpoints.request_stop(reason)

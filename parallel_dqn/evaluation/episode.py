@@ -1,21 +1,26 @@
-"""Collect one episode's decision records and turn them into a portfolio.
+"""One episode on rank 0: its decision records, its outcome, and the portfolio built from it.
 
 Workers stream :class:`DecisionBlock` records to rank 0; an :class:`EpisodeBook`
-gathers them into ``[T, S]`` arrays, checks none is missing, and
-:func:`build_portfolio` applies the meta-policy (or equal capital) to get the
-weights, the net-of-cost portfolio returns and the per-step table written as
-``portfolio_ep{N}.csv``.
+gathers them into ``[T, S]`` arrays and checks none is missing. The parameter server
+turns a complete book into an :class:`EpisodeOutcome` (capital weights from the
+meta-policy, which it then trains); :func:`account_episode` turns an outcome into an
+:class:`EpisodeReport`: the net-of-cost portfolio (:func:`build_portfolio`, the table
+written as ``portfolio_ep{N}.csv``) and the episode's line of metrics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from parallel_dqn.comm.messages import DecisionBlock
-from parallel_dqn.evaluation.portfolio import hold_untradeable, portfolio_returns
+from parallel_dqn.comm.messages import SetupInfo
+from parallel_dqn.evaluation.metrics import performance_metrics
+from parallel_dqn.evaluation.portfolio import bars_per_year, hold_untradeable, portfolio_returns
 from parallel_dqn.market.step import POSITIONS
 
 
@@ -101,3 +106,57 @@ def build_portfolio(
     returns = portfolio_returns(w_ext, log_returns_ext, cost_bps)
     w = w_ext[:-1]
     return Portfolio(timestamps, w, POSITIONS[actions], returns, rewards)
+
+
+@dataclass
+class EpisodeOutcome:
+    """What an episode produced, as the parameter server hands it on (nothing here changes training)."""
+
+    episode: int  # 1, 2, ... for training episodes, 0 for the evaluation
+    phase: str  # "train" or "eval"
+    book: EpisodeBook  # every worker's decisions
+    weights: np.ndarray  # [n, S] signed capital weights from the meta-policy (or equal capital)
+    summary: dict[str, Any]  # steps and gradient counters
+    loss: float  # mean TD loss of the gradients received during the episode (NaN for the evaluation)
+    meta_in_sample_sharpe: float | None  # the meta-policy's fit on this episode (training, meta-policy on)
+    elapsed_s: float  # since the market was loaded
+
+
+@dataclass
+class EpisodeReport:
+    """An episode accounted: its portfolio and its line of the training curve (``metrics.jsonl``)."""
+
+    outcome: EpisodeOutcome
+    portfolio: Portfolio
+    metrics: dict[str, Any] = field(default_factory=dict)  # the portfolio's performance (rounded)
+    line: dict[str, Any] = field(default_factory=dict)  # metrics, counters, epsilon, loss, ...
+    bars_per_year: float = math.nan
+
+
+def account_episode(outcome: EpisodeOutcome, info: SetupInfo, cost_bps: float) -> EpisodeReport:
+    """The portfolio of an episode's weights on its bars, net of costs, and its metrics line."""
+    book = outcome.book
+    rows = slice(book.start, book.stop)
+    ext = slice(book.start, book.stop + 1)  # each decision bar and the bar after the last one
+    pf = build_portfolio(
+        outcome.weights, book.actions, book.rewards, info.timestamps[rows], info.log_returns[ext],
+        info.tradeable[ext], cost_bps,
+    )
+    bpy = bars_per_year(info.bars_per_day)
+    metrics = performance_metrics(
+        pf.returns, bpy, np.vstack([pf.weights, np.zeros((1, pf.weights.shape[1]))]),
+        rewards=pf.rewards.sum(axis=1), log_returns=info.log_returns[ext],
+    )
+    metrics = rounded(metrics)
+    line: dict[str, Any] = {"phase": outcome.phase, "episode": outcome.episode, **metrics, **outcome.summary}
+    line["elapsed_s"] = round(outcome.elapsed_s, 3)
+    if outcome.phase == "train":
+        line["epsilon"] = book.epsilon
+        line["loss"] = outcome.loss
+        line["meta_in_sample_sharpe"] = outcome.meta_in_sample_sharpe
+    return EpisodeReport(outcome, pf, metrics, line, bpy)
+
+
+def rounded(d: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    """Floats rounded for the JSON outputs."""
+    return {k: (round(float(v), digits) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}

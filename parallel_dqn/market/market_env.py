@@ -10,7 +10,7 @@ be causal and normalised):
 A decision at clock ``t`` sees the last ``window`` feature rows up to and including
 ``t`` (zero rows before index 0) and the one-hot of the position currently held,
 sets the position held from ``t`` to ``t+1`` and earns
-:func:`parallel_dqn.market.step.step_reward` on ``r[t+1]``. An episode covers bars
+:func:`parallel_dqn.market.step.market_step`'s reward on ``r[t+1]``. An episode covers bars
 ``start .. end-1``: decisions at ``t = start .. end-2``, then it terminates.
 
 The arrays are used in place, not copied: do not modify them during an episode.
@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from parallel_dqn.market.step import FLAT, N_ACTIONS, POSITIONS, step_reward
+from parallel_dqn.market.step import FLAT, N_ACTIONS, POSITIONS, market_step
 
 
 def observation(features: np.ndarray, t: int, window: int, positions: np.ndarray) -> np.ndarray:
@@ -133,8 +133,7 @@ class MarketEnv(gym.Env):
         if act.shape != (self.n_stocks,) or act.min() < 0 or act.max() >= N_ACTIONS:
             raise ValueError(f"action must be {self.n_stocks} integers in [0, {N_ACTIONS}), got {action!r}")
         t = self.t
-        new = np.where(self.tradeable[t], act, self._position)
-        stock_rewards = step_reward(POSITIONS[self._position], POSITIONS[new], self.log_returns[t + 1], self.cost_bps)
+        new, stock_rewards = market_step(self._position, act, self.tradeable[t], self.log_returns[t + 1], self.cost_bps)
         self._position = new
         self.t = t + 1
         self._done = self.t >= self.end - 1

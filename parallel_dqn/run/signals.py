@@ -15,20 +15,9 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-#: exit status of a run that stopped on a signal after writing a checkpoint (EX_TEMPFAIL: "try again")
-EXIT_PREEMPTED = 75
+from parallel_dqn.errors import EXIT_PREEMPTED, StoppedAfterCheckpoint  # noqa: F401 - where run code looks for them
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class StoppedAfterCheckpoint(Exception):
-    """The run stopped on request after writing a checkpoint; resume it with ``--resume``."""
-
-    def __init__(self, reason: str, checkpoint: str | None = None) -> None:
-        self.reason = reason
-        self.checkpoint = checkpoint
-        where = f"checkpoint {checkpoint} written" if checkpoint else "checkpoint written"
-        super().__init__(f"stopped by {reason}: {where}")
 
 
 class StopSignals:

@@ -10,7 +10,8 @@ the others wait their turn. A failure of any kind (server down, HTTP error, Tele
 flushes the queue with a bounded wait.
 
 The bot token is part of the URL, so no URL, and no text that could hold the token, is
-ever logged: failures are described by the exception type or the HTTP status, redacted.
+ever logged: failures are described by the exception type or the HTTP status and the server's
+description, with the token redacted in any spelling (raw or URL-encoded: a server may echo the path).
 Notifications are on only when ``TELEGRAM_BOT_TOKEN`` and ``TELEGRAM_CHAT_ID`` are both set
 (``./run_with_env.sh`` loads them from ``.cloudkeys/api_keys.env``) and ``notify.enabled``
 is true.
@@ -23,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from parallel_dqn.config import NotifyConfig
-from parallel_dqn.errors import UserError
+from parallel_dqn.telemetry.status import error_summary
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class Notifier:
         """``label`` names the run in every message (the output folder's name)."""
         self.enabled = bool(token and chat_id)
         self._token = token or ""
+        self._token_re = _spellings(self._token)
         self._chat_id = chat_id or ""
         self._url = f"{base_url.rstrip('/')}/bot{self._token}/sendMessage"
         self.prefix = f"parallel-dqn {label}".rstrip()
@@ -240,44 +243,64 @@ class Notifier:
             log.debug("notification not sent (%s)", reason)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
+        """``text`` with the token, in any spelling (raw or URL-encoded, as a server may echo the path), as ***."""
+        return self._token_re.sub("***", text) if self._token_re is not None else text
 
 
-def error_summary(exc: BaseException) -> str:
-    """One line: a UserError's own line; otherwise the exception type and message, no traceback."""
-    if isinstance(exc, UserError):
-        return exc.line()
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    message = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+def _spellings(token: str) -> re.Pattern[str] | None:
+    """A pattern matching ``token`` raw or URL-encoded, in whole or in part: each character as itself or as its
+    UTF-8 percent-escapes (either case), a space also as ``+``. None for no token."""
+    if not token:
+        return None
+    chars = []
+    for ch in token:
+        escaped = "".join(f"%{byte:02X}" for byte in ch.encode())
+        spellings = [re.escape(ch), f"(?i:{re.escape(escaped)})", *(["\\+"] if ch == " " else [])]
+        chars.append(f"(?:{'|'.join(spellings)})")
+    return re.compile("".join(chars))
 
 
-EpisodeHandler = Callable[[Any, int, str, Any, dict], None]
+class NotifyingObserver:
+    """A run observer that sends the run's Telegram messages through a :class:`Notifier`.
 
-
-def notifying(on_episode: EpisodeHandler, curve: Sequence[dict[str, Any]], notifier: Notifier, every: int,
-              episodes: int) -> EpisodeHandler:
-    """Wrap the recorder's ``on_episode``: after it, every ``every``-th training episode is a progress message.
-
-    ``curve`` is the recorder's training curve, whose last line ``on_episode`` has just
-    appended (reward, loss, epsilon, steps, seconds since the market was loaded).
+    Progress: every ``every``-th training episode (reward, loss, epsilon, clock steps per second since
+    the previous message); and the start, each checkpoint, the completion, a stop on a signal, a failure.
     """
-    previous_elapsed = 0.0
 
-    def handler(server: Any, episode: int, phase: str, book: Any, summary: dict) -> None:
-        nonlocal previous_elapsed
-        on_episode(server, episode, phase, book, summary)
-        if phase != "train" or not curve:
+    def __init__(self, notifier: Notifier, every: int) -> None:
+        self.notifier = notifier
+        self.every = every
+        self.episodes = 0
+        self._previous_elapsed = 0.0
+
+    def on_start(self, run: Any) -> None:
+        self.episodes = run.episodes
+        self.notifier.start(run.mode, run.symbols, run.workers, run.episodes, run.output, resumed_from=run.resumed_from)
+
+    def on_episode(self, report: Any) -> None:
+        line = report.line
+        if line["phase"] != "train":
             return
-        line = curve[-1]
-        seconds = max(line["elapsed_s"] - previous_elapsed, 1e-9)
-        previous_elapsed = line["elapsed_s"]
-        if every > 0 and episode % every == 0:
-            notifier.progress(episode, episodes, line["total_reward"], line["loss"], line["epsilon"],
-                              line["steps"] / seconds)
+        seconds = max(line["elapsed_s"] - self._previous_elapsed, 1e-9)
+        self._previous_elapsed = line["elapsed_s"]
+        if self.every > 0 and line["episode"] % self.every == 0:
+            self.notifier.progress(line["episode"], self.episodes, line["total_reward"], line["loss"],
+                                   line["epsilon"], line["steps"] / seconds)
 
-    return handler
+    def on_checkpoint(self, checkpoint: Any, episodes_done: int, reason: str) -> None:
+        self.notifier.checkpoint(checkpoint.path, episodes_done, reason)
+
+    def on_finish(self, result: Mapping[str, Any]) -> None:
+        self.notifier.complete(result)
+
+    def on_stop(self, reason: str, checkpoint: str | Path | None) -> None:
+        self.notifier.stopped(reason, checkpoint)
+
+    def on_failure(self, error: BaseException) -> None:
+        self.notifier.error(error)
+
+    def close(self) -> None:
+        self.notifier.close()
 
 
 def _json(raw: bytes) -> dict[str, Any]:

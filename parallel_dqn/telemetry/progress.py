@@ -1,8 +1,8 @@
 """The run's progress bar (rank 0 only): episode, clock steps/s, transitions/s, gradient applies/s,
 mean staleness, dropped gradients, epsilon, loss.
 
-A thin wrapper over tqdm so the server reports progress without knowing about
-terminals; it is silent when ``run.progress`` is off, and in single-process mode
+A thin wrapper over tqdm, registered as one of the run's observers (``on_market``,
+``on_decisions``, ``on_episode``, ``close``), so nothing else knows about terminals; it is silent when ``run.progress`` is off, and in single-process mode
 when stderr is not a terminal (under mpirun, rank 0's stderr is always a pipe to
 the launcher, which forwards it to the user's terminal, so there it draws).
 """
@@ -39,6 +39,29 @@ class Progress:
     def set_total(self, total_steps: int, episodes: int) -> None:
         self.episodes = episodes
         self.bar.reset(total=total_steps)
+
+    # ---- as a run observer ----------------------------------------------------------------------
+    def on_market(self, info: Any) -> None:
+        """The market is known: the bar's length is every clock step of every episode."""
+        train, evaluation = info.train_rows, info.eval_rows
+        self.set_total(
+            info.episodes * max(train[1] - train[0] - 1, 0) + max(evaluation[1] - evaluation[0] - 1, 0), info.episodes
+        )
+
+    def on_decisions(self, block: Any, counters: Any, loss: float) -> None:
+        """A block of decisions arrived: worker 0's advance the clock (every worker steps the same clock)."""
+        self.advance(
+            clock_steps=len(set(block.t.tolist())) if block.worker == 0 else 0,
+            transitions=len(block.t),
+            epsilon=block.epsilon,
+            loss=loss,
+            applied=counters.applied,
+            dropped=counters.dropped_stale,
+            staleness=counters.staleness_sum / max(counters.received, 1),
+        )
+
+    def on_episode(self, report: Any) -> None:
+        self.episode_finished(report.line)
 
     def advance(
         self,

@@ -18,13 +18,14 @@ import datetime as dt
 import json
 import os
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from parallel_dqn import outputs
+from parallel_dqn.errors import UserError
 from parallel_dqn.files import write_atomically
 
-STATUS_FILE = "status.json"
+STATUS_FILE = outputs.STATUS
 STATES = ("running", "stopped", "failed", "finished")
 
 
@@ -70,36 +71,32 @@ def _array_id() -> str | None:
     return f"{job}_{task}" if job and task else None
 
 
-class RunEvents:
-    """A training run's changes of state, told to ``status.json`` and to the notifier (rank 0 only)."""
+class StatusFile:
+    """A run observer that keeps ``status.json`` up to date (training runs only; an evaluation has none)."""
 
-    def __init__(self, output: Path, notifier: Any, record: bool = True) -> None:
-        """``notifier``: a :class:`~parallel_dqn.telemetry.notify.Notifier`; ``record``: write status.json."""
+    def __init__(self, output: Path) -> None:
         self.output = output
-        self.notifier = notifier
-        self.record = record
 
-    def started(self, mode: str, symbols: Sequence[str], workers: int, episodes: int,
-                resumed_from: Path | None = None) -> None:
-        if self.record:
-            write_status(self.output, "running", mode=mode, workers=workers, episodes=episodes,
-                         resumed_from=str(resumed_from) if resumed_from else None)
-        self.notifier.start(mode, symbols, workers, episodes, self.output, resumed_from=resumed_from)
+    def on_start(self, run: Any) -> None:
+        write_status(self.output, "running", mode=run.mode, workers=run.workers, episodes=run.episodes,
+                     resumed_from=str(run.resumed_from) if run.resumed_from else None)
 
-    def finished(self, result: dict[str, Any]) -> None:
-        if self.record:
-            agent = result.get("eval") or {}
-            write_status(self.output, "finished", eval_sharpe=agent.get("sharpe"), wall_seconds=result.get("wall_seconds"))
-        self.notifier.complete(result)
+    def on_finish(self, result: dict[str, Any]) -> None:
+        agent = result.get("eval") or {}
+        write_status(self.output, "finished", eval_sharpe=agent.get("sharpe"), wall_seconds=result.get("wall_seconds"))
 
-    def stopped(self, reason: str, checkpoint: str | Path | None) -> None:
-        if self.record:
-            write_status(self.output, "stopped", reason=reason, checkpoint=str(checkpoint) if checkpoint else None)
-        self.notifier.stopped(reason, checkpoint)
+    def on_stop(self, reason: str, checkpoint: str | Path | None) -> None:
+        write_status(self.output, "stopped", reason=reason, checkpoint=str(checkpoint) if checkpoint else None)
 
-    def failed(self, exc: BaseException) -> None:
-        from parallel_dqn.telemetry.notify import error_summary
+    def on_failure(self, error: BaseException) -> None:
+        write_status(self.output, "failed", message=error_summary(error))
 
-        if self.record:
-            write_status(self.output, "failed", message=error_summary(exc))
-        self.notifier.error(exc)
+
+def error_summary(exc: BaseException) -> str:
+    """One line: a UserError's own line; otherwise the exception type and message, no traceback."""
+    if isinstance(exc, UserError):
+        return exc.line()
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__

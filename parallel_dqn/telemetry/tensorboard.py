@@ -27,10 +27,12 @@ class ScalarLog:
         self._writer: Any = None
         self._purge_step: int | None = None
         self._unavailable = False
+        self._episodes = 0  # training episodes logged so far
 
-    def resume_at(self, step: int) -> None:
-        """The run continues from a checkpoint: steps >= ``step`` logged before are dropped by TensorBoard."""
-        self._purge_step = step
+    def resume_at(self, episodes_done: int) -> None:
+        """The run continues after ``episodes_done`` episodes: TensorBoard drops what was logged after them."""
+        self._purge_step = episodes_done + 1
+        self._episodes = episodes_done
 
     def log(self, prefix: str, step: int, values: Mapping[str, Any]) -> None:
         """Write every finite number in ``values`` as ``prefix/name`` at ``step``."""
@@ -42,6 +44,16 @@ class ScalarLog:
                 continue
             writer.add_scalar(f"{prefix}/{name}", float(value), step)
         writer.flush()
+
+    # ---- as a run observer ----------------------------------------------------------------------
+    def on_episode(self, report: Any) -> None:
+        """``train/<metric>`` at the training episode, ``eval/<metric>`` at the number of training episodes."""
+        line = report.line
+        if line["phase"] == "train":
+            self._episodes = line["episode"]
+            self.log("train", line["episode"], line)
+        else:
+            self.log("eval", self._episodes, line)
 
     def close(self) -> None:
         if self._writer is not None:

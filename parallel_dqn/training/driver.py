@@ -11,7 +11,7 @@ is given differs between the modes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +24,12 @@ from parallel_dqn.data.features import FeatureStats, graph_stamps, raw_features,
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
-from parallel_dqn.checkpoint.coordinator import CheckpointRequest
-from parallel_dqn.comm.messages import SetupInfo
-from parallel_dqn.comm.transport import Transport
-from parallel_dqn.training.worker import Worker
-from parallel_dqn.errors import UserError
 from parallel_dqn.checkpoint.format import CHECKPOINTS, CheckpointStore, worker_file, write_state
-from parallel_dqn.run.signals import StopSignals, StoppedAfterCheckpoint
+from parallel_dqn.comm.messages import CheckpointRequest, SetupInfo
+from parallel_dqn.comm.transport import Transport
+from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.training.plan import RunPlan
+from parallel_dqn.training.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +104,32 @@ class EpisodeSpec:
     rows: tuple[int, int]  # clock rows [start, stop)
 
 
+class Schedule(Sequence[EpisodeSpec]):
+    """The run's episodes in order: training episodes 1..E over the training rows, then the evaluation.
+
+    Entries are made when asked for, so a schedule of any length costs nothing up front.
+    """
+
+    def __init__(self, episodes: int, train_rows: tuple[int, int], eval_rows: tuple[int, int]) -> None:
+        self.episodes = episodes
+        self.train_rows, self.eval_rows = train_rows, eval_rows
+        self.evaluates = eval_rows[1] - eval_rows[0] >= 2
+
+    def __len__(self) -> int:
+        return self.episodes + int(self.evaluates)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index < self.episodes:
+            return EpisodeSpec(index + 1, "train", self.train_rows)
+        return EpisodeSpec(0, "eval", self.eval_rows)
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """Where the hosted workers continue: schedule entry ``index``, at clock row ``t`` (None: not begun)."""
@@ -121,12 +145,13 @@ def run_workers(
     transport: Transport,
     cfg: Config,
     resume: Mapping[int, dict] | None = None,
-    signals: StopSignals | None = None,
+    stop_signal: Callable[[], str | None] = lambda: None,
 ) -> None:
     """Everything a run asks of the workers hosted in this process.
 
-    ``resume``: each hosted worker's state from a checkpoint (``--resume``); ``signals``: this
-    process's stop signals, passed on to the server between two clock steps.
+    ``resume``: each hosted worker's state from a checkpoint (``--resume``); ``stop_signal``: the
+    name of a stop signal this process received (or None), passed on to the server between two
+    clock steps.
     """
     xs, stats = build_cross_section(shards, plan, store, transport, cfg)
     train_rows = _rows(xs.timestamps, plan.train_start, plan.train_end)
@@ -160,10 +185,8 @@ def run_workers(
         )
     total_steps = plan.episodes * max(train_rows[1] - train_rows[0] - 1, 1)
     workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps) for s in shards]
-    schedule = [EpisodeSpec(e, "train", train_rows) for e in range(1, plan.episodes + 1)]
-    if eval_rows[1] - eval_rows[0] >= 2:
-        schedule.append(EpisodeSpec(0, "eval", eval_rows))
-    stepper = LockStep(workers, transport, CheckpointStore(Path(cfg.run.output) / CHECKPOINTS), signals)
+    schedule = Schedule(plan.episodes, train_rows, eval_rows)
+    stepper = LockStep(workers, transport, CheckpointStore(Path(cfg.run.output) / CHECKPOINTS), stop_signal)
     point = stepper.restore(resume) if resume else ResumePoint(0, None)
     episode_end = cfg.checkpoint.episode_end
     for index in range(point.index, len(schedule)):
@@ -171,20 +194,27 @@ def run_workers(
         stepper.run_episode(index, spec, point.t if index == point.index else None)
         if index + 1 < len(schedule):  # none after the last: the evaluation's results are not checkpointed
             stepper.boundary(index + 1, None, episode=spec.episode if episode_end and spec.phase == "train" else 0)
-    transport.close({"gradients_sent": sum(w.grad_steps for w in workers)})
+    transport.close({w.id: w.grad_steps for w in workers})
 
 
 class LockStep:
-    """Steps the hosted workers through episodes together, phase by phase, checkpointing between steps."""
+    """Steps the hosted workers through episodes together, phase by phase, checkpointing between steps.
+
+    Several hosted workers (single-process mode) push their gradients in a rotating order: under
+    MPI the workers' gradients of one step reach rank 0 in no fixed order, so no worker is always
+    the last (and the stalest) one.
+    """
 
     def __init__(
-        self, workers: list[Worker], transport: Transport, store: CheckpointStore, signals: StopSignals | None
+        self, workers: list[Worker], transport: Transport, store: CheckpointStore,
+        stop_signal: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.workers = workers
         self.transport = transport
         self.store = store
-        self.signals = signals
+        self.stop_signal = stop_signal
         self._stop_sent = False
+        self._turn = 0  # rotates the learning order after each step in which gradients were pushed
 
     def run_episode(self, index: int, spec: EpisodeSpec, resume_t: int | None = None) -> None:
         """Schedule entry ``index``: clock rows ``[start, stop)``, from ``resume_t`` if it was begun already."""
@@ -197,19 +227,28 @@ class LockStep:
                     self._checkpoint(index, t, self.transport.poll_checkpoint())
             for w in self.workers:
                 w.act(t)
-            for w in self.workers:
-                w.learn()
+            self._learn()
             self.boundary(index, t + 1)
         for w in self.workers:
             w.end_episode()
+
+    def _learn(self) -> None:
+        """Every hosted worker computes and pushes its gradient when due, starting at a rotating worker."""
+        n = len(self.workers)
+        pushed = sum(w.grad_steps for w in self.workers)
+        for i in range(n):
+            self.workers[(self._turn + i) % n].learn()
+        if sum(w.grad_steps for w in self.workers) > pushed:
+            self._turn += 1
 
     def boundary(self, index: int, t: int | None, episode: int = 0) -> None:
         """Between two steps: pass on a stop signal; take the checkpoint the server asks for, if any.
 
         ``episode`` > 0: the end of that training episode; wait for its checkpoint and take it here.
         """
-        if self.signals is not None and self.signals.received and not self._stop_sent:
-            self.transport.request_stop(self.signals.received)
+        received = self.stop_signal()
+        if received and not self._stop_sent:
+            self.transport.request_stop(received)
             self._stop_sent = True
         while True:
             request = self.transport.poll_checkpoint(wait=episode > 0)
@@ -229,8 +268,9 @@ class LockStep:
         for w in self.workers:
             w.flush_records()
             name = worker_file(w.id)
-            state = {"point": {"index": index, "t": t}, "worker": w.checkpoint_state()}
-            files[w.id] = {name: write_state(staging / name, state)}
+            state = {"point": {"index": index, "t": t, "turn": self._turn}, "worker": w.checkpoint_state()}
+            with self.store.writing(request.seq):  # a full disk: the staging folder goes, one line says why
+                files[w.id] = {name: write_state(staging / name, state)}
         if not self.transport.checkpoint_done(request, files):
             raise StoppedAfterCheckpoint(request.reason or "a signal")
 
@@ -240,6 +280,7 @@ class LockStep:
         for w in self.workers:
             state = states[w.id]
             w.restore_checkpoint(state["worker"])
+            self._turn = int(state["point"].get("turn", 0))
             points.add(ResumePoint(int(state["point"]["index"]), state["point"]["t"]))
         if len(points) != 1:
             raise RuntimeError(f"the hosted workers were checkpointed at different steps: {sorted(points)}")

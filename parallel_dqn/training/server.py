@@ -1,12 +1,24 @@
 """Rank 0: the parameter server.
 
 It holds the global Q-network (with its cross-stock attention module) and the
-target network, the one optimizer, and the portfolio meta-policy. It never
-touches MPI: a transport delivers messages to its ``on_*`` methods and asks it
-for parameters. Gradients are applied as they arrive (asynchronous), dropping
-and counting those computed on parameters more than ``staleness_bound``
-versions old, or, with ``--sync``, once one has come from every worker, as
-their mean in worker order (deterministic for a seed and worker count).
+target network, the one optimizer, and the portfolio meta-policy, which it also
+trains. It never touches a transport: rank 0's protocol
+(:mod:`parallel_dqn.training.endpoint`) calls its ``on_*`` methods and asks it for
+parameters. Gradients are applied as they arrive (asynchronous), or, with
+``--sync``, once one has come from every worker, as their mean in worker order
+(deterministic for a seed and worker count).
+
+**Staleness** is counted in server versions (applies) between the parameters a
+gradient was computed on and now, and bounded in *rounds*: a gradient is dropped
+(and counted) when more than ``dist.staleness_bound`` x N versions were applied
+since, N being the number of workers. With N workers acting at the same pace, each
+round of N gradients is inherently up to N-1 versions stale, so a bound in versions
+would silently drop every gradient of the workers past the bound; a bound in rounds
+treats every worker alike, whatever N.
+
+After each episode it maps the cross-section of the workers' decisions to capital
+weights with the meta-policy and, after a training episode, trains the meta-policy
+on that episode's realised portfolio outcome. Listeners only receive the outcome.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,9 +38,10 @@ import torch
 from parallel_dqn.config import Config
 from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
 from parallel_dqn.errors import UserError
-from parallel_dqn.evaluation.episode import EpisodeBook
+from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeOutcome
+from parallel_dqn.market.step import POSITIONS
 from parallel_dqn.model.flat import get_flat_params, set_flat_grads
-from parallel_dqn.model.meta_policy import MetaPolicy
+from parallel_dqn.model.meta_policy import MetaPolicy, decision_features
 from parallel_dqn.model.qnet import QNetwork
 
 log = logging.getLogger(__name__)
@@ -36,7 +49,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GradientCounters:
-    """Every gradient message is either applied or dropped: sent = received = applied + dropped."""
+    """Every gradient message is either applied or dropped: sent = received = applied + dropped (per worker too)."""
 
     sent: int = 0  # as counted by the workers, reported when they stop
     received: int = 0
@@ -45,7 +58,12 @@ class GradientCounters:
     staleness_sum: int = 0
     loss_sum: float = 0.0
     q_sum: float = 0.0
-    per_worker: dict[int, int] = field(default_factory=dict)
+    per_worker: dict[int, dict[str, int]] = field(default_factory=dict)  # worker -> sent/received/applied/dropped
+
+    def count(self, worker: int, what: str, n: int = 1) -> None:
+        """Add ``n`` to worker ``worker``'s ``what`` (sent, received, applied, dropped_stale)."""
+        row = self.per_worker.setdefault(worker, {"sent": 0, "received": 0, "applied": 0, "dropped_stale": 0})
+        row[what] += n
 
     def as_dict(self) -> dict[str, float]:
         n = max(self.received, 1)
@@ -57,8 +75,28 @@ class GradientCounters:
             "mean_staleness": self.staleness_sum / n,
         }
 
+    def per_worker_dict(self) -> dict[str, dict[str, int]]:
+        """``{"0": {"sent", "received", "applied", "dropped_stale"}, ...}`` in worker order (JSON keys)."""
+        return {str(w): dict(self.per_worker[w]) for w in sorted(self.per_worker)}
 
-EpisodeHandler = Callable[["ParameterServer", int, str, EpisodeBook, dict], None]
+    def balanced(self) -> bool:
+        """Nothing lost: sent = received = applied + dropped, in total and for every worker."""
+        rows = [(self.sent, self.received, self.applied, self.dropped_stale)]
+        rows += [(r["sent"], r["received"], r["applied"], r["dropped_stale"]) for r in self.per_worker.values()]
+        return all(s == r == a + d for s, r, a, d in rows)
+
+
+class ServerListener(Protocol):
+    """What the server tells the run about (rank 0's run lifecycle implements it)."""
+
+    def on_market(self, info: SetupInfo) -> None:
+        """Every worker has loaded its data; the market is known."""
+
+    def on_decisions(self, block: DecisionBlock, counters: GradientCounters, loss: float) -> None:
+        """A block of decision records arrived (progress)."""
+
+    def on_episode(self, outcome: EpisodeOutcome) -> None:
+        """An episode is complete: every worker's decisions, the capital weights, the meta-policy's training."""
 
 
 class ParameterServer:
@@ -68,19 +106,15 @@ class ParameterServer:
         self,
         cfg: Config,
         n_workers: int,
-        on_episode: EpisodeHandler,
+        listener: ServerListener,
         initial_state: dict | None = None,
-        progress: Any = None,
         resume_state: dict | None = None,
-        on_setup: Callable[[SetupInfo], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.n_workers = n_workers
-        self.on_episode = on_episode  # called with each finished episode's book (outputs, meta training)
+        self.listener = listener
         self.initial_state = initial_state  # a saved model's weights (evaluation)
         self.resume_state = resume_state  # a checkpoint's server state (--resume), applied at set-up
-        self.on_setup = on_setup  # called once the market is known: every worker has loaded its data
-        self.progress = progress
         self.loss_ema = float("nan")
         self.info: SetupInfo | None = None
         self.qnet: QNetwork | None = None
@@ -114,19 +148,13 @@ class ParameterServer:
             self._restore(self.resume_state)
         self._online_flat = get_flat_params(self.qnet)
         self._target_flat = get_flat_params(self.target)
-        if self.progress is not None:
-            train, evaluation = info.train_rows, info.eval_rows
-            self.progress.set_total(
-                info.episodes * max(train[1] - train[0] - 1, 0) + max(evaluation[1] - evaluation[0] - 1, 0), info.episodes
-            )
-        if self.on_setup is not None:
-            self.on_setup(info)
+        self.listener.on_market(info)
 
     # ---- gradients and parameters -------------------------------------------------
     def on_gradient(self, msg: GradientMessage) -> None:
         c = self.counters
         c.received += 1
-        c.per_worker[msg.worker] = c.per_worker.get(msg.worker, 0) + 1
+        c.count(msg.worker, "received")
         c.loss_sum += msg.loss
         c.q_sum += msg.q_mean
         self.loss_window.append(msg.loss)
@@ -137,14 +165,18 @@ class ParameterServer:
                 grads = [self._pending[w].popleft().grad for w in sorted(self._pending)]
                 self._apply(np.mean(np.stack(grads), axis=0))
                 c.applied += self.n_workers
+                for w in self._pending:
+                    c.count(w, "applied")
             return
         staleness = self.version - msg.version
         c.staleness_sum += staleness
-        if staleness > self.cfg.dist.staleness_bound:
+        if staleness > self.cfg.dist.staleness_bound * self.n_workers:  # the bound is in rounds of N gradients
             c.dropped_stale += 1
+            c.count(msg.worker, "dropped_stale")
             return
         self._apply(msg.grad)
         c.applied += 1
+        c.count(msg.worker, "applied")
 
     def _apply(self, grad: np.ndarray) -> None:
         assert self.qnet is not None
@@ -167,17 +199,7 @@ class ParameterServer:
     # ---- decision records and episodes --------------------------------------------
     def on_decisions(self, block: DecisionBlock) -> None:
         self._book(block.episode, block.phase).add(block)
-        if self.progress is not None:
-            c = self.counters
-            self.progress.advance(
-                clock_steps=len(np.unique(block.t)) if block.worker == 0 else 0,
-                transitions=len(block.t),
-                epsilon=block.epsilon,
-                loss=self.loss_ema,
-                applied=c.applied,
-                dropped=c.dropped_stale,
-                staleness=c.staleness_sum / max(c.received, 1),
-            )
+        self.listener.on_decisions(block, self.counters, self.loss_ema)
 
     def _book(self, episode: int, phase: str) -> EpisodeBook:
         key = (episode, phase)
@@ -201,7 +223,29 @@ class ParameterServer:
         if msg.phase == "eval":
             self.attention = self._gather_attention(dones)
         summary = {"steps": sum(d.steps for d in dones), **self.counters.as_dict()}
-        self.on_episode(self, msg.episode, msg.phase, book, summary)
+        self.listener.on_episode(self._outcome(msg.episode, msg.phase, book, summary))
+
+    def _outcome(self, episode: int, phase: str, book: EpisodeBook, summary: dict) -> EpisodeOutcome:
+        """Capital weights for the episode's decisions; after a training episode, the meta-policy learns from it."""
+        assert self.info is not None and self.meta is not None
+        info, meta_cfg = self.info, self.cfg.meta
+        log_returns = info.log_returns[book.start : book.stop]
+        # The meta-policy sees, per stock and bar, only the decision and that stock's decisions' trailing record.
+        feats = decision_features(book.q, book.actions, log_returns, meta_cfg.perf_halflife, info.return_std)
+        # The episode's portfolio uses the weights as they were during the episode (before it is learned from).
+        if meta_cfg.enabled:
+            weights = self.meta.weights(feats, book.actions)
+        else:
+            weights = POSITIONS[book.actions] / len(info.symbols)
+        meta_sharpe = None
+        if phase == "train":
+            loss = self.recent_loss()
+            if meta_cfg.enabled:  # learn capital allocation from the realised outcome of this episode
+                meta_sharpe = self.meta.fit(feats, book.actions, log_returns, self.cfg.market.cost_bps)
+        else:
+            loss = float("nan")
+        return EpisodeOutcome(episode, phase, book, weights, summary, loss, meta_sharpe,
+                              time.perf_counter() - self.setup_time)
 
     def _gather_attention(self, dones: list[EpisodeDone]) -> np.ndarray | None:
         assert self.info is not None
@@ -213,9 +257,10 @@ class ParameterServer:
             att[d.stocks] = d.attention
         return att
 
-    def on_workers_stopped(self, summary: dict[str, int]) -> None:
-        """Workers finished; count what they say they sent, to check nothing was lost."""
-        self.counters.sent += int(summary.get("gradients_sent", 0))
+    def on_worker_stopped(self, worker: int, gradients_sent: int) -> None:
+        """A worker finished; count what it says it sent, to check nothing was lost."""
+        self.counters.sent += gradients_sent
+        self.counters.count(worker, "sent", gradients_sent)
 
     def recent_loss(self) -> float:
         """Mean loss of the gradients received since the last call (NaN if none)."""
@@ -263,7 +308,9 @@ class ParameterServer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.meta.load_state_dict(state["meta_state"])
         self.version, self.target_version = int(state["version"]), int(state["target_version"])
-        self.counters = GradientCounters(**state["counters"])
+        counters = dict(state["counters"])
+        counters["per_worker"] = {int(w): dict(row) for w, row in counters["per_worker"].items()}
+        self.counters = GradientCounters(**counters)
         self.loss_ema = float(state["loss_ema"])
         self.loss_window = list(state["loss_window"])
         self._pending = {int(w): deque(GradientMessage(**m) for m in queue) for w, queue in state["pending"].items()}

@@ -28,7 +28,7 @@ from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
 from parallel_dqn.rl.nstep import NStepBuilder
 from parallel_dqn.rl.observations import Observations
 from parallel_dqn.rl.replay import make_replay, rng_state, set_rng_state
-from parallel_dqn.market.step import FLAT, POSITIONS, step_reward
+from parallel_dqn.market.step import FLAT, market_step
 from parallel_dqn.rl.schedules import LinearSchedule
 
 
@@ -115,10 +115,9 @@ class Worker:
         if self.training:
             explore = self.rng.random(len(actions)) < eps
             actions = np.where(explore, self.rng.integers(0, 3, len(actions)), actions)
-        frozen = ~self.xs.tradeable[t, self.stocks]
-        actions = np.where(frozen, self.position, actions)
-        raw = step_reward(
-            POSITIONS[self.position], POSITIONS[actions], self.xs.log_returns[t + 1, self.stocks], self.cfg.market.cost_bps
+        actions, raw = market_step(
+            self.position, actions, self.xs.tradeable[t, self.stocks], self.xs.log_returns[t + 1, self.stocks],
+            self.cfg.market.cost_bps,
         )
         done = t >= self.last_t
         if self.training:

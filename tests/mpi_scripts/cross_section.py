@@ -18,7 +18,7 @@ from mpi4py import MPI
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.training.driver import LocalShard, build_cross_section
-from parallel_dqn.comm.mpi.transport import MPIWorkerTransport
+from parallel_dqn.comm.mpi import World
 from parallel_dqn.training.plan import plan_training
 
 
@@ -31,9 +31,8 @@ def digest(*arrays: np.ndarray) -> str:
 
 def main() -> None:
     original, perturbed, cut, settings = sys.argv[1:]
-    comm = MPI.COMM_WORLD.Dup()
-    rank = comm.Get_rank()
-    workers = comm.Split(color=0 if rank == 0 else 1, key=rank)
+    world = World(MPI.COMM_WORLD)
+    comm, rank = world.comm, world.rank
     result = None
     if rank > 0:
         held = []
@@ -45,7 +44,7 @@ def main() -> None:
             cfg.set("dist.workers", comm.Get_size() - 1)
             store = open_store(data)
             plan = plan_training(cfg, store)
-            transport = MPIWorkerTransport(comm, workers, timeout=60)
+            transport = world.worker_transport(timeout=60)
             shard = LocalShard(rank - 1, plan.shards[rank - 1])
             xs, _ = build_cross_section([shard], plan, store, transport, cfg)
             held.append(xs)

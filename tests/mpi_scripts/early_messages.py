@@ -17,10 +17,12 @@ from mpi4py import MPI
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.training.driver import LocalShard, build_cross_section
+from parallel_dqn.comm.inprocess import InProcessTransport
 from parallel_dqn.comm.messages import DecisionBlock, GradientMessage, SetupInfo
-from parallel_dqn.comm.mpi.transport import MPIServerLoop, MPIWorkerTransport
+from parallel_dqn.comm.mpi import World
+from parallel_dqn.training.endpoint import ServerEndpoint
+from parallel_dqn.training.observers import Observers
 from parallel_dqn.training.server import ParameterServer
-from parallel_dqn.comm.transport import InProcessTransport
 from parallel_dqn.model.flat import n_params
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.training.plan import plan_training
@@ -32,20 +34,19 @@ def main() -> None:
     for key, value in {"data.data": market, "data.stocks": ["AAA", "BBB"], "dist.sync": sync,
                        "market.graph_window": 40}.items():
         cfg.set(key, value)
-    comm = MPI.COMM_WORLD.Dup()
-    rank = comm.Get_rank()
-    workers = comm.Split(color=0 if rank == 0 else 1, key=rank)
+    world = World(MPI.COMM_WORLD)
+    rank = world.rank
     if rank == 0:
-        server = ParameterServer(cfg, 2, on_episode=lambda *a: None)
-        MPIServerLoop(server, comm, 2, timeout=60).run()
+        server = ParameterServer(cfg, 2, Observers(cfg.market.cost_bps))
+        world.server_pump(ServerEndpoint(server, 2), timeout=60).run()
         print(json.dumps({**server.counters.as_dict(), "version": server.version, "set_up": server.info is not None}))
         return
     store = open_store(market)
     plan = plan_training(cfg, store)
     # every rank builds the whole cross-section in-process (no exchange needed for this test)
-    local = InProcessTransport(ParameterServer(cfg, 2, on_episode=lambda *a: None))
+    local = InProcessTransport(ServerEndpoint(ParameterServer(cfg, 2, Observers(cfg.market.cost_bps)), 2))
     xs, stats = build_cross_section([LocalShard(i, s) for i, s in enumerate(plan.shards)], plan, store, local, cfg)
-    transport = MPIWorkerTransport(comm, workers, timeout=60)
+    transport = world.worker_transport(timeout=60)
     worker = rank - 1
     P = n_params(QNetwork(2, xs.features.shape[2], cfg.market.window, cfg.model))
     if worker == 0:
@@ -60,7 +61,7 @@ def main() -> None:
                           np.array([1]), np.array([0.0]))
     transport.send_decisions(block)
     transport.push_gradient(GradientMessage(worker, 0, np.full(P, 1e-3, np.float32), 0.5, 0.1))
-    transport.close({"gradients_sent": 1})
+    transport.close({worker: 1})
 
 
 if __name__ == "__main__":
