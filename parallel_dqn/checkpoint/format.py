@@ -31,10 +31,12 @@ import io
 import json
 import logging
 import os
+import pickle
+import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -118,7 +120,34 @@ def read_state(path: Path, expected: dict[str, Any] | None = None) -> dict[str, 
     data = path.read_bytes()
     if expected is not None:
         _check_bytes(path.name, data, expected)
-    return _from_saved(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    return _from_saved(_load(path.name, data))
+
+
+def _load(name: str, data: bytes) -> dict[str, Any]:
+    """Unpickle a state file with torch's weights-only loader; CorruptCheckpoint if it refuses or fails.
+
+    A refusal means the file holds pickled objects that are not plain data: loading it anyway could run
+    code, so it is reported as a checkpoint that cannot be loaded, never with torch's advice to turn the
+    safety off.
+    """
+    try:
+        tree = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CorruptCheckpoint(f"{name} {unsafe_reason(exc)} (not written by parallel-dqn, or altered)") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged archive
+        raise CorruptCheckpoint(f"{name} cannot be read as a state file ({type(exc).__name__})") from None
+    if not isinstance(tree, dict):
+        raise CorruptCheckpoint(f"{name} is not a parallel-dqn state file (it holds a {type(tree).__name__})")
+    return tree
+
+
+def unsafe_reason(exc: pickle.UnpicklingError) -> str:
+    """Why torch's weights-only loader refused a file, in words that do not advise turning the safety off."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return (f"cannot be loaded safely: it holds a pickled {found.group(1)} object, not plain data, "
+                "which torch's weights only loader refuses")
+    return "cannot be loaded safely: torch's weights only loader refuses its pickled data"
 
 
 def _check_bytes(name: str, data: bytes, expected: dict[str, Any]) -> None:
@@ -161,7 +190,7 @@ class CheckpointStore:
         body = {
             "format": FORMAT,
             "seq": seq,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "files": files,
             **info,
         }
@@ -252,7 +281,8 @@ class CheckpointStore:
 
 
 def verify(path: Path) -> Checkpoint:
-    """Check a checkpoint folder: manifest readable and self-consistent, every file's size and sha256."""
+    """Check a checkpoint folder: manifest readable and self-consistent, every file's size and sha256, and
+    every state file loadable with torch's weights-only loader."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
@@ -264,12 +294,17 @@ def verify(path: Path) -> Checkpoint:
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     if manifest.get("checksum") != _manifest_checksum(body):
         raise CorruptCheckpoint(f"{MANIFEST} does not match its checksum (altered or damaged)")
-    for name, expected in manifest["files"].items():
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(e, dict) and {"sha256", "bytes"} <= e.keys()
+                                              for e in files.values()):
+        raise CorruptCheckpoint(f"{MANIFEST} does not list its files with their sizes and sha256")
+    for name, expected in files.items():
         try:
             data = (path / name).read_bytes()
         except OSError:
             raise CorruptCheckpoint(f"{name} is missing") from None
         _check_bytes(name, data, expected)
+        _load(name, data)  # matching bytes are not enough: a consistent manifest may list an unsafe file
     return Checkpoint(path, manifest)
 
 

@@ -8,12 +8,14 @@ reward scale, and the mean attention matrix of the evaluation.
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from parallel_dqn.checkpoint.format import unsafe_reason
 from parallel_dqn.errors import UserError
 from parallel_dqn.files import write_atomically
 
@@ -34,7 +36,9 @@ def load_model(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p} is not a model file (not a PyTorch archive)", "pass the trained_model.pth written by `train`")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many types for a damaged archive
+    except pickle.UnpicklingError as exc:  # torch's advice in it (turn the safety off) is not passed on
+        raise UserError(f"{p} {unsafe_reason(exc)}", "pass the trained_model.pth written by `train`") from None
+    except Exception:  # noqa: BLE001 - torch raises many types for a damaged archive
         raise UserError(f"{p} is damaged: it cannot be read as a model file", "retrain or copy the file again") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{p} is not a parallel-dqn model file", "pass the trained_model.pth written by `train`")
