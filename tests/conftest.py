@@ -1,7 +1,8 @@
-"""Shared test helpers: run the real CLI as a subprocess, and one tiny synthetic market per session.
+"""Shared fixtures (the helper functions are in tests/helpers.py), and the markers of the fast test tier.
 
-* :func:`run_cli` (the session fixture ``cli`` returns it) runs ``python -m parallel_dqn ARGS...`` with this
-  interpreter and returns the :class:`subprocess.CompletedProcess` (text stdout/stderr captured).
+* ``cli`` (session): :func:`tests.helpers.run_cli`, which runs ``python -m parallel_dqn ARGS...`` with this
+  interpreter and returns the :class:`subprocess.CompletedProcess` (text stdout/stderr captured); it is also
+  importable from here (``from tests.conftest import run_cli``).
 * ``tiny_market`` (session): a 3 stocks x 3 days market of 5-minute bars (AAA, BBB, CCC from
   2024-01-02), written once with ``parallel-dqn data generate``. Treat it as read-only.
 * ``tiny_market_copy``: a fresh copy of it in the test's ``tmp_path``, free to corrupt.
@@ -9,49 +10,131 @@
   port, with ``.connection_string`` for the published dev account; fails, never skips, if it is not installed.
 * ``slurm`` (session): a SLURM cluster answering ``sinfo`` (``launchers/slurm/local_cluster.sh start``). Without
   one the SLURM tests are skipped, except where ``PARALLEL_DQN_REQUIRE_SLURM=1`` (CI), where they fail.
+
+Markers (registered in setup.cfg; ``launchers/test.sh --fast`` runs ``-m "not slow and not mpi and not azure and
+not slurm"``). :func:`pytest_collection_modifyitems` adds them by what a test uses:
+
+* ``azure``: the ``azurite`` or ``spare_azurite`` fixture (directly or through another fixture);
+* ``slurm``: the ``slurm`` fixture;
+* ``mpi`` and ``slow``: the test, or a fixture it uses, refers to ``mpiexec``/``MPIEXEC`` (tests.helpers);
+  whole modules under mpiexec (test_mpi.py, test_resume_mpi.py) also say so with ``pytestmark``.
+
+``slow`` is otherwise explicit (``@pytest.mark.slow`` or a module's ``pytestmark``): a test that runs a real
+training (``train(...)``, ``evaluate(...)``, ``train`` through the CLI) or otherwise takes more than about a second.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
+import inspect
 import os
 import shutil
 import socket
 import subprocess
-import sys
+import textwrap
 import time
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_cli  # noqa: F401 - re-exported: `from tests.conftest import run_cli` works
 
 TINY_STOCKS = ("AAA", "BBB", "CCC")
 TINY_START = "2024-01-02"
 TINY_DAYS = 3
 
 
-def run_cli(
-    *args: str | os.PathLike[str],
-    cwd: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 300,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m parallel_dqn *args``; never raises on a non-zero exit.
-
-    ``env`` replaces the environment (default: this process's); stdin is closed so a
-    command that prompts fails instead of hanging.
-    """
-    return subprocess.run(
-        [sys.executable, "-m", "parallel_dqn", *map(str, args)],
-        cwd=cwd,
-        env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+# ---- markers by what a test uses ----------------------------------------------------------------------------------
+#: a fixture that needs a service -> the marker of that service
+SERVICE_FIXTURES = {"azurite": "azure", "spare_azurite": "azure", "slurm": "slurm"}
+#: names (tests.helpers) that a test or fixture refers to when it runs a real mpiexec
+MPI_NAMES = frozenset({"mpiexec", "MPIEXEC"})
+#: parallel_dqn functions that run a real training (or an evaluation of a trained model) in this process
+TRAINING_FUNCTIONS = frozenset({"train", "evaluate"})
+#: CLI commands that train or evaluate: as the first arguments of run_cli / cli / main, or after "-m parallel_dqn"
+TRAINING_COMMANDS = (("train",), ("evaluate",), ("full-workflow",))
+CLI_RUNNERS = frozenset({"run_cli", "cli", "main"})
 
 
+def _used_functions(item: pytest.Item) -> list[types.FunctionType]:
+    """The test function and the functions of every fixture it uses (directly or through other fixtures)."""
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    if info is not None:
+        functions += [d.func for name in item.fixturenames for d in info.name2fixturedefs.get(name, ())]
+    return [inspect.unwrap(f) for f in functions if f is not None and hasattr(inspect.unwrap(f), "__code__")]
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """The global and attribute names ``code`` refers to, nested functions and lambdas included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _calls_training_function(function: types.FunctionType) -> bool:
+    """``function`` refers to parallel_dqn's own ``train`` / ``evaluate`` (not a test's helper of that name)."""
+    for name in _names(function.__code__) & TRAINING_FUNCTIONS:
+        target = function.__globals__.get(name)
+        if callable(target) and getattr(target, "__module__", "").startswith("parallel_dqn."):
+            return True
+    return False
+
+
+def _strings(nodes: list[ast.expr]) -> list[str | None]:
+    return [n.value if isinstance(n, ast.Constant) and isinstance(n.value, str) else None for n in nodes]
+
+
+def _starts(words: list[str | None], at: int = 0) -> bool:
+    return any(tuple(words[at:at + len(c)]) == c for c in TRAINING_COMMANDS)
+
+
+@functools.cache
+def _runs_training_command(code: types.CodeType, function: types.FunctionType) -> bool:
+    """``function``'s source runs ``train``/``evaluate``/... through the CLI: ``run_cli("train", ...)``,
+    ``main(["train", ...])``, or a command line ``[..., "-m", "parallel_dqn", "train", ...]``."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            callee = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+            args = node.args
+            if args and isinstance(args[0], (ast.List, ast.Tuple)):
+                args = args[0].elts
+            if callee in CLI_RUNNERS and _starts(_strings(args)):
+                return True
+            words = _strings(node.args)
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            words = _strings(node.elts)
+        else:
+            continue
+        if any(w == "parallel_dqn" and _starts(words, i + 1) for i, w in enumerate(words)):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker in sorted({m for f, m in SERVICE_FIXTURES.items() if f in used}):
+            item.add_marker(marker)
+        functions = _used_functions(item)
+        if any(MPI_NAMES & _names(f.__code__) for f in functions):
+            item.add_marker("mpi")
+            item.add_marker("slow")
+        elif any(_calls_training_function(f) or _runs_training_command(f.__code__, f) for f in functions):
+            item.add_marker("slow")
+
+
+# ---- the CLI, and a tiny market ------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def cli():
     """The :func:`run_cli` function, for tests that prefer a fixture to an import."""

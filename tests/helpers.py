@@ -1,10 +1,24 @@
-"""Shared test helpers: small synthetic markets, a fast config, perturbing bars after a time."""
+"""Shared test helpers (test modules import these, never each other; tests/test_layout.py checks it).
+
+* markets and configs: :func:`make_market`, :func:`tiny_config`, :func:`perturb_after`, :func:`weights`;
+* the real CLI: :func:`run_cli` (``python -m parallel_dqn ...``), :func:`user_error` (its one error line),
+  :func:`hash_tree` (to check that a failed command changed nothing);
+* MPI: :data:`MPIEXEC`, :func:`mpiexec`, :func:`train_args` (a parallel-mode command line equal to tiny_config);
+* runs: :func:`curve`, :func:`assert_same_run` (two runs ended with the same weights, evaluation and curve);
+* :class:`LoopbackJSONServer`: a real HTTP server on 127.0.0.1 standing in for a web API.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +29,10 @@ from parallel_dqn.config import Config
 from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
 
 STOCKS = ["LEAD", "FOLW", "MOMO"]
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+#: the one line a user error prints on stderr
+ERROR_LINE = re.compile(r"^parallel-dqn(?: [a-z-]+)*: error: \S")
 
 
 def make_market(out: Path, days: int = 5, seed: int = 11, bar_minutes: int = 5) -> Path:
@@ -67,6 +85,90 @@ def perturb_after(src: Path, dst: Path, cut: pd.Timestamp, seed: int = 5) -> Non
         df.to_parquet(path, index=False)
 
 
+def curve(out: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock field."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "elapsed_s"} for line in lines]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (a / "portfolio_eval.csv").read_bytes() == (b / "portfolio_eval.csv").read_bytes()
+    assert curve(a) == curve(b)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["eval"] == mb["eval"] and ma["counters"] == mb["counters"]
+
+
+# ---- the real CLI ----------------------------------------------------------------------------------
+def run_cli(
+    *args: str | os.PathLike[str],
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m parallel_dqn *args``; never raises on a non-zero exit.
+
+    ``env`` replaces the environment (default: this process's); stdin is closed so a
+    command that prompts fails instead of hanging.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "parallel_dqn", *map(str, args)],
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def user_error(proc: subprocess.CompletedProcess[str], *names: str) -> str:
+    """Check ``proc`` failed as a user error and return its one error line, which must contain ``names``."""
+    out = f"\n--- exit {proc.returncode}\n--- stderr:\n{proc.stderr}\n--- stdout:\n{proc.stdout}"
+    assert proc.returncode == 2, f"expected exit 2 (user error){out}"
+    assert "Traceback" not in proc.stderr + proc.stdout, f"traceback for a user error{out}"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if ERROR_LINE.match(line)]
+    assert len(errors) == 1, f"expected exactly one 'parallel-dqn: error:' line{out}"
+    line = errors[0]
+    assert lines == [line], f"expected stderr to be the error line only{out}"
+    missing = [n for n in names if n not in line]
+    assert not missing, f"error line does not name {missing}: {line!r}"
+    return line
+
+
+def hash_tree(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """``relative path -> sha256`` of every file under ``root`` (file names in ``exclude`` skipped)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in exclude
+    }
+
+
+# ---- MPI -------------------------------------------------------------------------------------------
+def mpiexec(n: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n N python ARGS...`` (the MPICH of this venv), run from the repository root."""
+    return subprocess.run(
+        [MPIEXEC, "-n", str(n), sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def train_args(market: Path, out: Path, *extra: str) -> list[str]:
+    """The CLI flags equivalent of tiny_config (parallel mode; "-m parallel_dqn" first, for python)."""
+    cfg = tiny_config(market, out)
+    sets = [f"{k}={v}" for k, v in (("dqn.learning_starts", cfg.dqn.learning_starts), ("dqn.batch_size", cfg.dqn.batch_size),
+                                      ("dqn.target_update", cfg.dqn.target_update), ("market.graph_window", cfg.market.graph_window))]
+    return [
+        "-m", "parallel_dqn", "train", "--mode", "parallel", "--data", str(market), "--stocks", *STOCKS,
+        "--start_date", cfg.data.start_date, "--end_date", cfg.data.end_date, "--eval_start", cfg.data.eval_start,
+        "--eval_end", cfg.data.eval_end, "--episodes", str(cfg.dqn.episodes), "--output", str(out), "--no-progress",
+        *[x for s in sets for x in ("--set", s)], *extra,
+    ]
+
+
+# ---- stand-ins for web services --------------------------------------------------------------------
 class LoopbackJSONServer:
     """A real HTTP server on 127.0.0.1 (a free port) in a thread, answering JSON.
 

@@ -27,10 +27,8 @@ from parallel_dqn.run.single import train
 from parallel_dqn.data.azure_store import RETRIES, AzureBlobStore, connect, replacing
 from parallel_dqn.data.store import open_store
 from parallel_dqn.errors import UserError
-from tests.conftest import DEV_KEY, run_cli
-from tests.helpers import STOCKS, make_market, tiny_config, weights
-from tests.test_cli_errors import hash_tree
-from tests.test_mpi import MPIEXEC, ROOT, train_args
+from tests.conftest import DEV_KEY
+from tests.helpers import MPIEXEC, ROOT, STOCKS, hash_tree, make_market, run_cli, tiny_config, train_args, weights
 
 ERROR = re.compile(r"^parallel-dqn(?: [a-z-]+)*: error: \S")
 COUNTS = re.compile(r"azure://(\S+): (\w+): (\d+) files, (\d+) downloaded \(\d+ bytes\), (\d+) from cache")

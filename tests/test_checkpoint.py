@@ -29,7 +29,7 @@ from parallel_dqn.errors import UserError
 from parallel_dqn.checkpoint.format import CheckpointStore, CorruptCheckpoint, read_state, verify, write_state
 from parallel_dqn.run.signals import EXIT_PREEMPTED
 from parallel_dqn.checkpoint.resume import ResumeTarget, choose_checkpoint
-from tests.helpers import make_market, perturb_after, tiny_config, weights
+from tests.helpers import assert_same_run, make_market, perturb_after, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,21 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
     return make_market(tmp_path_factory.mktemp("ckpt_market"))
-
-
-def curve(out: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock field."""
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k != "elapsed_s"} for line in lines]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert (a / "portfolio_eval.csv").read_bytes() == (b / "portfolio_eval.csv").read_bytes()
-    assert curve(a) == curve(b)
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    assert ma["eval"] == mb["eval"] and ma["counters"] == mb["counters"]
 
 
 # ---- the format ----------------------------------------------------------------------------------

@@ -14,10 +14,8 @@ checks its own case's result.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -30,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-ERROR_LINE = re.compile(r"^parallel-dqn(?: [a-z-]+)*: error: \S")
+from tests.helpers import hash_tree, user_error
+
 #: the bar file the data tests corrupt: a training day of the second stock (AAA loads fine first)
 BAD_KEY = "stocks_intraday/BBB/2024/01/BBB_2024-01-03.parquet"
 #: a file of the evaluation day (the tiny market's last day, held out by default)
@@ -41,30 +40,6 @@ NO_AZURE_ENV = {k: v for k, v in os.environ.items() if not k.upper().startswith(
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def user_error(proc: subprocess.CompletedProcess[str], *names: str) -> str:
-    """Check ``proc`` failed as a user error and return its one error line, which must contain ``names``."""
-    out = f"\n--- exit {proc.returncode}\n--- stderr:\n{proc.stderr}\n--- stdout:\n{proc.stdout}"
-    assert proc.returncode == 2, f"expected exit 2 (user error){out}"
-    assert "Traceback" not in proc.stderr + proc.stdout, f"traceback for a user error{out}"
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if ERROR_LINE.match(line)]
-    assert len(errors) == 1, f"expected exactly one 'parallel-dqn: error:' line{out}"
-    line = errors[0]
-    assert lines == [line], f"expected stderr to be the error line only{out}"
-    missing = [n for n in names if n not in line]
-    assert not missing, f"error line does not name {missing}: {line!r}"
-    return line
-
-
-def hash_tree(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
-    """``relative path -> sha256`` of every file under ``root`` (file names in ``exclude`` skipped)."""
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in exclude
-    }
-
-
 def train_args(data: Path | str, output: Path, *extra: str) -> list[str]:
     """A tiny single-process training command line."""
     return ["train", "--mode", "single", "--data", str(data), "--episodes", "1",
@@ -170,6 +145,7 @@ def bad_file_runs(cli, pool, tiny_market, tmp_path_factory) -> dict[str, Launche
     return runs
 
 
+@pytest.mark.slow  # each case trains (until the bad file) in a subprocess
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_bad_bar_file(case, bad_file_runs):
     run = bad_file_runs[case]
@@ -224,6 +200,7 @@ def not_there_runs(cli, pool, tiny_market, tmp_path_factory) -> dict[str, Launch
     return runs
 
 
+@pytest.mark.slow  # each case starts `train`/`evaluate` in a subprocess (torch imported)
 @pytest.mark.parametrize("case", list(NOT_THERE))
 def test_missing_input(case, not_there_runs):
     run = not_there_runs[case]
@@ -232,6 +209,7 @@ def test_missing_input(case, not_there_runs):
     assert not (run.tmp / "nonexistent").exists()
 
 
+@pytest.mark.slow
 def test_garbage_model_reason_is_plain(not_there_runs):
     line = user_error(not_there_runs["garbage-model"].proc(), "trained_model.pth")
     assert "weights_only" not in line and "PyTorch 2.6" not in line, line
@@ -334,6 +312,7 @@ def safety_runs(cli, pool, trained_run, tiny_market, tmp_path_factory) -> dict[s
     return runs
 
 
+@pytest.mark.slow  # a real training run first (trained_run)
 @pytest.mark.parametrize("case", list(SAFETY))
 def test_failed_run_keeps_earlier_results(case, safety_runs):
     run = safety_runs[case]

@@ -27,9 +27,7 @@ from parallel_dqn.data.alphavantage import AlphaVantageClient
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.store import LocalStore
 from parallel_dqn.data.synthetic import SyntheticSpec, generate_market
-from tests.helpers import LoopbackJSONServer
-from tests.conftest import run_cli
-from tests.test_cli_errors import hash_tree, user_error
+from tests.helpers import LoopbackJSONServer, hash_tree, run_cli, user_error
 
 NY = "America/New_York"
 KEY = "SeCrEtKeY-123"
@@ -151,6 +149,7 @@ def test_bad_csv_is_one_line_and_writes_nothing(tmp_path: Path, corrupt, names: 
     assert not dest.exists()
 
 
+@pytest.mark.slow  # several CLI runs (~3 s)
 def test_bad_timestamp_and_unknown_zone_are_one_line(tmp_path: Path) -> None:
     frame = pd.read_csv(local_csv(market(("AAA",), 5)["AAA"], tmp_path / "AAA.csv"))
     frame.loc[4, "timestamp"] = "yesterday-ish"
@@ -162,6 +161,7 @@ def test_bad_timestamp_and_unknown_zone_are_one_line(tmp_path: Path) -> None:
     assert not dest.exists()
 
 
+@pytest.mark.slow  # several CLI runs (~7 s)
 def test_existing_files_skipped_when_identical_replaced_only_with_overwrite(tmp_path: Path) -> None:
     want = market(("AAA",), 5)["AAA"]
     csv = local_csv(want, tmp_path / "AAA.csv")

@@ -29,8 +29,7 @@ from parallel_dqn.run.single import train
 from parallel_dqn.config import NotifyConfig
 from parallel_dqn.errors import UserError
 from parallel_dqn.telemetry.notify import CHAT_ENV, TOKEN_ENV, Notifier
-from tests.helpers import LoopbackJSONServer, make_market, tiny_config
-from tests.test_mpi import MPIEXEC, ROOT, train_args
+from tests.helpers import MPIEXEC, ROOT, LoopbackJSONServer, make_market, tiny_config, train_args
 
 TOKEN = "123456:SeCrEt-BoT-ToKeN"
 CHAT = "-100424242"

@@ -24,9 +24,9 @@ import pytest
 
 from parallel_dqn.checkpoint.format import CheckpointStore
 from parallel_dqn.run.signals import EXIT_PREEMPTED
-from tests.helpers import make_market
-from tests.test_checkpoint import assert_same_run
-from tests.test_mpi import MPIEXEC, ROOT, mpiexec, train_args
+from tests.helpers import MPIEXEC, ROOT, assert_same_run, make_market, mpiexec, train_args
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # every test starts mpiexec or a parallel run
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_market, tiny_config
-from tests.test_checkpoint import assert_same_run
-from tests.test_mpi import mpiexec
+from tests.helpers import assert_same_run, make_market, mpiexec, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("slurm")
+pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.slow]  # every test runs training jobs
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from parallel_dqn.telemetry.status import write_status
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ERROR_LINE = re.compile(r"^parallel-dqn(?: [a-z-]+)*: error: \S")
@@ -207,6 +207,7 @@ def bad_sweep_results(tmp_path_factory) -> dict[str, tuple[Path, subprocess.Comp
         return {case: (jobs[case][0], f.result()) for case, f in futures.items()}
 
 
+@pytest.mark.slow  # bad_sweep_results: 15 CLI processes (~15 s)
 @pytest.mark.parametrize("case", sorted(BAD_SWEEPS))
 def test_bad_sweep_file_is_one_line(case, bad_sweep_results):
     path, proc = bad_sweep_results[case]
@@ -214,6 +215,7 @@ def test_bad_sweep_file_is_one_line(case, bad_sweep_results):
     assert not (path.parent / f"out_{case}").exists()  # nothing planned
 
 
+@pytest.mark.slow  # three CLI runs
 def test_run_and_submit_need_a_sweep_folder_or_a_file_with_output(tmp_path):
     sweep = write(tmp_path / "sweep.toml", BASE)
     one_error_line(run_cli("sweep", "run", sweep), "--output")
@@ -222,6 +224,7 @@ def test_run_and_submit_need_a_sweep_folder_or_a_file_with_output(tmp_path):
 
 
 # ---- sweep config, status, submit --dry-run ------------------------------------------------------
+@pytest.mark.slow  # four CLI runs
 def test_sweep_config_prints_the_absolute_config_path(tmp_path):
     sweep = write(tmp_path / "sweep.toml", BASE + '[grid]\n"dqn.lr" = [0.1, 0.2]\n')
     out = tmp_path / "sw"
@@ -325,6 +328,7 @@ graph_window = 40
     return out, before, ran, after
 
 
+@pytest.mark.slow  # local_sweep trains two combinations
 def test_local_run_finishes_every_combination(local_sweep):
     out, before, ran, after = local_sweep
     states = {name: cells[1] for name, cells in status_rows(before.stdout).items()}
@@ -344,6 +348,7 @@ def test_local_run_finishes_every_combination(local_sweep):
     assert "2 combination(s): 2 finished" in after.stdout
 
 
+@pytest.mark.slow
 def test_local_run_again_runs_nothing(local_sweep):
     out = local_sweep[0]
     stamps = {name: (out / name / "metrics.json").stat().st_mtime_ns for name in names(out)}
@@ -353,6 +358,7 @@ def test_local_run_again_runs_nothing(local_sweep):
     assert stamps == {name: (out / name / "metrics.json").stat().st_mtime_ns for name in names(out)}
 
 
+@pytest.mark.slow
 def test_a_second_local_runner_on_the_same_folder_is_refused(local_sweep):
     import fcntl
 
@@ -364,6 +370,7 @@ def test_a_second_local_runner_on_the_same_folder_is_refused(local_sweep):
         f"parallel-dqn: error: another `sweep run` is working on {out} (let it finish, or stop it first)")
 
 
+@pytest.mark.slow
 def test_report_of_a_sweep_folder(local_sweep, tmp_path):
     out = local_sweep[0]
     proc = run_cli("report", out)
