@@ -93,7 +93,7 @@ class Notifier:
             self._thread.start()
 
     @classmethod
-    def from_config(cls, cfg: NotifyConfig, label: str, env: Mapping[str, str] | None = None) -> "Notifier":
+    def from_config(cls, cfg: NotifyConfig, label: str, env: Mapping[str, str] | None = None) -> Notifier:
         """The run's notifier: on when enabled and both env variables are set, else a silent one."""
         env = os.environ if env is None else env
         token, chat_id = env.get(TOKEN_ENV, "").strip(), env.get(CHAT_ENV, "").strip()
