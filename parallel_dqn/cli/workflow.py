@@ -1,7 +1,6 @@
-"""``parallel-dqn report`` and ``parallel-dqn full-workflow``: HTML reports, and train -> evaluate -> report.
+"""``parallel-dqn report`` and ``parallel-dqn full-workflow``: parse, call :mod:`parallel_dqn.run`, print.
 
-The parsers are built in :mod:`parallel_dqn.cli` (full-workflow takes exactly train's flags);
-these are their handlers.
+The parsers are built in :mod:`parallel_dqn.cli` (full-workflow takes exactly train's flags).
 """
 
 from __future__ import annotations
@@ -9,12 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from parallel_dqn.cli import config_from_args, print_results, run_training
-from parallel_dqn.config import Config
-from parallel_dqn.errors import UserError
-
-REPORT_NAME = "report.html"
-EVALUATION_DIR = "evaluation"
+from parallel_dqn import outputs
+from parallel_dqn.cli.args import config_from_args
+from parallel_dqn.cli.output import print_results
 
 
 def report(args: argparse.Namespace) -> int:
@@ -23,7 +19,7 @@ def report(args: argparse.Namespace) -> int:
     from parallel_dqn.sweep import expand_run_dirs
 
     dirs = [Path(d) for d in args.run_dirs]
-    default = dirs[0] / REPORT_NAME if len(dirs) == 1 else Path(REPORT_NAME)
+    default = dirs[0] / outputs.REPORT if len(dirs) == 1 else Path(outputs.REPORT)
     path = write_report(expand_run_dirs(dirs), Path(args.output) if args.output else default)
     print(f"report: {path}")
     return 0
@@ -31,24 +27,13 @@ def report(args: argparse.Namespace) -> int:
 
 def full_workflow(args: argparse.Namespace) -> int:
     """Train into --output, evaluate the saved model into OUTPUT/evaluation, write OUTPUT/report.html."""
-    from parallel_dqn.run.single import evaluate
-    from parallel_dqn.evaluation.report import write_report
+    from parallel_dqn.run import full_workflow as run_full_workflow
 
     cfg = config_from_args(args)
-    trained = run_training(cfg, overwrite=args.overwrite, resume=args.resume)
-    if trained is None:  # an MPI worker rank: rank 0 evaluates and reports
+    done = run_full_workflow(cfg, overwrite=args.overwrite, resume=args.resume)
+    if done is None:  # an MPI worker rank
         return 0
-    output = Path(cfg.run.output)
-    period = trained.get("period")
-    if not period:
-        raise UserError("the training run has no evaluation period to evaluate on", "give --eval_start and --eval_end")
-    eval_cfg = Config.from_dict(cfg.to_dict(), source="full-workflow")
-    eval_cfg.set("data.eval_start", period[0][:10])  # UTC days, as the store's keys
-    eval_cfg.set("data.eval_end", period[1][:10])
-    eval_cfg.set("run.output", str(output / EVALUATION_DIR))
-    # the evaluation belongs to this run: a resumed workflow redoes it over an earlier attempt's
-    evaluated = evaluate(eval_cfg, str(output / "trained_model.pth"), overwrite=args.overwrite or args.resume is not None)
-    print_results(evaluated, eval_cfg.run.output)
-    path = write_report([output], output / REPORT_NAME)
+    _, evaluated, path = done
+    print_results(evaluated, str(Path(cfg.run.output) / outputs.EVALUATION))
     print(f"report: {path}")
     return 0

@@ -1,1 +1,55 @@
-"""run"""
+"""Runs: one lifecycle (:mod:`~parallel_dqn.run.lifecycle`) wired for one process (:mod:`~parallel_dqn.run.single`)
+or MPI (:mod:`~parallel_dqn.run.mpi`), and the train -> evaluate -> report workflow. The CLI calls these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from parallel_dqn import outputs
+from parallel_dqn.config import Config
+from parallel_dqn.errors import UserError
+
+
+def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> dict[str, Any] | None:
+    """Train in the configured mode; the results on rank 0 (or the single process), None on MPI worker ranks."""
+    cfg.validate()
+    if cfg.dist.mode == "parallel":
+        from parallel_dqn.run.mpi import train_parallel  # imports mpi4py only when it is needed
+
+        return train_parallel(cfg, overwrite=overwrite, resume=resume)
+    from parallel_dqn.run.single import train as train_single
+
+    return train_single(cfg, overwrite=overwrite, resume=resume)
+
+
+def evaluate(cfg: Config, model_path: str, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate a saved model on held-out days (one process)."""
+    from parallel_dqn.run.single import evaluate as evaluate_single
+
+    return evaluate_single(cfg, model_path, overwrite=overwrite)
+
+
+def full_workflow(
+    cfg: Config, overwrite: bool = False, resume: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any], Path] | None:
+    """Train into ``run.output``, evaluate the saved model into ``OUT/evaluation``, write ``OUT/report.html``.
+
+    Returns (training results, evaluation results, report path); None on MPI worker ranks.
+    """
+    from parallel_dqn.evaluation.report import write_report
+
+    trained = train(cfg, overwrite=overwrite, resume=resume)
+    if trained is None:  # an MPI worker rank: rank 0 evaluates and reports
+        return None
+    output = Path(cfg.run.output)
+    period = trained.get("period")
+    if not period:
+        raise UserError("the training run has no evaluation period to evaluate on", "give --eval_start and --eval_end")
+    eval_cfg = Config.from_dict(cfg.to_dict(), source="full-workflow")
+    eval_cfg.set("data.eval_start", period[0][:10])  # UTC days, as the store's keys
+    eval_cfg.set("data.eval_end", period[1][:10])
+    eval_cfg.set("run.output", str(output / outputs.EVALUATION))
+    # the evaluation belongs to this run: a resumed workflow redoes it over an earlier attempt's
+    evaluated = evaluate(eval_cfg, str(output / outputs.MODEL), overwrite=overwrite or resume is not None)
+    return trained, evaluated, write_report([output], output / outputs.REPORT)

@@ -68,8 +68,10 @@ class FolderLock:
         self._fd = fd
 
     def release(self) -> None:
+        """Let the folder go; the lock file is left empty (it names a holder only while one holds it)."""
         if self._fd is not None:
             with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

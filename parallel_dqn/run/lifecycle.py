@@ -140,6 +140,7 @@ class RankZero:
     ) -> None:
         self.cfg, self.plan, self.mode, self.n_workers, self.start = cfg, plan, mode, n_workers, start
         self.output = Path(cfg.run.output)
+        log.debug("resolved config:\n%s", cfg.to_toml())
         self.training = initial_state is None
         self.started = time.perf_counter()
         saved = load_rank0_state(start.checkpoint) if start.checkpoint else None
@@ -237,7 +238,6 @@ def open_process(cfg: Config, log_file: Path, console: bool = True) -> None:
     """Per-process set-up: the log file (appended across restarts) and torch's threads."""
     setup_logging(log_file, console=console)
     torch.set_num_threads(cfg.run.threads)
-    log.debug("resolved config:\n%s", cfg.to_toml())
 
 
 def _stamp(ts: np.datetime64) -> str:

@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 from parallel_dqn import outputs
 from parallel_dqn.checkpoint.coordinator import load_worker_states
+from parallel_dqn.checkpoint.resume import check_resume_flags
 from parallel_dqn.comm.mpi import CommTimeout, World
 from parallel_dqn.config import Config
 from parallel_dqn.errors import EXIT_PREEMPTED, StoppedAfterCheckpoint, UserError
@@ -82,6 +83,7 @@ def train_parallel(
 
 def _plan_and_claim(mpi: World, cfg: Config, overwrite: bool, resume: str | None) -> tuple[Any, Any, Any, RunStart]:
     """Every rank plans; rank 0 claims the output folder and decides how the run starts."""
+    check_resume_flags(overwrite, resume)
     n_workers = mpi.n_workers
     if n_workers < 1:
         raise UserError(

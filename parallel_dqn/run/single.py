@@ -13,6 +13,7 @@ from typing import Any
 
 from parallel_dqn import outputs
 from parallel_dqn.checkpoint.coordinator import load_worker_states
+from parallel_dqn.checkpoint.resume import check_resume_flags
 from parallel_dqn.comm.inprocess import InProcessTransport
 from parallel_dqn.config import Config, flatten_settings, parse_date
 from parallel_dqn.data.store import Store, open_store
@@ -39,6 +40,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> di
 
     ``resume`` (``--resume``): ``"auto"`` or a run / checkpoint folder (:mod:`parallel_dqn.checkpoint.resume`).
     """
+    check_resume_flags(overwrite, resume)
     refuse_mpi_launch("single")
     plan, store = plan_run(cfg)
     output = Path(cfg.run.output)
