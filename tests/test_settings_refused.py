@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_cli_errors import hash_tree, user_error
+from tests.helpers import hash_tree, run_cli, user_error
 
 #: fast settings, so that a case that is (wrongly) accepted still ends soon
 FAST = ("--stocks", "AAA", "BBB", "--episodes", "1", "--no_progress",
@@ -89,6 +88,7 @@ TOO_BIG = [
 ]
 
 
+@pytest.mark.slow  # 35 CLI runs (~30 s); the fast tier keeps the other cases of this module
 @pytest.mark.parametrize("args, names", OUT_OF_RANGE + NOT_FINITE + TOO_BIG,
                          ids=[" ".join(a) for a, _ in OUT_OF_RANGE + NOT_FINITE + TOO_BIG])
 def test_bad_setting_is_refused_at_start(tiny_market, tmp_path, args, names):
