@@ -32,6 +32,7 @@ import torch
 from parallel_dqn.config import Config
 from parallel_dqn.data.features import N_FEATURES
 from parallel_dqn.comm.messages import SetupInfo
+from parallel_dqn.training.observers import Observers
 from parallel_dqn.training.server import ParameterServer
 from parallel_dqn.model.flat import n_params
 
@@ -69,7 +70,7 @@ def server_apply_rate(n_stocks: int, repeats: int = 3000) -> tuple[float, int]:
     """Gradient applies/s of rank 0 alone (flat gradient -> AdamW step -> flat parameters)."""
     cfg = Config()
     torch.set_num_threads(1)
-    server = ParameterServer(cfg, 1, on_episode=lambda *a: None)
+    server = ParameterServer(cfg, 1, Observers(cfg.market.cost_bps))
     T = 10
     info = SetupInfo(
         symbols=tuple(STOCKS[:n_stocks]), timestamps=np.arange(T).astype("datetime64[m]").astype("datetime64[ns]"),

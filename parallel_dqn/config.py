@@ -279,14 +279,9 @@ class Config:
         total = physical_memory()
         if total is None:
             return
-        # imported here, not at the top: reading a config needs neither
-        import numpy as np
-
-        from parallel_dqn.rl.nstep import TRANSITION_DTYPES
-
         m, q = self.model, self.dqn
         # a transition's fields, plus a sum tree and a min tree (two float64 nodes per slot each) when prioritized
-        per_transition = sum(np.dtype(t).itemsize for t in TRANSITION_DTYPES.values()) + 32 * self.replay.prioritized
+        per_transition = REPLAY_BYTES_PER_TRANSITION + 32 * self.replay.prioritized
         # a single process holds every worker's replay; under MPI each worker may have a machine of its own
         workers = 1 if self.dist.mode == "parallel" else max(1, self.dist.workers or len(self.data.stocks))
         # encoder, dueling head, attention and per-stock embeddings, counting one input feature per bar
@@ -327,6 +322,9 @@ _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 #: lower bounds of the memory check: copies of the network's parameters (online, target, gradient, two optimizer
 #: moments), Q-values per stock
 _PARAM_COPIES = 5
+#: bytes of one stored transition in a replay buffer (the fields of parallel_dqn.rl.nstep.TRANSITION_DTYPES;
+#: a test holds the two together: the config sits below the rl package and does not import it)
+REPLAY_BYTES_PER_TRANSITION = 21
 _ACTIONS = 3
 
 #: settings (prefixes) that may differ between a checkpoint and the run resuming it

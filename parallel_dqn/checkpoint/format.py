@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from parallel_dqn.errors import UserError
+from parallel_dqn.model.saved import unsafe_reason
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,6 @@ def _load(name: str, data: bytes) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise CorruptCheckpoint(f"{name} is not a parallel-dqn state file (it holds a {type(tree).__name__})")
     return tree
-
-
-def unsafe_reason(exc: pickle.UnpicklingError) -> str:
-    """Why torch's weights-only loader refused a file, in words that do not advise turning the safety off."""
-    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-    if found:
-        return (f"cannot be loaded safely: it holds a pickled {found.group(1)} object, not plain data, "
-                "which torch's weights only loader refuses")
-    return "cannot be loaded safely: torch's weights only loader refuses its pickled data"
 
 
 def _check_bytes(name: str, data: bytes, expected: dict[str, Any]) -> None:

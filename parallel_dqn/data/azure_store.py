@@ -36,8 +36,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
-from parallel_dqn.data.layout import KEY_ROOT, day_key, month_prefix, parse_key, symbol_prefix
-from parallel_dqn.data.store import is_symbol
+from parallel_dqn.data.layout import KEY_ROOT, day_key, is_symbol, month_prefix, parse_key, symbol_prefix
 from parallel_dqn.errors import UserError
 
 log = logging.getLogger(__name__)

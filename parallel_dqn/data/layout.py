@@ -66,3 +66,12 @@ def parse_key(key: str) -> tuple[str, date] | None:
     if (day.year, day.month) != (int(m["y"]), int(m["m"])):
         return None
     return m["sym"], day
+
+
+def is_symbol(name: str) -> bool:
+    """True if ``name`` is usable as a stock symbol in a key (see :func:`~parallel_dqn.data.layout.check_symbol`)."""
+    try:
+        check_symbol(name)
+    except UserError:
+        return False
+    return True

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
-from parallel_dqn.data.layout import KEY_ROOT, SUFFIX, check_symbol, day_key, parse_key, symbol_prefix
+from parallel_dqn.data.layout import KEY_ROOT, SUFFIX, day_key, is_symbol, parse_key, symbol_prefix
 from parallel_dqn.errors import UserError
 
 
@@ -93,15 +93,6 @@ class LocalStore:
                 "pick a symbol and day that the store holds",
             )
         return path
-
-
-def is_symbol(name: str) -> bool:
-    """True if ``name`` is usable as a stock symbol in a key (see :func:`~parallel_dqn.data.layout.check_symbol`)."""
-    try:
-        check_symbol(name)
-    except UserError:
-        return False
-    return True
 
 
 def _numbered_subdirs(folder: Path, width: int) -> list[Path]:

@@ -9,13 +9,13 @@ reward scale, and the mean attention matrix of the evaluation.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from parallel_dqn.checkpoint.format import unsafe_reason
 from parallel_dqn.errors import UserError
 from parallel_dqn.files import write_atomically
 
@@ -43,3 +43,12 @@ def load_model(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{p} is not a parallel-dqn model file", "pass the trained_model.pth written by `train`")
     return payload
+
+
+def unsafe_reason(exc: pickle.UnpicklingError) -> str:
+    """Why torch's weights-only loader refused a file, in words that do not advise turning the safety off."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return (f"cannot be loaded safely: it holds a pickled {found.group(1)} object, not plain data, "
+                "which torch's weights only loader refuses")
+    return "cannot be loaded safely: torch's weights only loader refuses its pickled data"
