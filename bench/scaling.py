@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from parallel_dqn.comm.messages import SetupInfo
 from parallel_dqn.config import Config
 from parallel_dqn.data.features import N_FEATURES
-from parallel_dqn.comm.messages import SetupInfo
+from parallel_dqn.model.flat import n_params
 from parallel_dqn.training.observers import Observers
 from parallel_dqn.training.server import ParameterServer
-from parallel_dqn.model.flat import n_params
 
 STOCKS = ["LEAD", "FOLW", "MOMO", "MREV"]
 BIN = Path(sys.executable).parent

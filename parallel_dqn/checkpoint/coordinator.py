@@ -29,9 +29,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from parallel_dqn.comm.messages import CheckpointRequest
-from parallel_dqn.config import Config
-from parallel_dqn.errors import UserError
 from parallel_dqn.checkpoint.format import (
     CHECKPOINTS,
     SERVER_FILE,
@@ -41,6 +38,9 @@ from parallel_dqn.checkpoint.format import (
     worker_file,
     write_state,
 )
+from parallel_dqn.comm.messages import CheckpointRequest
+from parallel_dqn.config import Config
+from parallel_dqn.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parallel_dqn.config import Config
-from parallel_dqn.errors import UserError
 from parallel_dqn.checkpoint.format import (
     CHECKPOINTS,
     MANIFEST,
@@ -30,6 +28,8 @@ from parallel_dqn.checkpoint.format import (
     CorruptCheckpoint,
     verify,
 )
+from parallel_dqn.config import Config
+from parallel_dqn.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from parallel_dqn import __version__
 from parallel_dqn.cli.args import OneLineParser, config_from_args, flag, run_flags, train_flags

@@ -12,9 +12,10 @@ import argparse
 import filecmp
 import hashlib
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from parallel_dqn.data.layout import KEY_ROOT, day_key
 from parallel_dqn.errors import UserError

@@ -8,8 +8,8 @@ phase, so an answer a worker waits for is always there at once; one that is not 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -10,8 +10,8 @@ operation is :class:`parallel_dqn.training.endpoint.ServerEndpoint`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

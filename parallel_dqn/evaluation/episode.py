@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from parallel_dqn.comm.messages import DecisionBlock
-from parallel_dqn.comm.messages import SetupInfo
+from parallel_dqn.comm.messages import DecisionBlock, SetupInfo
 from parallel_dqn.evaluation.metrics import performance_metrics
 from parallel_dqn.evaluation.portfolio import bars_per_year, hold_untradeable, portfolio_returns
 from parallel_dqn.market.step import POSITIONS
@@ -54,7 +53,7 @@ class EpisodeBook:
                 "rewards": self.rewards.copy(), "epsilon": self.epsilon}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "EpisodeBook":
+    def from_state_dict(cls, state: dict) -> EpisodeBook:
         book = cls(int(state["start"]), int(state["stop"]), state["actions"].shape[1])
         book.q[:], book.actions[:], book.rewards[:] = state["q"], state["actions"], state["rewards"]
         book.epsilon = float(state["epsilon"])

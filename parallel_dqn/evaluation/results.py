@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from parallel_dqn import outputs as output_files
 from parallel_dqn.config import Config
 from parallel_dqn.data.synthetic import oracle_expected_returns
 from parallel_dqn.evaluation import plots
 from parallel_dqn.evaluation.baselines import run_baselines
-from parallel_dqn import outputs as output_files
 from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeReport, Portfolio, rounded
 from parallel_dqn.evaluation.metrics import performance_metrics
 from parallel_dqn.files import write_atomically

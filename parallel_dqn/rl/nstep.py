@@ -47,12 +47,12 @@ class Transitions(NamedTuple):
     discount: np.ndarray
 
     @classmethod
-    def from_arrays(cls, **fields: np.ndarray) -> "Transitions":
+    def from_arrays(cls, **fields: np.ndarray) -> Transitions:
         """Build a batch, casting every field to its storage dtype."""
         return cls(**{k: np.asarray(fields[k], dtype=d) for k, d in TRANSITION_DTYPES.items()})
 
     @classmethod
-    def empty(cls) -> "Transitions":
+    def empty(cls) -> Transitions:
         """A batch of zero transitions."""
         return cls(**{k: np.empty(0, dtype=d) for k, d in TRANSITION_DTYPES.items()})
 

@@ -10,7 +10,7 @@ priority) and :class:`MinTree` the smallest priority (the largest IS weight).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -36,8 +36,13 @@ import torch
 from parallel_dqn import outputs
 from parallel_dqn.checkpoint.coordinator import CheckpointCoordinator, load_rank0_state, make_coordinator
 from parallel_dqn.checkpoint.format import Checkpoint, CheckpointStore
-from parallel_dqn.checkpoint.resume import check_compatible, check_resume_flags, choose_checkpoint, finished_result
-from parallel_dqn.checkpoint.resume import resume_target
+from parallel_dqn.checkpoint.resume import (
+    check_compatible,
+    check_resume_flags,
+    choose_checkpoint,
+    finished_result,
+    resume_target,
+)
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import Store, open_store
 from parallel_dqn.data.synthetic import load_structure

@@ -28,10 +28,10 @@ from parallel_dqn.checkpoint.coordinator import load_worker_states
 from parallel_dqn.checkpoint.resume import check_resume_flags
 from parallel_dqn.comm.mpi import CommTimeout, World
 from parallel_dqn.config import Config
-from parallel_dqn.errors import EXIT_PREEMPTED, StoppedAfterCheckpoint, UserError
-from parallel_dqn.run.folder import FolderLock, claim
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
+from parallel_dqn.errors import EXIT_PREEMPTED, StoppedAfterCheckpoint, UserError
+from parallel_dqn.run.folder import FolderLock, claim
 from parallel_dqn.run.lifecycle import RankZero, RunStart, decide_start, open_process
 from parallel_dqn.run.signals import StopSignals
 from parallel_dqn.telemetry.status import StatusFile

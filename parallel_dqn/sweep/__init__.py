@@ -265,7 +265,9 @@ def open_sweep(folder: str | Path) -> Sweep:
     """Read a sweep folder's ``sweep.json``; a UserError if it is not a sweep folder."""
     path = Path(folder)
     if not is_sweep_dir(path):
-        raise UserError(f"{path} is not a sweep folder (no {SWEEP_FILE})", "plan one with `parallel-dqn sweep plan SWEEP.toml --output DIR`")
+        raise UserError(
+            f"{path} is not a sweep folder (no {SWEEP_FILE})", "plan one with `parallel-dqn sweep plan SWEEP.toml --output DIR`"
+        )
     try:
         tree = json.loads((path / SWEEP_FILE).read_text())
         combinations = [Combination(**c) for c in tree["combinations"]]
@@ -289,7 +291,7 @@ def plan_sweep(spec: SweepSpec, folder: str | Path, write: bool = True) -> PlanR
     by_id = {c.id: c for c in before}
     wanted = {c.id for c in spec.candidates}
     short = _short_keys(spec.swept_keys)
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     combinations = [dataclasses.replace(c, in_sweep=c.id in wanted) for c in before]
     new: list[Combination] = []
     next_index = max((c.index for c in before), default=-1) + 1
@@ -330,7 +332,9 @@ def sweep_from(source: str | Path, output: str | Path | None, write: bool = True
                             "give a sweep folder alone, or a sweep file with --output")
         return open_sweep(src), None
     if not src.exists():
-        raise UserError(f"{src}: no such sweep file or sweep folder", "give a sweep file (TOML) with --output DIR, or a sweep folder")
+        raise UserError(
+            f"{src}: no such sweep file or sweep folder", "give a sweep file (TOML) with --output DIR, or a sweep folder"
+        )
     if output is None:
         raise UserError(f"{src}: a sweep file needs --output DIR", "name the sweep folder to plan it into")
     result = plan_sweep(load_sweep(src), output, write=write)
@@ -778,4 +782,4 @@ def _absolute(path: Path) -> Path:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -2,9 +2,10 @@
 mean staleness, dropped gradients, epsilon, loss.
 
 A thin wrapper over tqdm, registered as one of the run's observers (``on_market``,
-``on_decisions``, ``on_episode``, ``close``), so nothing else knows about terminals; it is silent when ``run.progress`` is off, and in single-process mode
-when stderr is not a terminal (under mpirun, rank 0's stderr is always a pipe to
-the launcher, which forwards it to the user's terminal, so there it draws).
+``on_decisions``, ``on_episode``, ``close``), so nothing else knows about terminals; it is
+silent when ``run.progress`` is off, and in single-process mode when stderr is not a terminal
+(under mpirun, rank 0's stderr is always a pipe to the launcher, which forwards it to the
+user's terminal, so there it draws).
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def data_fingerprint(data_files: Iterable[tuple[str, str]]) -> dict[str, Any]:
 def _iso(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).isoformat(timespec="seconds")
 
 
 def run_record(

@@ -35,7 +35,7 @@ def write_status(output: Path, state: str, **fields: Any) -> None:
         raise ValueError(f"unknown run state {state!r}")
     record = {
         "state": state,
-        "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

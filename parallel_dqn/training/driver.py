@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from parallel_dqn.checkpoint.format import CHECKPOINTS, CheckpointStore, worker_file, write_state
+from parallel_dqn.comm.messages import CheckpointRequest, SetupInfo
+from parallel_dqn.comm.transport import Transport
 from parallel_dqn.config import Config
 from parallel_dqn.data.align import align
 from parallel_dqn.data.crosssection import CrossSection, local_rows
@@ -24,9 +27,6 @@ from parallel_dqn.data.features import FeatureStats, graph_stamps, raw_features,
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
-from parallel_dqn.checkpoint.format import CHECKPOINTS, CheckpointStore, worker_file, write_state
-from parallel_dqn.comm.messages import CheckpointRequest, SetupInfo
-from parallel_dqn.comm.transport import Transport
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.training.plan import RunPlan
 from parallel_dqn.training.worker import Worker

@@ -35,8 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from parallel_dqn.config import Config
 from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
+from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeOutcome
 from parallel_dqn.market.step import POSITIONS

@@ -18,17 +18,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from parallel_dqn.config import Config
-from parallel_dqn.data.crosssection import CrossSection
 from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage
 from parallel_dqn.comm.transport import Transport
+from parallel_dqn.config import Config
+from parallel_dqn.data.crosssection import CrossSection
+from parallel_dqn.market.step import FLAT, market_step
 from parallel_dqn.model.flat import get_flat_grads, get_flat_params, set_flat_params
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
 from parallel_dqn.rl.nstep import NStepBuilder
 from parallel_dqn.rl.observations import Observations
 from parallel_dqn.rl.replay import make_replay, rng_state, set_rng_state
-from parallel_dqn.market.step import FLAT, market_step
 from parallel_dqn.rl.schedules import LinearSchedule
 
 

@@ -22,8 +22,8 @@ first, then ask again").
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Callable
 
 import numpy as np
 
