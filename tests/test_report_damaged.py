@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_cli_errors import hash_tree, user_error
+from tests.helpers import hash_tree, run_cli, user_error
 
 GARBAGE = bytes(range(256))
 
