@@ -158,8 +158,9 @@ def mpiexec(n: int, *args: str, timeout: float = 180) -> subprocess.CompletedPro
 def train_args(market: Path, out: Path, *extra: str) -> list[str]:
     """The CLI flags equivalent of tiny_config (parallel mode; "-m parallel_dqn" first, for python)."""
     cfg = tiny_config(market, out)
-    sets = [f"{k}={v}" for k, v in (("dqn.learning_starts", cfg.dqn.learning_starts), ("dqn.batch_size", cfg.dqn.batch_size),
-                                      ("dqn.target_update", cfg.dqn.target_update), ("market.graph_window", cfg.market.graph_window))]
+    settings = (("dqn.learning_starts", cfg.dqn.learning_starts), ("dqn.batch_size", cfg.dqn.batch_size),
+                ("dqn.target_update", cfg.dqn.target_update), ("market.graph_window", cfg.market.graph_window))
+    sets = [f"{k}={v}" for k, v in settings]
     return [
         "-m", "parallel_dqn", "train", "--mode", "parallel", "--data", str(market), "--stocks", *STOCKS,
         "--start_date", cfg.data.start_date, "--end_date", cfg.data.end_date, "--eval_start", cfg.data.eval_start,
@@ -199,7 +200,7 @@ class LoopbackJSONServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "LoopbackJSONServer":
+    def __enter__(self) -> LoopbackJSONServer:
         import threading
 
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
