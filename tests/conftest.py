@@ -16,7 +16,8 @@ not slurm"``). :func:`pytest_collection_modifyitems` adds them by what a test us
 
 * ``azure``: the ``azurite`` or ``spare_azurite`` fixture (directly or through another fixture);
 * ``slurm``: the ``slurm`` fixture;
-* ``mpi`` and ``slow``: the test, or a fixture it uses, refers to ``mpiexec``/``MPIEXEC`` (tests.helpers);
+* ``mpi`` and ``slow``: the test, or a fixture it uses, refers to ``mpiexec``/``MPIEXEC`` (tests.helpers), or
+  spells the string ``"mpiexec"``;
   whole modules under mpiexec (test_mpi.py, test_resume_mpi.py) also say so with ``pytestmark``.
 
 ``slow`` is otherwise explicit (``@pytest.mark.slow`` or a module's ``pytestmark``): a test that runs a real
@@ -51,7 +52,7 @@ TINY_DAYS = 3
 # ---- markers by what a test uses ----------------------------------------------------------------------------------
 #: a fixture that needs a service -> the marker of that service
 SERVICE_FIXTURES = {"azurite": "azure", "spare_azurite": "azure", "slurm": "slurm"}
-#: names (tests.helpers) that a test or fixture refers to when it runs a real mpiexec
+#: names (tests.helpers) or strings that a test or fixture uses when it runs a real mpiexec
 MPI_NAMES = frozenset({"mpiexec", "MPIEXEC"})
 #: parallel_dqn functions that run a real training (or an evaluation of a trained model) in this process
 TRAINING_FUNCTIONS = frozenset({"train", "evaluate"})
@@ -70,17 +71,28 @@ def _used_functions(item: pytest.Item) -> list[types.FunctionType]:
 
 
 def _names(code: types.CodeType) -> set[str]:
-    """The global and attribute names ``code`` refers to, nested functions and lambdas included."""
-    names = set(code.co_names)
+    """The global, attribute and local names ``code`` refers to, nested functions and lambdas included."""
+    names = set(code.co_names) | set(code.co_varnames)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _names(const)
     return names
 
 
+def _constants(code: types.CodeType) -> set[object]:
+    """The hashable constants of ``code`` (strings: ``"mpiexec"``), nested functions and lambdas included."""
+    found = set()
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found |= _constants(const)
+        elif isinstance(const, str):
+            found.add(const)
+    return found
+
+
 def _calls_training_function(function: types.FunctionType) -> bool:
     """``function`` refers to parallel_dqn's own ``train`` / ``evaluate`` (not a test's helper of that name)."""
-    for name in _names(function.__code__) & TRAINING_FUNCTIONS:
+    for name in set(function.__code__.co_names) & TRAINING_FUNCTIONS:
         target = function.__globals__.get(name)
         if callable(target) and getattr(target, "__module__", "").startswith("parallel_dqn."):
             return True
@@ -127,7 +139,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker in sorted({m for f, m in SERVICE_FIXTURES.items() if f in used}):
             item.add_marker(marker)
         functions = _used_functions(item)
-        if any(MPI_NAMES & _names(f.__code__) for f in functions):
+        if any(MPI_NAMES & (_names(f.__code__) | _constants(f.__code__)) for f in functions):
             item.add_marker("mpi")
             item.add_marker("slow")
         elif any(_calls_training_function(f) or _runs_training_command(f.__code__, f) for f in functions):
