@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from parallel_dqn.run.single import train
 from parallel_dqn.data.azure_store import RETRIES, AzureBlobStore, connect, replacing
 from parallel_dqn.data.store import open_store
 from parallel_dqn.errors import UserError
+from parallel_dqn.run.single import train
 from tests.conftest import DEV_KEY
 from tests.helpers import MPIEXEC, ROOT, STOCKS, hash_tree, make_market, run_cli, tiny_config, train_args, weights
 

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from parallel_dqn.run.single import train
+from parallel_dqn.checkpoint.format import CheckpointStore, CorruptCheckpoint, read_state, verify, write_state
+from parallel_dqn.checkpoint.resume import ResumeTarget, choose_checkpoint
 from parallel_dqn.cli import main
 from parallel_dqn.errors import UserError
-from parallel_dqn.checkpoint.format import CheckpointStore, CorruptCheckpoint, read_state, verify, write_state
 from parallel_dqn.run.signals import EXIT_PREEMPTED
-from parallel_dqn.checkpoint.resume import ResumeTarget, choose_checkpoint
+from parallel_dqn.run.single import train
 from tests.helpers import assert_same_run, make_market, perturb_after, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,6 @@ and the API key must never show up in the output or the written files.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import urllib.parse

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from parallel_dqn.run.single import evaluate, train
 from parallel_dqn.config import Config
+from parallel_dqn.run.single import evaluate, train
 from tests.helpers import make_market, tiny_config, weights
 
 
@@ -55,6 +55,7 @@ def test_same_seed_same_result(market, tmp_path, sync):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["eval"] == b["eval"] and a["baselines"] == b["baselines"]
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the seed matters: the test can fail
+    assert c["eval"] != a["eval"]
     for name in ("portfolio_ep1.csv", "portfolio_eval.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 

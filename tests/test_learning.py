@@ -10,9 +10,9 @@ import datetime as dt
 
 import pytest
 
-from parallel_dqn.run.single import train
 from parallel_dqn.config import Config
 from parallel_dqn.data.synthetic import generate_market, write_market
+from parallel_dqn.run.single import train
 
 STOCKS = ["LEAD", "FOLW", "MOMO"]
 

@@ -22,14 +22,14 @@ import pandas as pd
 import pytest
 import torch
 
+from parallel_dqn.comm.inprocess import InProcessTransport
+from parallel_dqn.data.store import open_store
 from parallel_dqn.run.single import train
 from parallel_dqn.training.driver import LocalShard, build_cross_section
-from parallel_dqn.data.store import open_store
-from parallel_dqn.comm.inprocess import InProcessTransport
 from parallel_dqn.training.endpoint import ServerEndpoint
 from parallel_dqn.training.observers import Observers
-from parallel_dqn.training.server import ParameterServer
 from parallel_dqn.training.plan import plan_training
+from parallel_dqn.training.server import ParameterServer
 from tests.helpers import MPIEXEC, ROOT, STOCKS, make_market, mpiexec, perturb_after, tiny_config, train_args, weights
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # every test starts mpiexec or a parallel run
@@ -154,8 +154,9 @@ def test_more_worker_ranks_than_stocks_is_said_once(market, tmp_path):
 @pytest.mark.parametrize("sync", [True, False])
 def test_messages_that_arrive_before_the_setup_wait_for_it(tmp_path, sync):
     """A worker's records and gradient reaching rank 0 before worker 0's SETUP (as on a resume) are applied."""
-    from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
     import datetime as dt
+
+    from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
 
     market = tmp_path / "m"
     write_market(generate_market(["AAA", "BBB"], dt.date(2024, 1, 2), 2, seed=1, spec=SyntheticSpec(bar_minutes=5)), market)

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from parallel_dqn.run.single import evaluate, train
 from parallel_dqn.data.align import align
 from parallel_dqn.data.features import correlation_graph, graph_stamps, raw_features
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.store import LocalStore
+from parallel_dqn.run.single import evaluate, train
 from tests.helpers import STOCKS, make_market, perturb_after, tiny_config
 
 CUT = pd.Timestamp("2024-01-08 17:00", tz="UTC")  # inside the evaluation day

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from parallel_dqn.run.single import train
 from parallel_dqn.config import NotifyConfig
 from parallel_dqn.errors import UserError
+from parallel_dqn.run.single import train
 from parallel_dqn.telemetry.notify import CHAT_ENV, TOKEN_ENV, Notifier
 from tests.helpers import MPIEXEC, ROOT, LoopbackJSONServer, make_market, tiny_config, train_args
 

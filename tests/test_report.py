@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from parallel_dqn.run.single import train
 from parallel_dqn.data.store import LocalStore
 from parallel_dqn.evaluation.report import write_report
+from parallel_dqn.run.single import train
 from parallel_dqn.telemetry.record import LIBRARIES, run_record, stock_day_files
 from tests.helpers import STOCKS, make_market, tiny_config
 

@@ -61,7 +61,7 @@ def test_kill_9_at_random_moments_then_resume_auto_finishes_the_same_run(market,
     args = train_args(market, out, "--sync", "--episodes", "5", "--set", "checkpoint.every_applies=40",
                       "--resume", "auto")
     newest = 0
-    for attempt in range(2):
+    for _ in range(2):
         job = start_job(args)
         newest = wait_for_checkpoint_after(store, newest, job)
         time.sleep(rng.uniform(0.0, 1.5))  # a random moment: mid-step, mid-message, or mid-checkpoint

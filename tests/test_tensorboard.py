@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from parallel_dqn.run.single import train
 from parallel_dqn.cli import main
+from parallel_dqn.run.single import train
 from tests.helpers import make_market, tiny_config
 
 

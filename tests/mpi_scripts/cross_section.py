@@ -15,10 +15,10 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
+from parallel_dqn.comm.mpi import World
 from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.training.driver import LocalShard, build_cross_section
-from parallel_dqn.comm.mpi import World
 from parallel_dqn.training.plan import plan_training
 
 

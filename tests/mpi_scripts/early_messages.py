@@ -14,18 +14,18 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from parallel_dqn.config import Config
-from parallel_dqn.data.store import open_store
-from parallel_dqn.training.driver import LocalShard, build_cross_section
 from parallel_dqn.comm.inprocess import InProcessTransport
 from parallel_dqn.comm.messages import DecisionBlock, GradientMessage, SetupInfo
 from parallel_dqn.comm.mpi import World
-from parallel_dqn.training.endpoint import ServerEndpoint
-from parallel_dqn.training.observers import Observers
-from parallel_dqn.training.server import ParameterServer
+from parallel_dqn.config import Config
+from parallel_dqn.data.store import open_store
 from parallel_dqn.model.flat import n_params
 from parallel_dqn.model.qnet import QNetwork
+from parallel_dqn.training.driver import LocalShard, build_cross_section
+from parallel_dqn.training.endpoint import ServerEndpoint
+from parallel_dqn.training.observers import Observers
 from parallel_dqn.training.plan import plan_training
+from parallel_dqn.training.server import ParameterServer
 
 
 def main() -> None:
