@@ -41,13 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from parallel_dqn import outputs
 from parallel_dqn.errors import UserError
 from parallel_dqn.model.saved import unsafe_reason
 
 log = logging.getLogger(__name__)
 
 FORMAT = "parallel-dqn-checkpoint/1"
-CHECKPOINTS = "checkpoints"  # the folder of checkpoints inside a run's output folder
+CHECKPOINTS = outputs.CHECKPOINTS  # the folder of checkpoints inside a run's output folder
 MANIFEST = "manifest.json"
 SERVER_FILE = "server.pt"
 _PREFIX = "ckpt-"

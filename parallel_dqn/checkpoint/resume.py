@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parallel_dqn import outputs
 from parallel_dqn.checkpoint.format import (
     CHECKPOINTS,
     MANIFEST,
@@ -80,7 +81,7 @@ def saved_config(target: ResumeTarget) -> Config:
 
 def finished_result(output: Path) -> dict[str, Any] | None:
     """The results of a run that finished in ``output`` (its metrics.json), else None."""
-    path = output / "metrics.json"
+    path = output / outputs.METRICS
     if not path.is_file():
         return None
     try:

@@ -28,6 +28,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from parallel_dqn import outputs
 from parallel_dqn.config import flatten_settings
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation import plots
@@ -44,10 +45,10 @@ METRICS = {
 }
 #: the PNGs a run writes, embedded in this order: file name -> caption
 RUN_PLOTS = {
-    "equity_eval.png": "equity: agent vs baselines (evaluation)",
-    "drawdown_eval.png": "drawdown (evaluation)",
-    "training_curve.png": "training curve",
-    "attention.png": "cross-stock attention (row attends to column)",
+    outputs.EQUITY_PLOT: "equity: agent vs baselines (evaluation)",
+    outputs.DRAWDOWN_PLOT: "drawdown (evaluation)",
+    outputs.CURVE_PLOT: "training curve",
+    outputs.ATTENTION_PLOT: "cross-stock attention (row attends to column)",
 }
 #: settings that always differ between runs and say nothing about the method
 IGNORED_SETTINGS = frozenset({"run.output", "run.progress"})
@@ -82,7 +83,7 @@ class Run:
         self.folder = folder
         self.name = folder.resolve().name
         self.notes: list[str] = []
-        metrics_path = folder / "metrics.json"
+        metrics_path = folder / outputs.METRICS
         if not metrics_path.is_file():
             raise UserError(f"{folder} has no metrics.json, so it is not a finished run", "give a run's --output folder")
         try:
@@ -93,15 +94,15 @@ class Run:
             raise UserError(f"{metrics_path} is not a run's metrics: a JSON object was expected, not {_kind(metrics)}",
                             _DAMAGED)
         self.metrics: dict[str, Any] = _clean_metrics(metrics, self.notes)
-        self.curve = _read_curve(folder / "metrics.jsonl", self.notes)
-        config_path = folder / "config.toml"
+        self.curve = _read_curve(folder / outputs.CURVE, self.notes)
+        config_path = folder / outputs.CONFIG
         self.config_text = _read_text(config_path) if config_path.is_file() else ""
         try:
             self.settings = flatten_settings(tomllib.loads(self.config_text)) if self.config_text else {}
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{config_path} is not valid TOML ({exc})",
                             "restore the file, or remove it to report without the run's settings") from None
-        record = self.metrics.get("run") or _read_optional_json(folder / "run.json", "the run record", self.notes)
+        record = self.metrics.get("run") or _read_optional_json(folder / outputs.RECORD, "the run record", self.notes)
         self.record: dict[str, Any] = record if isinstance(record, dict) else {}
 
     def sharpe(self) -> float:
@@ -172,7 +173,7 @@ def run_html(run: Run) -> str:
             parts.append("<h3>Training curve</h3>" + table(keys, [[c.get(k) for k in keys] for c in train]))
     parts.append(attention_html(m))
     try:
-        weights_png = weights_plot(run.folder / "portfolio_eval.csv")
+        weights_png = weights_plot(run.folder / outputs.PORTFOLIO_EVAL)
     except (OSError, ValueError, TypeError) as exc:  # pandas: ParserError, EmptyDataError, bad numbers or times
         weights_png = None
         notes.append(f"portfolio_eval.csv cannot be read ({_reason(exc)}); the meta-policy weights plot is left out")

@@ -48,6 +48,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
+from parallel_dqn import outputs
 from parallel_dqn.config import Config, flatten_settings, read_toml
 from parallel_dqn.errors import UserError
 from parallel_dqn.files import write_atomically
@@ -55,9 +56,9 @@ from parallel_dqn.telemetry.status import is_alive, read_status
 
 SWEEP_FILE = "sweep.json"
 SUBMISSIONS_FILE = "submissions.json"
-CONFIG_FILE = "config.toml"
-METRICS_FILE = "metrics.json"
-CURVE_FILE = "metrics.jsonl"
+CONFIG_FILE = outputs.CONFIG
+METRICS_FILE = outputs.METRICS
+CURVE_FILE = outputs.CURVE
 CONSOLE_LOG = "console.log"
 LOGS_DIR = "logs"
 RUN_LOCK = ".sweep-run.lock"  # held by the one `sweep run` working on the folder

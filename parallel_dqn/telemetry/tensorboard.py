@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from parallel_dqn import outputs
+
 log = logging.getLogger(__name__)
 
-TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_DIR = outputs.TENSORBOARD
 
 
 class ScalarLog:
