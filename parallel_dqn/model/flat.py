@@ -21,7 +21,25 @@ def set_flat_params(module: nn.Module, flat: np.ndarray) -> None:
 def get_flat_grads(module: nn.Module) -> np.ndarray:
     """All gradients as one flat vector (zeros where a parameter has no gradient)."""
     parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in module.parameters()]
-    return torch.cat(parts).numpy().astype(np.float32)
+    return torch.cat(parts).numpy()  # a new float32 array already
+
+
+def flatten_parameters(module: nn.Module) -> torch.nn.Parameter:
+    """Re-home every parameter of ``module`` in one contiguous float32 vector and return it as a Parameter.
+
+    The module's parameters become views of it (same values, :func:`get_flat_params` order), so an
+    optimizer over the one returned vector updates the whole module in a few large operations instead of
+    one small operation per tensor, and reading or writing all parameters is one copy.
+    """
+    params = list(module.parameters())
+    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]).to(torch.float32))
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.data = flat.data[offset : offset + n].view_as(p)
+            offset += n
+    return flat
 
 
 def set_flat_grads(module: nn.Module, flat: np.ndarray) -> None:

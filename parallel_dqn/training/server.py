@@ -40,7 +40,7 @@ from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeOutcome
 from parallel_dqn.market.step import POSITIONS
-from parallel_dqn.model.flat import get_flat_params, set_flat_grads
+from parallel_dqn.model.flat import flatten_parameters, get_flat_params
 from parallel_dqn.model.meta_policy import MetaPolicy, decision_features
 from parallel_dqn.model.qnet import QNetwork
 
@@ -142,7 +142,10 @@ class ParameterServer:
             self.qnet.load_state_dict(state["q_state"])
             self.meta.load_state_dict(state["meta_state"])
         self.target = copy.deepcopy(self.qnet)
-        self.optimizer = torch.optim.AdamW(self.qnet.parameters(), lr=self.cfg.dqn.lr, weight_decay=self.cfg.dqn.weight_decay)
+        # One flat vector holds every weight (the network's parameters are views of it): an apply is a few
+        # large operations, not one per tensor, and the parameters leave as one copy.
+        self._flat = flatten_parameters(self.qnet)
+        self.optimizer = torch.optim.AdamW([self._flat], lr=self.cfg.dqn.lr, weight_decay=self.cfg.dqn.weight_decay)
         self.market_digest = market_digest(info)
         if self.resume_state is not None:
             self._restore(self.resume_state)
@@ -180,10 +183,10 @@ class ParameterServer:
 
     def _apply(self, grad: np.ndarray) -> None:
         assert self.qnet is not None
-        set_flat_grads(self.qnet, grad)
+        self._flat.grad = torch.from_numpy(np.asarray(grad, dtype=np.float32))
         self.optimizer.step()
         self.version += 1
-        self._online_flat = get_flat_params(self.qnet)
+        self._online_flat = self._flat.detach().numpy().copy()
         if self.version % self.cfg.dqn.target_update == 0:
             self.target.load_state_dict(self.qnet.state_dict())
             self._target_flat = self._online_flat.copy()

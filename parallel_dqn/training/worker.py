@@ -23,7 +23,7 @@ from parallel_dqn.comm.transport import Transport
 from parallel_dqn.config import Config
 from parallel_dqn.data.crosssection import CrossSection
 from parallel_dqn.market.step import FLAT, market_step
-from parallel_dqn.model.flat import get_flat_grads, get_flat_params, set_flat_params
+from parallel_dqn.model.flat import flatten_parameters, get_flat_grads
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
 from parallel_dqn.rl.nstep import NStepBuilder
@@ -56,6 +56,9 @@ class Worker:
         # Local copies; their weights come from the server with the first pull.
         self.net = QNetwork(S, F, cfg.market.window, cfg.model)
         self.target = QNetwork(S, F, cfg.market.window, cfg.model).requires_grad_(False)
+        # each network's weights in one flat vector (its parameters are views): a pull is one copy per network
+        self._online = flatten_parameters(self.net).data
+        self._target = flatten_parameters(self.target).data
         self.obs = Observations(xs, cfg.market.window)
         q = cfg.dqn
         self.replay = make_replay(
@@ -97,8 +100,8 @@ class Worker:
         msg = self.transport.pull_params(self.id, min_version)
         if msg is None:
             return False
-        set_flat_params(self.net, msg.online)
-        set_flat_params(self.target, msg.target)
+        self._online.copy_(torch.from_numpy(msg.online))
+        self._target.copy_(torch.from_numpy(msg.target))
         self.version = msg.version
         self.grads_since_pull = 0
         self.pull_due = False
@@ -202,8 +205,8 @@ class Worker:
         return {
             "worker": self.id,
             "stocks": self.stocks.copy(),
-            "net": get_flat_params(self.net),
-            "target": get_flat_params(self.target),
+            "net": self._online.numpy().copy(),
+            "target": self._target.numpy().copy(),
             "version": self.version,
             "rng": rng_state(self.rng),
             "replay": self.replay.state_dict(),
@@ -224,8 +227,8 @@ class Worker:
         """Continue from :meth:`checkpoint_state`'s snapshot (same stocks, same config)."""
         if int(state["worker"]) != self.id or not np.array_equal(state["stocks"], self.stocks):
             raise ValueError(f"checkpoint of worker {state['worker']} does not fit worker {self.id}")
-        set_flat_params(self.net, state["net"])
-        set_flat_params(self.target, state["target"])
+        self._online.copy_(torch.from_numpy(np.asarray(state["net"], dtype=np.float32)))
+        self._target.copy_(torch.from_numpy(np.asarray(state["target"], dtype=np.float32)))
         self.version = int(state["version"])
         self.replay.load_state_dict(state["replay"])
         set_rng_state(self.rng, state["rng"])
