@@ -123,9 +123,22 @@ class QNetwork(nn.Module):
         ``[B, 2, S, S]``; ``positions`` are action indices (0 short, 1 flat, 2 long).
         Also returns the attention weights ``[B, H, K, S]`` (None without attention).
         """
-        emb = self.encoder(windows)  # [B,S,D]
+        return self.decide(self.embed(windows), graph, select, positions)
+
+    def embed(self, windows: torch.Tensor) -> torch.Tensor:
+        """Every stock's embedding ``[B, S, D]`` at the bar: its window encoded, plus its identity vector.
+
+        It does not depend on which stocks ask, so workers holding the same parameters can share it.
+        """
+        emb = self.encoder(windows)
         if self.stock_embedding is not None:
             emb = emb + self.stock_embedding.weight[None]
+        return emb
+
+    def decide(
+        self, emb: torch.Tensor, graph: torch.Tensor, select: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Q-values and attention weights of the ``select``ed stocks from every stock's embedding (see forward)."""
         own = torch.gather(emb, 1, select[:, :, None].expand(-1, -1, emb.shape[-1]))
         if self.attention is not None:
             ctx, weights = self.attention(emb, graph, select)

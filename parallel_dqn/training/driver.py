@@ -225,12 +225,20 @@ class LockStep:
             for w in self.workers:
                 while not w.sync_params():  # the server wants a checkpoint before it answers
                     self._checkpoint(index, t, self.transport.poll_checkpoint())
-            for w in self.workers:
-                w.act(t)
+            self._act(t)
             self._learn()
             self.boundary(index, t + 1)
         for w in self.workers:
             w.end_episode()
+
+    def _act(self, t: int) -> None:
+        """Every hosted worker acts at ``t``; the stocks' embeddings are computed once per parameters version
+        (workers that pulled the same version hold the same weights, so they share them exactly)."""
+        embeddings: dict[int, object] = {}
+        for w in self.workers:
+            if w.version not in embeddings:
+                embeddings[w.version] = w.embed(t)
+            w.act(t, embeddings[w.version])
 
     def _learn(self) -> None:
         """Every hosted worker computes and pushes its gradient when due, starting at a rotating worker."""

@@ -107,11 +107,22 @@ class Worker:
         self.pull_due = False
         return True
 
-    def act(self, t: int) -> None:
-        """Choose positions for all own stocks at bar ``t`` and record the outcome."""
-        tt = torch.tensor([t])
+    def embed(self, t: int) -> torch.Tensor:
+        """Every stock's embedding at bar ``t`` under this worker's parameters (shareable by workers at its version)."""
         with torch.no_grad():
-            q, att = self.net(self.obs.windows(tt), self.obs.graphs(tt), self.select, torch.from_numpy(self.position)[None])
+            return self.net.embed(self.obs.windows(torch.tensor([t])))
+
+    def act(self, t: int, emb: torch.Tensor | None = None) -> None:
+        """Choose positions for all own stocks at bar ``t`` and record the outcome.
+
+        ``emb``: every stock's embedding at ``t`` (:meth:`embed`) from a worker holding the same parameters
+        version, computed once for all of them; by default this worker computes it.
+        """
+        if emb is None:
+            emb = self.embed(t)
+        with torch.no_grad():
+            q, att = self.net.decide(emb, self.obs.graphs(torch.tensor([t])), self.select,
+                                     torch.from_numpy(self.position)[None])
         q = q[0].numpy()
         actions = q.argmax(axis=1)
         eps = self.epsilon(self.train_steps) if self.training else 0.0
