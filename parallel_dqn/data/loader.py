@@ -1,7 +1,8 @@
 """Loading the bars of selected stocks and dates from a store into per-stock frames.
 
-Every file is read and validated (:mod:`parallel_dqn.data.validation`); a bad file, an unknown
-symbol or an empty date range stops the load with one line naming what is wrong and the fix.
+Every file is read and validated (:mod:`parallel_dqn.data.validation`): all of a stock's files in one
+vectorised pass, and, only when that pass finds anything wrong, file by file, so that a bad file, an
+unknown symbol or an empty date range stops the load with one line naming what is wrong and the fix.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pandas as pd
 
 from parallel_dqn.data.layout import check_symbol
 from parallel_dqn.data.store import Store, source_name
-from parallel_dqn.data.validation import problems_error, read_bars, validate_day
+from parallel_dqn.data.validation import problems_error, read_bars, read_days_fast, validate_day
 from parallel_dqn.errors import UserError
 
 _MAX_LISTED = 10
@@ -46,9 +47,12 @@ def _load_symbol(store: Store, symbol: str, start: date, end: date) -> pd.DataFr
         )
     if hasattr(store, "prefetch"):  # a remote store downloads the files at once, concurrently
         store.prefetch(symbol, days)
+    paths = [store.fetch(symbol, day) for day in days]
+    fast = read_days_fast(paths, days)  # all files in one pass; None if anything is off
+    if fast is not None:
+        return fast
     frames = []
-    for day in days:
-        path = store.fetch(symbol, day)
+    for day, path in zip(days, paths):
         source = source_name(store, symbol, day, path)
         bars = read_bars(path, source, store.describe())
         problems = validate_day(bars, day, source)
