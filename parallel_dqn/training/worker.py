@@ -44,7 +44,9 @@ class Worker:
         transport: Transport,
         reward_scale: float,
         total_train_steps: int,
+        obs: Observations | None = None,
     ) -> None:
+        """``obs``: the process's view of the cross-section, shared by every worker it hosts (made if None)."""
         self.id = worker_id
         self.cfg = cfg
         self.xs = xs
@@ -59,7 +61,7 @@ class Worker:
         # each network's weights in one flat vector (its parameters are views): a pull is one copy per network
         self._online = flatten_parameters(self.net).data
         self._target = flatten_parameters(self.target).data
-        self.obs = Observations(xs, cfg.market.window)
+        self.obs = obs if obs is not None else Observations(xs, cfg.market.window)
         q = cfg.dqn
         self.replay = make_replay(
             cfg.replay.capacity, cfg.replay.prioritized, cfg.replay.alpha, cfg.replay.beta_start, self.rng
