@@ -121,6 +121,7 @@ class RunConfig:
     output: str = "runs/latest"
     seed: int = 0
     threads: int = 1  # torch threads per process
+    device: str = "cpu"  # the networks of workers and server: cpu, cuda, or auto (cuda when torch sees a GPU)
     progress: bool = True  # progress bar on a terminal
 
 
@@ -257,6 +258,7 @@ class Config:
         _check(self.meta.epochs >= 0, f"meta.epochs must be >= 0, not {self.meta.epochs}")
         _check(0 <= self.run.seed < 2**32, f"run.seed (--seed) must be >= 0 and < 2**32, not {self.run.seed}")
         _check(self.run.threads >= 1, "run.threads must be >= 1")
+        _check(self.run.device in ("cpu", "cuda", "auto"), "run.device must be cpu, cuda or auto")
         n = self.notify
         _check(n.base_url.startswith(("http://", "https://")), "notify.base_url must start with http:// or https://")
         _check(n.every >= 0 and n.min_interval >= 0 and n.timeout > 0, "need notify.every, min_interval >= 0, timeout > 0")

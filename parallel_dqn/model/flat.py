@@ -10,7 +10,7 @@ from torch import nn
 def get_flat_params(module: nn.Module) -> np.ndarray:
     """All parameters, concatenated in ``module.parameters()`` order (a copy)."""
     with torch.no_grad():
-        return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).numpy().astype(np.float32)
+        return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).cpu().numpy().astype(np.float32)
 
 
 def set_flat_params(module: nn.Module, flat: np.ndarray) -> None:
@@ -20,8 +20,10 @@ def set_flat_params(module: nn.Module, flat: np.ndarray) -> None:
 
 def get_flat_grads(module: nn.Module) -> np.ndarray:
     """All gradients as one flat vector (zeros where a parameter has no gradient)."""
-    parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in module.parameters()]
-    return torch.cat(parts).numpy()  # a new float32 array already
+    parts = [
+        p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device) for p in module.parameters()
+    ]
+    return torch.cat(parts).cpu().numpy()  # a new float32 array already (on the CPU, .cpu() copies nothing)
 
 
 def flatten_parameters(module: nn.Module) -> torch.nn.Parameter:

@@ -48,6 +48,7 @@ from parallel_dqn.data.store import Store, open_store
 from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.evaluation.results import RunRecorder
+from parallel_dqn.model.device import resolve_device
 from parallel_dqn.run.folder import holds_run, retire_earlier_run
 from parallel_dqn.telemetry.logs import setup_logging
 from parallel_dqn.telemetry.notify import Notifier, NotifyingObserver
@@ -78,6 +79,7 @@ class RunStart:
 def plan_run(cfg: Config) -> tuple[RunPlan, Store]:
     """Validated settings -> the store and the run's plan (every process computes the same)."""
     cfg.validate()
+    resolve_device(cfg.run.device)  # a device that is not there is refused before any data are read
     store = open_store(cfg.data.data)
     return plan_training(cfg, store, structure=load_structure(cfg.data.data)), store
 

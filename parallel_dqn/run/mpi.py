@@ -31,6 +31,7 @@ from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import EXIT_PREEMPTED, StoppedAfterCheckpoint, UserError
+from parallel_dqn.model.device import resolve_device
 from parallel_dqn.run.folder import FolderLock, claim
 from parallel_dqn.run.lifecycle import RankZero, RunStart, decide_start, open_process
 from parallel_dqn.run.signals import StopSignals
@@ -96,6 +97,7 @@ def _plan_and_claim(mpi: World, cfg: Config, overwrite: bool, resume: str | None
             f"drop --workers, or start mpirun -n {cfg.dist.workers + 1}",
         )
     cfg.validate()
+    resolve_device(cfg.run.device)
     store = open_store(cfg.data.data)
     n_stocks = len(resolve_symbols(store, cfg.data.stocks))
     if n_workers > n_stocks:

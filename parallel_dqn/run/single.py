@@ -19,6 +19,7 @@ from parallel_dqn.config import Config, flatten_settings, parse_date
 from parallel_dqn.data.store import Store, open_store
 from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import UserError
+from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.saved import load_model
 from parallel_dqn.run.folder import claim
 from parallel_dqn.run.lifecycle import RankZero, RunStart, decide_start, open_process, plan_run, refuse_mpi_launch
@@ -94,6 +95,7 @@ def evaluation_config(cfg: Config, saved: dict[str, Any], source: str) -> Config
     model_cfg.dist.workers = 0
     model_cfg.dist.mode = "single"
     model_cfg.validate()
+    resolve_device(model_cfg.run.device)
     d = model_cfg.data
     if not d.eval_start or not d.eval_end:
         raise UserError("evaluate needs --eval_start and --eval_end", "give the held-out days to evaluate on")

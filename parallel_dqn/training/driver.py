@@ -28,6 +28,7 @@ from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
+from parallel_dqn.model.device import resolve_device
 from parallel_dqn.rl.observations import Observations
 from parallel_dqn.training.plan import RunPlan
 from parallel_dqn.training.worker import Worker
@@ -185,7 +186,8 @@ def run_workers(
             )
         )
     total_steps = plan.episodes * max(train_rows[1] - train_rows[0] - 1, 1)
-    obs = Observations(xs, cfg.market.window)  # one padded copy of the features for every worker hosted here
+    # one padded copy of the features for every worker hosted here, on the networks' device
+    obs = Observations(xs, cfg.market.window, resolve_device(cfg.run.device))
     workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps, obs) for s in shards]
     schedule = Schedule(plan.episodes, train_rows, eval_rows)
     stepper = LockStep(workers, transport, CheckpointStore(Path(cfg.run.output) / CHECKPOINTS), stop_signal)

@@ -40,6 +40,7 @@ from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeOutcome
 from parallel_dqn.market.step import POSITIONS
+from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.flat import flatten_parameters, get_flat_params
 from parallel_dqn.model.meta_policy import MetaPolicy, decision_features
 from parallel_dqn.model.qnet import QNetwork
@@ -141,6 +142,8 @@ class ParameterServer:
         if state is not None:
             self.qnet.load_state_dict(state["q_state"])
             self.meta.load_state_dict(state["meta_state"])
+        self.device = resolve_device(self.cfg.run.device)
+        self.qnet.to(self.device)
         self.target = copy.deepcopy(self.qnet)
         # One flat vector holds every weight (the network's parameters are views of it): an apply is a few
         # large operations, not one per tensor, and the parameters leave as one copy.
@@ -183,10 +186,10 @@ class ParameterServer:
 
     def _apply(self, grad: np.ndarray) -> None:
         assert self.qnet is not None
-        self._flat.grad = torch.from_numpy(np.asarray(grad, dtype=np.float32))
+        self._flat.grad = torch.from_numpy(np.asarray(grad, dtype=np.float32)).to(self.device)
         self.optimizer.step()
         self.version += 1
-        self._online_flat = self._flat.detach().numpy().copy()
+        self._online_flat = self._flat.detach().cpu().numpy().copy()
         if self.version % self.cfg.dqn.target_update == 0:
             self.target.load_state_dict(self.qnet.state_dict())
             self._target_flat = self._online_flat.copy()
@@ -274,7 +277,8 @@ class ParameterServer:
     def state(self) -> dict:
         """What a saved model needs from the server."""
         assert self.qnet is not None and self.meta is not None
-        return {"q_state": self.qnet.state_dict(), "meta_state": self.meta.state_dict(), "version": self.version}
+        q_state = {k: v.cpu() for k, v in self.qnet.state_dict().items()}  # a model file loads anywhere
+        return {"q_state": q_state, "meta_state": self.meta.state_dict(), "version": self.version}
 
     # ---- checkpoints --------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

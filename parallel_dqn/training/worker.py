@@ -23,6 +23,7 @@ from parallel_dqn.comm.transport import Transport
 from parallel_dqn.config import Config
 from parallel_dqn.data.crosssection import CrossSection
 from parallel_dqn.market.step import FLAT, market_step
+from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.flat import flatten_parameters, get_flat_grads
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
@@ -55,20 +56,21 @@ class Worker:
         self.stocks = np.asarray(stocks, dtype=np.int64)
         self.rng = np.random.default_rng([cfg.run.seed, worker_id])
         S, F = xs.n_stocks, xs.features.shape[2]
+        self.device = obs.device if obs is not None else resolve_device(cfg.run.device)
         # Local copies; their weights come from the server with the first pull.
-        self.net = QNetwork(S, F, cfg.market.window, cfg.model)
-        self.target = QNetwork(S, F, cfg.market.window, cfg.model).requires_grad_(False)
+        self.net = QNetwork(S, F, cfg.market.window, cfg.model).to(self.device)
+        self.target = QNetwork(S, F, cfg.market.window, cfg.model).requires_grad_(False).to(self.device)
         # each network's weights in one flat vector (its parameters are views): a pull is one copy per network
         self._online = flatten_parameters(self.net).data
         self._target = flatten_parameters(self.target).data
-        self.obs = obs if obs is not None else Observations(xs, cfg.market.window)
+        self.obs = obs if obs is not None else Observations(xs, cfg.market.window, self.device)
         q = cfg.dqn
         self.replay = make_replay(
             cfg.replay.capacity, cfg.replay.prioritized, cfg.replay.alpha, cfg.replay.beta_start, self.rng
         )
         self.epsilon = LinearSchedule(q.eps_start, q.eps_end, max(1, int(q.eps_fraction * total_train_steps)))
         self.beta = LinearSchedule(cfg.replay.beta_start, 1.0, max(1, total_train_steps))
-        self.select = torch.from_numpy(self.stocks)[None, :]
+        self.select = torch.from_numpy(self.stocks)[None, :].to(self.device)
         self.version = -1
         self.train_steps = 0  # clock steps acted in training, over all episodes
         self.grad_steps = 0
@@ -124,8 +126,8 @@ class Worker:
             emb = self.embed(t)
         with torch.no_grad():
             q, att = self.net.decide(emb, self.obs.graphs(torch.tensor([t])), self.select,
-                                     torch.from_numpy(self.position)[None])
-        q = q[0].numpy()
+                                     torch.from_numpy(self.position)[None].to(self.device))
+        q = q[0].cpu().numpy()
         actions = q.argmax(axis=1)
         eps = self.epsilon(self.train_steps) if self.training else 0.0
         if self.training:
@@ -142,7 +144,7 @@ class Worker:
                 self.replay.add(batch)
             self.train_steps += 1
         elif att is not None:
-            self.attention_sum += att[0].mean(dim=0).numpy()
+            self.attention_sum += att[0].mean(dim=0).cpu().numpy()
         self._records.append((t, q, actions, raw, eps))
         self.position = actions
         self.steps += 1
@@ -159,24 +161,25 @@ class Worker:
         self.replay.beta = self.beta(self.train_steps)
         s = self.replay.sample(q.batch_size)
         B = q.batch_size
-        t = torch.from_numpy(np.concatenate([s.t, s.next_t]).astype(np.int64))
-        sel = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64))[:, None]
-        pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64))[:, None]
+        dev = self.device
+        t = torch.from_numpy(np.concatenate([s.t, s.next_t]).astype(np.int64)).to(dev)
+        sel = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64))[:, None].to(dev)
+        pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64))[:, None].to(dev)
         windows, graphs = self.obs.windows(t), self.obs.graphs(t)
         self.net.zero_grad(set_to_none=True)
         q_all, _ = self.net(windows, graphs, sel, pos)
         q_all = q_all[:, 0]
         with torch.no_grad():
             q_next_target, _ = self.target(windows[B:], graphs[B:], sel[B:], pos[B:])
-        actions = torch.from_numpy(s.action.astype(np.int64))[:, None]
+        actions = torch.from_numpy(s.action.astype(np.int64))[:, None].to(dev)
         q_taken = q_all[:B].gather(1, actions)[:, 0]
         targets = double_dqn_targets(
-            q_all[B:].detach(), q_next_target[:, 0], torch.from_numpy(s.reward), torch.from_numpy(s.discount)
+            q_all[B:].detach(), q_next_target[:, 0], torch.from_numpy(s.reward).to(dev), torch.from_numpy(s.discount).to(dev)
         )
-        loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights), q.huber_delta)
+        loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights).to(dev), q.huber_delta)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), q.grad_clip)
-        self.replay.update_priorities(s.indices, td.numpy())
+        self.replay.update_priorities(s.indices, td.cpu().numpy())
         msg = GradientMessage(self.id, self.version, get_flat_grads(self.net), float(loss.detach()), float(q_taken.detach().mean()))
         self.transport.push_gradient(msg)
         self.grad_steps += 1
@@ -218,8 +221,8 @@ class Worker:
         return {
             "worker": self.id,
             "stocks": self.stocks.copy(),
-            "net": self._online.numpy().copy(),
-            "target": self._target.numpy().copy(),
+            "net": self._online.cpu().numpy().copy(),
+            "target": self._target.cpu().numpy().copy(),
             "version": self.version,
             "rng": rng_state(self.rng),
             "replay": self.replay.state_dict(),
