@@ -44,8 +44,9 @@ def job_info(job: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
 
 
-def wait_for(job: str, timeout: float = 240) -> dict[str, str]:
-    """Wait until ``job`` has ended (after any requeue); its final scontrol record."""
+def wait_for(job: str, timeout: float = 240, console: Path | None = None) -> dict[str, str]:
+    """Wait until ``job`` has ended (after any requeue); its final scontrol record. A job still running after
+    ``timeout`` is cancelled and the test fails with the end of its ``console`` output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = job_info(job)
@@ -53,7 +54,8 @@ def wait_for(job: str, timeout: float = 240) -> dict[str, str]:
             return info
         time.sleep(1.0)
     subprocess.run(["scancel", job], timeout=30)
-    pytest.fail(f"job {job} did not end within {timeout} s: {job_info(job)}")
+    text = console.read_text()[-3000:] if console is not None and console.exists() else ""
+    pytest.fail(f"job {job} did not end within {timeout} s: {job_info(job)}\n{text}")
 
 
 #: what MPICH's PMI-2 start-up prints when it breaks under srun before a rank runs any code of ours; seen
@@ -91,7 +93,7 @@ def test_training_job_across_two_nodes_completes(market, tmp_path):
     config = run_config(market, out, tmp_path / "run.toml")
     job = sbatch("--nodes=2", "--ntasks=4", f"--output={tmp_path}/slurm-%j.out",
                  "launchers/slurm/train.sbatch", "--config", str(config))
-    info = wait_for(job)
+    info = wait_for(job, console=tmp_path / f"slurm-{job}.out")
     console = (tmp_path / f"slurm-{job}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", console
     nodes = {re.search(r"node (\w+)\)", (out / "logs" / f"rank{r}.log").read_text())[1] for r in (1, 2, 3)}
@@ -115,7 +117,7 @@ def test_a_job_told_to_stop_checkpoints_requeues_resumes_and_matches_an_uninterr
         first, tmp_path / "slurm-%j.out",
     )
     subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
-    info = wait_for(job)
+    info = wait_for(job, console=tmp_path / f"slurm-{job}.out")
     console = (tmp_path / f"slurm-{job}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", console
     assert "parallel-dqn: stopped by SIGUSR1: checkpoint" in console and "requeueing job" in console
