@@ -38,6 +38,10 @@ class DataConfig:
     end_date: str = ""
     eval_start: str = ""  # held-out evaluation period, inclusive
     eval_end: str = ""
+    # built cross-sections kept for the next run of the same data (parallel_dqn.data.cache): auto (node-local:
+    # $PARALLEL_DQN_CACHE/crosssections, else $SLURM_TMPDIR, $TMPDIR or ~/.cache + /parallel-dqn/crosssections),
+    # off, or a folder
+    cache: str = "auto"
 
 
 @dataclass
@@ -58,6 +62,9 @@ class ModelConfig:
     heads: int = 2
     cross_attention: bool = True  # False: each stock sees only itself (the ablation)
     stock_embeddings: bool = True  # a learned identity vector per stock
+    # each stock attends over its k most related stocks (itself included), chosen from the trailing correlation
+    # graph; dense attention over every stock when there are no more than k
+    neighbors: int = 16
 
 
 @dataclass
@@ -223,6 +230,7 @@ class Config:
             )
         if len(set(d.stocks)) != len(d.stocks):
             raise UserError(f"--stocks names a stock twice: {' '.join(d.stocks)}")
+        self._check_cache()
         self._check_finite()
         _check(self.market.cost_bps >= 0, "--cost_bps must be >= 0")
         _check(self.market.window >= 1, "market.window must be >= 1")
@@ -231,6 +239,7 @@ class Config:
         _check(m.embed_dim >= 1, f"model.embed_dim must be >= 1, not {m.embed_dim}")
         _check(m.hidden >= 1, f"model.hidden must be >= 1, not {m.hidden}")
         _check(m.heads >= 1, f"model.heads must be >= 1, not {m.heads}")
+        _check(m.neighbors >= 1, f"model.neighbors must be >= 1 (the stock itself is always one), not {m.neighbors}")
         _check(m.embed_dim % m.heads == 0, "model.embed_dim must be a multiple of model.heads")
         q = self.dqn
         _check(q.episodes >= 1, "--episodes must be >= 1")
@@ -266,6 +275,16 @@ class Config:
         _check(c.every_applies >= 0 and c.every_seconds >= 0, "checkpoint.every_applies and every_seconds must be >= 0")
         _check(c.keep >= 1, "checkpoint.keep must be >= 1")
         return self
+
+    def _check_cache(self) -> None:
+        """data.cache: auto, off, or a folder (made when first used) that is not a file."""
+        cache = self.data.cache
+        fix = "set data.cache to auto, off, or a folder"
+        if not cache.strip():
+            raise UserError("data.cache is empty", fix)
+        folder = Path(cache).expanduser()
+        if cache not in ("auto", "off") and folder.exists() and not folder.is_dir():
+            raise UserError(f"data.cache {cache} is a file, not a folder", fix)
 
     def _check_finite(self) -> None:
         """Every float setting must be a finite number (``inf`` and ``nan`` convert, but nothing works with them)."""
@@ -330,7 +349,7 @@ REPLAY_BYTES_PER_TRANSITION = 21
 _ACTIONS = 3
 
 #: settings (prefixes) that may differ between a checkpoint and the run resuming it
-RESUME_MAY_CHANGE = ("run.output", "run.progress", "run.threads", "dist.timeout", "notify.", "checkpoint.")
+RESUME_MAY_CHANGE = ("run.output", "run.progress", "run.threads", "dist.timeout", "notify.", "checkpoint.", "data.cache")
 
 
 def read_toml(path: str | Path, kind: str, fix: str) -> tuple[str, dict[str, Any]]:

@@ -16,44 +16,65 @@ S, W, F = 5, 4, 6
 
 def _inputs(B: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, S, W, F, generator=g), torch.rand(B, 2, S, S, generator=g) * 2 - 1
+    return torch.randn(B, S, W, F, generator=g), torch.rand(B, S, S, 2, generator=g) * 2 - 1
+
+
+def _ask(net: QNetwork, windows: torch.Tensor, edges: torch.Tensor, select: list[int], positions: list[int]):
+    """Q-values and attention of the ``select``ed stocks (dense: every stock is a neighbour) at one bar."""
+    everyone = torch.arange(S)[None]
+    emb = net.embed(windows, everyone)
+    sel = torch.tensor(select)
+    index = everyone.expand(len(select), S)[None]
+    return net.decide(emb[:, sel], emb, edges[:, sel], torch.tensor([positions]), index=index)
 
 
 def test_qnet_shapes_and_attention_rows_sum_to_one():
     net = QNetwork(S, F, W, ModelConfig())
-    windows, graph = _inputs(3)
-    select = torch.tensor([[0, 2], [1, 4], [3, 3]])
-    q, att = net(windows, graph, select, torch.ones_like(select))
-    assert q.shape == (3, 2, 3)
-    assert att.shape == (3, ModelConfig().heads, 2, S)
-    assert torch.allclose(att.sum(-1), torch.ones(3, ModelConfig().heads, 2))
+    windows, edges = _inputs(1)
+    q, att = _ask(net, windows, edges, [0, 2], [1, 1])
+    assert q.shape == (1, 2, 3)
+    assert att.shape == (1, ModelConfig().heads, 2, S)
+    assert torch.allclose(att.sum(-1), torch.ones(1, ModelConfig().heads, 2))
 
 
-def test_q_of_a_stock_depends_on_its_own_position_only():
-    """Batched acting over a shard gives the same Q as asking for each stock alone."""
+def test_q_of_a_stock_depends_on_its_own_position_only_and_is_computed_row_by_row():
+    """Asking for every stock at once gives each stock bit for bit what asking for it alone gives, whatever
+    the positions of the others: one acting pass serves every worker (and an MPI rank computes the same)."""
     net = QNetwork(S, F, W, ModelConfig())
-    windows, graph = _inputs(1)
-    select = torch.tensor([[0, 1, 2]])
-    pos = torch.tensor([[0, 1, 2]])
-    q_all, _ = net(windows, graph, select, pos)
-    for k in range(3):
-        q_one, _ = net(windows, graph, select[:, k : k + 1], pos[:, k : k + 1])
+    windows, edges = _inputs(1)
+    q_all, _ = _ask(net, windows, edges, list(range(S)), [0, 1, 2, 1, 0])
+    q_other, _ = _ask(net, windows, edges, list(range(S)), [2, 1, 0, 0, 0])
+    assert torch.equal(q_all[0, 1], q_other[0, 1])  # stock 1 holds position 1 in both
+    for k, p in enumerate([0, 1, 2, 1, 0]):
+        q_one, _ = _ask(net, windows, edges, [k], [p])
         assert torch.allclose(q_all[:, k], q_one[:, 0], atol=1e-6)
+
+
+def test_the_learning_path_equals_the_acting_path():
+    """forward (a sample encodes only its neighbours' windows) gives the Q-values decide gives over every stock."""
+    net = QNetwork(S, F, W, ModelConfig())
+    windows, edges = _inputs(1)
+    q_all, _ = _ask(net, windows, edges, list(range(S)), [1] * S)
+    neighbours = torch.tensor([[0, 2, 4]])  # stock 2 attends over 0, 2 and 4 only
+    q_sparse, _ = net(windows[:, [0, 2, 4]], neighbours, torch.tensor([1]), edges[:, 2, [0, 2, 4]], torch.tensor([1]))
+    q_acting, _ = net.decide(net.embed(windows, torch.arange(S)[None])[:, [2]], net.embed(windows, torch.arange(S)[None]),
+                             edges[:, [2]][:, :, [0, 2, 4]], torch.tensor([[1]]), index=neighbours[None])
+    assert torch.allclose(q_sparse, q_acting[:, 0], atol=1e-6)
+    assert not torch.allclose(q_sparse, q_all[:, 2], atol=1e-6)  # fewer neighbours: another context
 
 
 def test_without_attention_other_stocks_do_not_matter():
     net = QNetwork(S, F, W, ModelConfig(cross_attention=False))
-    windows, graph = _inputs(1)
-    select = torch.tensor([[2]])
-    q1, att = net(windows, graph, select, torch.tensor([[1]]))
+    windows, edges = _inputs(1)
+    q1, att = _ask(net, windows, edges, [2], [1])
     windows2 = windows.clone()
     windows2[:, [0, 1, 3, 4]] += 5.0
-    q2, _ = net(windows2, graph, select, torch.tensor([[1]]))
+    q2, _ = _ask(net, windows2, edges, [2], [1])
     assert att is None and torch.allclose(q1, q2)
     # ...while with attention they do: the ablation really removes the cross-stock path
     net_att = QNetwork(S, F, W, ModelConfig(cross_attention=True))
-    a1, _ = net_att(windows, graph, select, torch.tensor([[1]]))
-    a2, _ = net_att(windows2, graph, select, torch.tensor([[1]]))
+    a1, _ = _ask(net_att, windows, edges, [2], [1])
+    a2, _ = _ask(net_att, windows2, edges, [2], [1])
     assert not torch.allclose(a1, a2)
 
 
@@ -62,8 +83,9 @@ def test_flat_params_and_grads_round_trip():
     set_flat_params(b, get_flat_params(a))
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
-    windows, graph = _inputs(2)
-    q, _ = a(windows, graph, torch.tensor([[0], [1]]), torch.tensor([[1], [2]]))
+    windows, edges = _inputs(2)
+    everyone = torch.arange(S)[None].expand(2, S)
+    q, _ = a(windows, everyone, torch.tensor([0, 1]), edges[:, 0], torch.tensor([1, 2]))
     q.sum().backward()
     flat = get_flat_grads(a)
     set_flat_grads(b, flat)

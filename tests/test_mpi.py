@@ -97,7 +97,7 @@ def test_cross_section_is_identical_on_every_worker_and_causal(market, tmp_path)
     sys.path.insert(0, str(ROOT / "tests" / "mpi_scripts"))
     from cross_section import digest
 
-    assert digest(xs.features, xs.log_returns, xs.tradeable, xs.graph[xs.graph_index]) == held[0]["digest"]
+    assert digest(xs.features, xs.log_returns, xs.tradeable, xs.dense_graph[xs.graph_index]) == held[0]["digest"]
 
 
 def test_a_worker_that_raises_ends_the_job(market, tmp_path):

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from parallel_dqn.data.align import align
-from parallel_dqn.data.features import correlation_graph, graph_stamps, raw_features
+from parallel_dqn.data.features import correlation_graph, graph_stamps, neighbour_graph, raw_features
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.store import LocalStore
 from parallel_dqn.run.single import evaluate, train
@@ -50,6 +50,11 @@ def test_features_and_graph_up_to_t_are_unchanged(markets):
     gb, ib = correlation_graph(b.log_returns, 40, stamps)
     assert np.array_equal(ga[ia[:t]], gb[ib[:t]])
     assert not np.array_equal(ga[ia[t:]], gb[ib[t:]])
+    # the sparse graph too: which stocks each one attends over, and the edges, up to t
+    na, ea, _ = neighbour_graph(a.log_returns, 40, stamps, 2)
+    nb, eb, _ = neighbour_graph(b.log_returns, 40, stamps, 2)
+    assert np.array_equal(na[ia[:t]], nb[ib[:t]]) and np.array_equal(ea[ia[:t]], eb[ib[:t]])
+    assert not np.array_equal(ea[ia[t:]], eb[ib[t:]])
 
 
 def test_actions_and_weights_up_to_t_are_unchanged(markets, tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallel_dqn.data.features import N_FEATURES, FeatureStats, correlation_graph, raw_features
+from parallel_dqn.data.features import N_FEATURES, FeatureStats, neighbour_graph, raw_features
 from parallel_dqn.data.panel import MarketPanel
 
 # Per stock and bar, the exchanged row holds: the F features, then these.
@@ -38,8 +38,9 @@ class CrossSection:
     log_returns: np.ndarray  # float64 [T, S], r[t] = log(close[t]/close[t-1])
     close: np.ndarray  # float64 [T, S]
     tradeable: np.ndarray  # bool [T, S]
-    graph: np.ndarray  # float32 [G, 2, S, S], see features.correlation_graph
-    graph_index: np.ndarray  # int64 [T] -> row of graph in force at t
+    neighbors: np.ndarray  # int32 [G, S, k]: the stocks each stock attends over, see features.neighbour_graph
+    edges: np.ndarray  # float32 [G, S, k, 2]: the correlation graph's two channels for those pairs
+    graph_index: np.ndarray  # int64 [T] -> row of the graph in force at t
 
     @classmethod
     def assemble(
@@ -49,8 +50,10 @@ class CrossSection:
         parts: list[tuple[np.ndarray, np.ndarray]],
         graph_window: int,
         graph_stamps: np.ndarray,
+        neighbors: int | None = None,
     ) -> "CrossSection":
-        """Build from every worker's ``(stock indices, rows [T, k, ROW_WIDTH])``."""
+        """Build from every worker's ``(stock indices, rows [T, k, ROW_WIDTH])``; each stock's ``neighbors``
+        most related stocks kept in the graph (None: every stock, the dense graph)."""
         T, S = len(timestamps), len(symbols)
         full = np.zeros((T, S, ROW_WIDTH))
         seen = np.zeros(S, dtype=bool)
@@ -60,7 +63,7 @@ class CrossSection:
         if not seen.all():
             raise RuntimeError(f"no rows for stocks {np.flatnonzero(~seen).tolist()}")
         log_returns = full[:, :, N_FEATURES]
-        graph, index = correlation_graph(log_returns, graph_window, graph_stamps)
+        nbrs, edges, index = neighbour_graph(log_returns, graph_window, graph_stamps, neighbors or S)
         return cls(
             symbols=tuple(symbols),
             timestamps=timestamps,
@@ -68,9 +71,20 @@ class CrossSection:
             log_returns=log_returns,
             close=full[:, :, N_FEATURES + 1],
             tradeable=full[:, :, N_FEATURES + 2] > 0.5,
-            graph=graph,
+            neighbors=nbrs,
+            edges=edges,
             graph_index=index,
         )
+
+    @property
+    def dense_graph(self) -> np.ndarray:
+        """float32 ``[G, 2, S, S]``: the kept edges in the dense layout (zero elsewhere), for checks and plots."""
+        G, S, _ = self.neighbors.shape
+        dense = np.zeros((G, 2, S, S), dtype=np.float32)
+        g, i = np.meshgrid(np.arange(G), np.arange(S), indexing="ij")
+        for c in range(2):
+            dense[g[..., None], c, i[..., None], self.neighbors] = self.edges[..., c]
+        return dense
 
     @property
     def n_stocks(self) -> int:

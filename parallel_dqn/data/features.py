@@ -170,6 +170,46 @@ def correlation_graph(log_returns: np.ndarray, window: int, stamps: np.ndarray) 
     return graph, np.maximum(index, 0)
 
 
+def neighbour_graph(
+    log_returns: np.ndarray, window: int, stamps: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The correlation graph kept sparse: each stock's ``k`` most related stocks at every stamp.
+
+    Returns ``(neighbors, edges, index)``: ``neighbors[g, i]`` (int32 ``[G, S, k]``, ascending) are the
+    stocks i attends over after stamp ``g``: itself, then the strongest ``max(|same-bar corr|, |lead corr|)``
+    of :func:`correlation_graph`'s two channels over the ``window`` bars up to ``stamps[g]`` (ties go to the
+    lower index); ``edges[g, i, n]`` (float32 ``[G, S, k, 2]``) are those two channels for the pair
+    ``(i, neighbors[g, i, n])``; ``index`` as in :func:`correlation_graph`. With ``k >= S`` every stock is a
+    neighbour, in index order: the dense graph, rearranged. Only bars <= the stamp are read, and the dense
+    ``S x S`` matrices exist one stamp at a time, so memory is ``O(G * S * k)``.
+    """
+    T, S = log_returns.shape
+    k = min(k, S)
+    neighbors = np.zeros((len(stamps), S, k), dtype=np.int32)
+    edges = np.zeros((len(stamps), S, k, 2), dtype=np.float32)
+    rows = np.arange(S)[:, None]
+    # a tiny index-based tie-break makes the chosen set unique (rows without history are all ties)
+    tie_break = np.arange(S)[None, :] * 1e-9
+    for g, t in enumerate(stamps):
+        lo = max(1, t - window + 1)
+        x = log_returns[lo : t + 1]
+        if len(x) < 3:
+            same = lead = np.zeros((S, S))
+        else:
+            same, lead = _corr(x, x), _corr(x[1:], x[:-1])
+        if k == S:
+            chosen = np.broadcast_to(np.arange(S), (S, S))
+        else:
+            score = np.maximum(np.abs(same), np.abs(lead)) - tie_break
+            np.fill_diagonal(score, np.inf)  # a stock always attends over itself
+            chosen = np.sort(np.argpartition(-score, k - 1, axis=1)[:, :k], axis=1)
+        neighbors[g] = chosen
+        edges[g, :, :, 0] = same[rows, chosen]
+        edges[g, :, :, 1] = lead[rows, chosen]
+    index = np.searchsorted(stamps, np.arange(T), side="right") - 1
+    return neighbors, edges, np.maximum(index, 0)
+
+
 def _corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Correlation matrix between the columns of a and the columns of b (0 where a column is flat)."""
     a = a - a.mean(axis=0)

@@ -1,9 +1,10 @@
 """The Q-network: stock encoder -> cross-stock attention -> dueling Q head.
 
 For each stock the encoder turns the last ``window`` feature rows into an
-embedding; the cross-stock attention module lets each stock attend over every
-stock's embedding at the same bar, with a learned bias from the rolling
-correlation graph; the dueling head maps (own embedding, attention context, own
+embedding; the cross-stock attention module lets each stock attend over its
+neighbours' embeddings at the same bar (its k most related stocks in the
+trailing correlation graph, itself included), with a learned bias from that
+graph's edges; the dueling head maps (own embedding, attention context, own
 position) to Q-values of {short, flat, long}. The weights are shared across
 stocks, plus a learned identity vector per stock, so one network serves every
 worker whatever its shard.
@@ -37,10 +38,10 @@ class StockEncoder(nn.Module):
 
 
 class CrossStockAttention(nn.Module):
-    """Multi-head attention of selected stocks over all stocks at one bar.
+    """Multi-head attention of each asking stock over its neighbours at one bar.
 
-    The attention logit of stock i over stock j gets an additive bias
-    ``sum_c a[h, c] * graph[c, i, j]`` from the correlation graph (channel 0:
+    The attention logit of stock i over its neighbour j gets an additive bias
+    ``sum_c a[h, c] * edge[i, j, c]`` from the correlation graph (channel 0:
     same-bar correlation, channel 1: j's previous return vs i's return), with
     ``a`` learned per head. The weights are returned so they can be saved and
     shown: they say which stocks inform which.
@@ -57,29 +58,32 @@ class CrossStockAttention(nn.Module):
         self.graph_bias = nn.Parameter(torch.zeros(heads, graph_channels))
 
     def forward(
-        self, emb: torch.Tensor, graph: torch.Tensor, select: torch.Tensor
+        self, own: torch.Tensor, neighbours: torch.Tensor, edges: torch.Tensor, index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context for the selected stocks.
+        """Context for the asking stocks.
 
         Args:
-            emb: ``[B, S, D]`` embeddings of all stocks.
-            graph: ``[B, C, S, S]`` correlation graph rows.
-            select: ``[B, K]`` indices of the stocks that ask (the queries).
+            own: ``[B, K, D]`` embeddings of the K asking stocks (the queries).
+            neighbours: ``[B, K, k, D]`` each asking stock's k neighbours' embeddings; or, with ``index``,
+                ``[B, N, D]`` embeddings that ``index [B, K, k]`` picks them from (keys and values are then
+                projected once per stock, not once per pair: acting over every stock at a bar).
+            edges: ``[B, K, k, C]`` graph channels of each (asking stock, neighbour) pair.
         Returns:
-            context ``[B, K, D]`` and attention weights ``[B, H, K, S]``.
+            context ``[B, K, D]`` and attention weights ``[B, H, K, k]``.
         """
-        B, S, D = emb.shape
-        K = select.shape[1]
+        B, K, D = own.shape
         H, hd = self.heads, self.head_dim
-        q_in = torch.gather(emb, 1, select[:, :, None].expand(B, K, D))
-        q = self.query(q_in).view(B, K, H, hd).transpose(1, 2)  # [B,H,K,hd]
-        k = self.key(emb).view(B, S, H, hd).transpose(1, 2)  # [B,H,S,hd]
-        v = self.value(emb).view(B, S, H, hd).transpose(1, 2)
-        g_rows = torch.gather(graph, 2, select[:, None, :, None].expand(B, graph.shape[1], K, S))  # [B,C,K,S]
-        bias = torch.einsum("hc,bcks->bhks", self.graph_bias, g_rows)
-        logits = q @ k.transpose(-1, -2) / hd**0.5 + bias
+        keys, values = self.key(neighbours), self.value(neighbours)
+        if index is not None:  # [B, N, D] -> [B, K, k, D]
+            rows = torch.arange(B, device=index.device)[:, None, None]
+            keys, values = keys[rows, index], values[rows, index]
+        k = keys.shape[2]
+        q = self.query(own).view(B, K, H, hd)
+        keys, values = keys.view(B, K, k, H, hd), values.view(B, K, k, H, hd)
+        bias = torch.einsum("hc,bknc->bhkn", self.graph_bias, edges)
+        logits = torch.einsum("bkhd,bknhd->bhkn", q, keys) / hd**0.5 + bias
         weights = torch.softmax(logits, dim=-1)
-        ctx = (weights @ v).transpose(1, 2).reshape(B, K, D)
+        ctx = torch.einsum("bhkn,bknhd->bkhd", weights, values).reshape(B, K, D)
         return self.out(ctx), weights
 
 
@@ -99,7 +103,7 @@ class DuelingHead(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """Q-values of the selected stocks given the whole cross-section at a bar."""
+    """Q-values of stocks from their own window and their neighbours' windows at a bar."""
 
     def __init__(self, n_stocks: int, n_features: int, window: int, cfg: ModelConfig) -> None:
         super().__init__()
@@ -113,35 +117,48 @@ class QNetwork(nn.Module):
     def forward(
         self,
         windows: torch.Tensor,
-        graph: torch.Tensor,
-        select: torch.Tensor,
+        stocks: torch.Tensor,
+        own_slot: torch.Tensor,
+        edges: torch.Tensor,
         positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Q-values ``[B, K, 3]`` for stocks ``select [B, K]`` holding ``positions [B, K]``.
+        """Q-values ``[B, 3]`` of one asking stock per sample (learning: a batch of transitions).
 
-        ``windows`` is ``[B, S, W, F]`` (every stock's window at the bar), ``graph``
-        ``[B, 2, S, S]``; ``positions`` are action indices (0 short, 1 flat, 2 long).
-        Also returns the attention weights ``[B, H, K, S]`` (None without attention).
+        ``windows [B, k, W, F]`` are the windows of the sample's stock and its neighbours ``stocks [B, k]``,
+        ``own_slot [B]`` the neighbour slot holding the asking stock itself, ``edges [B, k, C]`` the graph
+        channels of the pairs, ``positions [B]`` the action index held (0 short, 1 flat, 2 long). Also returns
+        the attention weights ``[B, H, 1, k]`` (None without attention). Only these k windows are encoded.
         """
-        return self.decide(self.embed(windows), graph, select, positions)
+        emb = self.embed(windows, stocks)
+        own = emb[torch.arange(len(emb), device=emb.device), own_slot][:, None]
+        q, weights = self.decide(own, emb[:, None], edges[:, None], positions[:, None])
+        return q[:, 0], weights
 
-    def embed(self, windows: torch.Tensor) -> torch.Tensor:
-        """Every stock's embedding ``[B, S, D]`` at the bar: its window encoded, plus its identity vector.
-
-        It does not depend on which stocks ask, so workers holding the same parameters can share it.
-        """
+    def embed(self, windows: torch.Tensor, stocks: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``[..., D]`` of stocks ``[...]`` from their windows ``[..., W, F]``: the encoded window
+        plus the stock's identity vector."""
         emb = self.encoder(windows)
         if self.stock_embedding is not None:
-            emb = emb + self.stock_embedding.weight[None]
+            emb = emb + self.stock_embedding(stocks.long())
         return emb
 
     def decide(
-        self, emb: torch.Tensor, graph: torch.Tensor, select: torch.Tensor, positions: torch.Tensor
+        self,
+        own: torch.Tensor,
+        neighbours: torch.Tensor,
+        edges: torch.Tensor,
+        positions: torch.Tensor,
+        index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Q-values and attention weights of the ``select``ed stocks from every stock's embedding (see forward)."""
-        own = torch.gather(emb, 1, select[:, :, None].expand(-1, -1, emb.shape[-1]))
+        """Q-values ``[B, K, 3]`` of K asking stocks from their embeddings ``own [B, K, D]``, their neighbours'
+        (see :meth:`CrossStockAttention.forward` for ``neighbours``, ``edges`` and ``index``) and the positions
+        ``[B, K]`` they hold; and the attention weights ``[B, H, K, k]`` (None without attention).
+
+        A stock's Q-values depend on its own position only, and every operation works row by row, so asking
+        for all stocks at once gives each stock what asking for it alone would.
+        """
         if self.attention is not None:
-            ctx, weights = self.attention(emb, graph, select)
+            ctx, weights = self.attention(own, neighbours, edges, index)
         else:
             ctx, weights = torch.zeros_like(own), None
         pos = F.one_hot(positions.long(), N_ACTIONS).to(own.dtype)

@@ -2,31 +2,58 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from parallel_dqn.data.crosssection import CrossSection
 
 
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a tensor on ``device``; on the CPU it shares the array's memory (a read-only memory map
+    included: it is only ever read), elsewhere it is copied there once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(np.asarray(array))
+    return tensor.to(device)
+
+
 class Observations:
-    """Batched views of the cross-section at given clock steps, as torch tensors."""
+    """Batched views of the cross-section at given clock steps, as torch tensors.
+
+    Nothing is copied on the CPU: a window is gathered from the features when it is asked for (rows before
+    the first bar are zero), so the process holds the cross-section once, however many workers it hosts.
+    """
 
     def __init__(self, xs: CrossSection, window: int, device: torch.device | str = "cpu") -> None:
-        """The arrays are moved to ``device`` once (on the CPU they are shared with ``xs``, not copied)."""
-        T, S, F = xs.features.shape
-        padded = np.zeros((T + window - 1, S, F), dtype=np.float32)
-        padded[window - 1 :] = xs.features
         self.device = torch.device(device)
-        self._padded = torch.from_numpy(padded).to(self.device)
-        self._offsets = torch.arange(window, device=self.device)
-        self._graph = torch.from_numpy(xs.graph).to(self.device)
-        self._graph_index = torch.from_numpy(xs.graph_index.astype(np.int64)).to(self.device)
+        self.window = window
+        self.n_stocks = xs.n_stocks
+        self._features = _tensor(xs.features, self.device)  # [T, S, F]
+        self._offsets = torch.arange(-window + 1, 1, device=self.device)  # oldest row first
+        self._neighbors = _tensor(xs.neighbors, self.device).long()  # [G, S, k]
+        self._edges = _tensor(xs.edges, self.device)  # [G, S, k, C]
+        self._graph_index = _tensor(xs.graph_index, self.device).long()  # [T]
 
-    def windows(self, t: torch.Tensor) -> torch.Tensor:
-        """``[B, S, W, F]``: every stock's last W feature rows up to and including ``t [B]``."""
-        idx = t.to(self.device)[:, None] + self._offsets[None, :]  # padded row of t is t + W - 1
-        return self._padded[idx].permute(0, 2, 1, 3)
+    def windows(self, t: torch.Tensor, stocks: torch.Tensor) -> torch.Tensor:
+        """``[B, K, W, F]``: stocks ``[B, K]``'s last W feature rows up to and including ``t [B]``."""
+        rows = t.to(self.device)[:, None] + self._offsets[None, :]  # [B, W]
+        before_start = (rows < 0)[:, None, :, None]
+        picked = self._features[rows.clamp(min=0)[:, None, :], stocks.to(self.device)[:, :, None]]  # [B, K, W, F]
+        return torch.where(before_start, torch.zeros((), dtype=picked.dtype, device=self.device), picked)
 
-    def graphs(self, t: torch.Tensor) -> torch.Tensor:
-        """``[B, 2, S, S]``: the correlation graph in force at ``t [B]``."""
-        return self._graph[self._graph_index[t.to(self.device)]]
+    def all_windows(self, t: int) -> torch.Tensor:
+        """``[1, S, W, F]``: every stock's window at clock ``t`` (acting)."""
+        return self.windows(torch.tensor([t]), torch.arange(self.n_stocks)[None])
+
+    def neighbours(self, t: torch.Tensor, stocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graph in force at ``t [B]`` for stocks ``[B]``: neighbour indices ``[B, k]`` and edges ``[B, k, C]``."""
+        g = self._graph_index[t.to(self.device)]
+        s = stocks.to(self.device)
+        return self._neighbors[g, s], self._edges[g, s]
+
+    def all_neighbours(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stock's neighbour indices ``[S, k]`` and edges ``[S, k, C]`` at clock ``t`` (acting)."""
+        g = self._graph_index[t]
+        return self._neighbors[g], self._edges[g]

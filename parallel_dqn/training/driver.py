@@ -10,7 +10,10 @@ is given differs between the modes.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +25,14 @@ from parallel_dqn.comm.messages import CheckpointRequest, SetupInfo
 from parallel_dqn.comm.transport import Transport
 from parallel_dqn.config import Config
 from parallel_dqn.data.align import align
+from parallel_dqn.data.cache import Alone, NodeGroup, cache_key, open_cache, source_digest
 from parallel_dqn.data.crosssection import CrossSection, local_rows
-from parallel_dqn.data.features import FeatureStats, graph_stamps, raw_features, session_length
+from parallel_dqn.data.features import N_FEATURES, FeatureStats, graph_stamps, raw_features, session_length
 from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
+from parallel_dqn.market.step import FLAT
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.rl.observations import Observations
 from parallel_dqn.training.plan import RunPlan
@@ -44,47 +49,129 @@ class LocalShard:
     stocks: list[int]
 
 
+@dataclass(frozen=True)
+class BuildRecipe:
+    """Everything a cross-section is built from besides the bar files: with their identities, the cache key.
+
+    The build reads the plan and the settings only through this, so whatever changes what it builds
+    changes the key (tests/test_cache.py changes each field).
+    """
+
+    symbols: tuple[str, ...]
+    shards: tuple[tuple[int, ...], ...]  # the stocks of each worker: the order the rows are computed in
+    load: tuple[dt.date, dt.date]  # days loaded, inclusive
+    train: tuple[dt.date | None, dt.date | None]  # days the feature statistics and the session are fitted on
+    stats: FeatureStats | None  # given (a saved model's): not fitted
+    graph_window: int
+    graph_stride: int
+    neighbors: int
+    n_features: int = N_FEATURES
+
+    @classmethod
+    def of(cls, plan: RunPlan, cfg: Config) -> BuildRecipe:
+        return cls(
+            symbols=tuple(plan.symbols),
+            shards=tuple(tuple(int(i) for i in shard) for shard in plan.shards),
+            load=(plan.load_start, plan.load_end),
+            train=(plan.train_start, plan.train_end),
+            stats=plan.stats,
+            graph_window=cfg.market.graph_window,
+            graph_stride=max(1, cfg.market.graph_window // 8),
+            neighbors=cfg.model.neighbors,
+        )
+
+
 def build_cross_section(
     shards: list[LocalShard], plan: RunPlan, store: Store, transport: Transport, cfg: Config
+) -> tuple[CrossSection, FeatureStats]:
+    """The run's cross-section and feature statistics, identical on every worker.
+
+    From the node's cache (``data.cache``, :mod:`parallel_dqn.data.cache`) when it holds them; else
+    built (:func:`_build`) and put there. With a cache, the processes of a node all map its one entry
+    read-only: its first worker checks and writes it, the others wait for its word (the node's group is
+    the transport's ``node``; a process alone when it has none, as in single-process mode).
+    """
+    recipe = BuildRecipe.of(plan, cfg)
+    cache = open_cache(cfg.data.cache)
+    started = time.perf_counter()
+    if cache is None:
+        return _build(shards, recipe, store, transport)
+    node: NodeGroup = getattr(transport, "node", None) or Alone()
+    sources = transport.allgather([
+        source_digest(store, [plan.symbols[i] for i in shard.stocks], plan.load_start, plan.load_end)
+        for shard in shards
+    ])
+    key = cache_key(recipe, sources)
+    held = node.from_leader(cache.holds(key) if node.leader else None)
+    if all(transport.allgather([held] * len(shards))):
+        xs, stats = cache.get(key)
+        log.info("cross-section from the cache in %.2f s: %s", time.perf_counter() - started, cache.entry(key))
+        return xs, stats
+    xs, stats = _build(shards, recipe, store, transport)
+    built = time.perf_counter() - started
+    kept = bool(held)
+    if node.leader and not held:
+        about = {"store": store.describe(), "stocks": len(plan.symbols), "days": recipe.load, "build_s": round(built, 2)}
+        try:
+            cache.put(key, xs, stats, about)
+            kept = True
+        except OSError as exc:  # a full disk, say: this run goes on with what it built
+            log.warning("cannot write the cross-section cache entry %s: %s", cache.entry(key), exc)
+    if not node.from_leader(kept):
+        return xs, stats
+    log.info("cross-section built in %.2f s, cached: %s", built, cache.entry(key))
+    return cache.get(key)  # one copy per node: the entry's pages, not this process's arrays
+
+
+def _build(
+    shards: list[LocalShard], recipe: BuildRecipe, store: Store, transport: Transport
 ) -> tuple[CrossSection, FeatureStats]:
     """Load own stocks, agree on the clock, exchange feature rows; identical result on every worker."""
     frames = {}
     for shard in shards:
-        names = [plan.symbols[i] for i in shard.stocks]
-        frames[shard.worker_id] = load_bars(store, names, plan.load_start, plan.load_end)
+        names = [recipe.symbols[i] for i in shard.stocks]
+        frames[shard.worker_id] = load_bars(store, names, *recipe.load)
         log.debug("worker %d loads %s", shard.worker_id, " ".join(names))
     local_clocks = [
         np.unique(np.concatenate([f.index.to_numpy("datetime64[ns]") for f in frames[s.worker_id].values()]))
         for s in shards
     ]
     clock = np.unique(np.concatenate(transport.allgather(local_clocks)))
-    train_rows = _rows(clock, plan.train_start, plan.train_end)
-    if plan.stats is not None:
-        session = plan.stats.session_seconds
-    else:
-        session = session_length(clock[slice(*train_rows)])
+    train_rows = _rows(clock, *recipe.train)
+    given = recipe.stats
+    session = given.session_seconds if given is not None else session_length(clock[slice(*train_rows)])
     contributions = []
     for shard in shards:
-        names = [plan.symbols[i] for i in shard.stocks]
+        names = [recipe.symbols[i] for i in shard.stocks]
         panel = align(frames[shard.worker_id], names, clock=clock)
-        if plan.stats is not None:
-            stats = FeatureStats(plan.stats.mean[shard.stocks], plan.stats.std[shard.stocks], session)
+        if given is not None:
+            stats = FeatureStats(given.mean[shard.stocks], given.std[shard.stocks], session)
         else:
             raw = raw_features(panel, session)
             stats = FeatureStats.fit(raw[slice(*train_rows)], session)
         contributions.append((np.asarray(shard.stocks), stats.mean, stats.std, local_rows(panel, stats)))
     meta = transport.allgather([c[:3] for c in contributions])
     rows = transport.allgather_rows([c[3] for c in contributions])
-    stamps = graph_stamps(clock, stride=max(1, cfg.market.graph_window // 8))
+    stamps = graph_stamps(clock, stride=recipe.graph_stride)
     xs = CrossSection.assemble(
-        plan.symbols, clock, [(m[0], r) for m, r in zip(meta, rows)], cfg.market.graph_window, stamps
+        recipe.symbols, clock, [(m[0], r) for m, r in zip(meta, rows)], recipe.graph_window, stamps,
+        recipe.neighbors,
     )
-    S = len(plan.symbols)
+    S = len(recipe.symbols)
     mean = np.zeros((S, meta[0][1].shape[1]))
     std = np.ones_like(mean)
     for stocks, m, s in meta:
         mean[stocks], std[stocks] = m, s
-    return xs, FeatureStats(mean, std, session)
+    return _compact(xs), FeatureStats(mean, std, session)
+
+
+def _compact(xs: CrossSection) -> CrossSection:
+    """Every array field contiguous and on its own: a view into the exchanged rows would keep all of them
+    alive, and the arithmetic on an array is then the same whether it comes from the cache or not."""
+    arrays = {f.name: getattr(xs, f.name) for f in dataclasses.fields(xs)}
+    return dataclasses.replace(
+        xs, **{k: np.ascontiguousarray(v) for k, v in arrays.items() if isinstance(v, np.ndarray)}
+    )
 
 
 def _rows(clock: np.ndarray, start, end) -> tuple[int, int]:
@@ -192,6 +279,7 @@ def run_workers(
     schedule = Schedule(plan.episodes, train_rows, eval_rows)
     stepper = LockStep(workers, transport, CheckpointStore(Path(cfg.run.output) / CHECKPOINTS), stop_signal)
     point = stepper.restore(resume) if resume else ResumePoint(0, None)
+    log.debug("first clock step")  # bench/cache.py measures the time to this line
     episode_end = cfg.checkpoint.episode_end
     for index in range(point.index, len(schedule)):
         spec = schedule[index]
@@ -236,13 +324,17 @@ class LockStep:
             w.end_episode()
 
     def _act(self, t: int) -> None:
-        """Every hosted worker acts at ``t``; the stocks' embeddings are computed once per parameters version
-        (workers that pulled the same version hold the same weights, so they share them exactly)."""
-        embeddings: dict[int, object] = {}
+        """Every hosted worker acts at ``t``. One forward pass over every stock per parameters version serves
+        all the workers holding that version (in single mode usually all of them: they pulled together)."""
+        values = {}
+        for version in dict.fromkeys(w.version for w in self.workers):
+            holders = [w for w in self.workers if w.version == version]
+            positions = np.full(holders[0].obs.n_stocks, FLAT, dtype=np.int64)
+            for w in holders:
+                positions[w.stocks] = w.position
+            values[version] = holders[0].values_at(t, positions)
         for w in self.workers:
-            if w.version not in embeddings:
-                embeddings[w.version] = w.embed(t)
-            w.act(t, embeddings[w.version])
+            w.act(t, values[w.version])
 
     def _learn(self) -> None:
         """Every hosted worker computes and pushes its gradient when due, starting at a rotating worker."""

@@ -1,19 +1,21 @@
 """Ranks 1..N: a worker acting and learning for its shard of stocks.
 
-A worker steps all of its stocks together on the shared market clock (one
-batched forward pass per step), keeps its own replay buffer of *indices* into
+A worker steps all of its stocks together on the shared market clock, keeps its own replay buffer of *indices* into
 the cross-section, computes double-DQN gradients on its local copy of the
 parameters and pushes them to the parameter server; it pulls fresh parameters
 every ``pull_every`` gradient steps. It talks only to a transport, never to MPI.
 
 A driver calls, for every clock step and in this order, :meth:`sync_params`,
-:meth:`act`, :meth:`learn`; under ``--sync`` the pull at the start of a step
+:meth:`act` (with the Q-values of every stock at the bar, :meth:`values_at`, computed once for all the
+hosted workers that hold the same parameters), :meth:`learn`; under ``--sync`` the pull at the start of a step
 waits for the round the worker pushed at the end of the previous one. Between
 two steps the driver may take a checkpoint: :meth:`checkpoint_state` holds
 everything the worker needs to continue exactly from there.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +33,15 @@ from parallel_dqn.rl.nstep import NStepBuilder
 from parallel_dqn.rl.observations import Observations
 from parallel_dqn.rl.replay import make_replay, rng_state, set_rng_state
 from parallel_dqn.rl.schedules import LinearSchedule
+
+
+@dataclass(frozen=True)
+class ActingValues:
+    """What one forward pass over every stock at a bar gives the workers that act on it."""
+
+    q: np.ndarray  # [S, 3] Q-values of every stock, each at the position its worker holds
+    neighbours: np.ndarray  # [S, k] the stocks each stock attended over
+    attention: np.ndarray | None  # [S, k] its attention weights, averaged over heads (None without attention)
 
 
 class Worker:
@@ -70,7 +81,6 @@ class Worker:
         )
         self.epsilon = LinearSchedule(q.eps_start, q.eps_end, max(1, int(q.eps_fraction * total_train_steps)))
         self.beta = LinearSchedule(cfg.replay.beta_start, 1.0, max(1, total_train_steps))
-        self.select = torch.from_numpy(self.stocks)[None, :].to(self.device)
         self.version = -1
         self.train_steps = 0  # clock steps acted in training, over all episodes
         self.grad_steps = 0
@@ -111,23 +121,27 @@ class Worker:
         self.pull_due = False
         return True
 
-    def embed(self, t: int) -> torch.Tensor:
-        """Every stock's embedding at bar ``t`` under this worker's parameters (shareable by workers at its version)."""
-        with torch.no_grad():
-            return self.net.embed(self.obs.windows(torch.tensor([t])))
+    def values_at(self, t: int, positions: np.ndarray) -> ActingValues:
+        """Q-values of every stock at bar ``t`` under this worker's parameters, each stock holding
+        ``positions [S]`` (action indices); attention weights when evaluating.
 
-    def act(self, t: int, emb: torch.Tensor | None = None) -> None:
-        """Choose positions for all own stocks at bar ``t`` and record the outcome.
-
-        ``emb``: every stock's embedding at ``t`` (:meth:`embed`) from a worker holding the same parameters
-        version, computed once for all of them; by default this worker computes it.
+        One forward pass serves every hosted worker at this parameters version: a stock's Q-values depend
+        only on its own position and each row is computed alone, so every worker gets for its stocks exactly
+        what it would compute for them alone (an MPI worker runs the same pass: --sync single == mpiexec).
         """
-        if emb is None:
-            emb = self.embed(t)
         with torch.no_grad():
-            q, att = self.net.decide(emb, self.obs.graphs(torch.tensor([t])), self.select,
-                                     torch.from_numpy(self.position)[None].to(self.device))
-        q = q[0].cpu().numpy()
+            everyone = torch.arange(self.obs.n_stocks, device=self.device)[None]
+            emb = self.net.embed(self.obs.all_windows(t), everyone)  # [1, S, D]
+            neighbours, edges = self.obs.all_neighbours(t)  # [S, k], [S, k, C]
+            q, weights = self.net.decide(emb, emb, edges[None], torch.from_numpy(positions)[None].to(self.device),
+                                         index=neighbours[None])
+        attention = weights[0].mean(dim=0).cpu().numpy() if weights is not None and not self.training else None
+        return ActingValues(q[0].cpu().numpy(), neighbours.cpu().numpy(), attention)
+
+    def act(self, t: int, values: ActingValues) -> None:
+        """Choose positions for all own stocks at bar ``t`` from ``values`` (:meth:`values_at` at this worker's
+        parameters version) and record the outcome."""
+        q = values.q[self.stocks]
         actions = q.argmax(axis=1)
         eps = self.epsilon(self.train_steps) if self.training else 0.0
         if self.training:
@@ -143,8 +157,9 @@ class Worker:
             if len(batch.t):
                 self.replay.add(batch)
             self.train_steps += 1
-        elif att is not None:
-            self.attention_sum += att[0].mean(dim=0).cpu().numpy()
+        elif values.attention is not None:
+            own = np.arange(len(self.stocks))[:, None]
+            self.attention_sum[own, values.neighbours[self.stocks]] += values.attention[self.stocks]
         self._records.append((t, q, actions, raw, eps))
         self.position = actions
         self.steps += 1
@@ -162,19 +177,26 @@ class Worker:
         s = self.replay.sample(q.batch_size)
         B = q.batch_size
         dev = self.device
+        # Each transition's bar and the next one, in one batch: online Q at both (double DQN), target at the next.
         t = torch.from_numpy(np.concatenate([s.t, s.next_t]).astype(np.int64)).to(dev)
-        sel = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64))[:, None].to(dev)
-        pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64))[:, None].to(dev)
-        windows, graphs = self.obs.windows(t), self.obs.graphs(t)
+        stock = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64)).to(dev)
+        pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64)).to(dev)
+        # Only the stock's own window and its neighbours' are encoded (none but its own without attention).
+        if self.net.attention is not None:
+            neighbours, edges = self.obs.neighbours(t, stock)
+        else:
+            neighbours, edges = stock[:, None], torch.zeros(len(stock), 1, 2, device=dev)
+        own_slot = (neighbours == stock[:, None]).int().argmax(dim=1)
+        windows = self.obs.windows(t, neighbours)
         self.net.zero_grad(set_to_none=True)
-        q_all, _ = self.net(windows, graphs, sel, pos)
-        q_all = q_all[:, 0]
+        q_all, _ = self.net(windows, neighbours, own_slot, edges, pos)
         with torch.no_grad():
-            q_next_target, _ = self.target(windows[B:], graphs[B:], sel[B:], pos[B:])
+            q_next_target, _ = self.target(windows[B:], neighbours[B:], own_slot[B:], edges[B:], pos[B:])
         actions = torch.from_numpy(s.action.astype(np.int64))[:, None].to(dev)
         q_taken = q_all[:B].gather(1, actions)[:, 0]
+        # Double DQN: the online network picks the next action, the target network values it.
         targets = double_dqn_targets(
-            q_all[B:].detach(), q_next_target[:, 0], torch.from_numpy(s.reward).to(dev), torch.from_numpy(s.discount).to(dev)
+            q_all[B:].detach(), q_next_target, torch.from_numpy(s.reward).to(dev), torch.from_numpy(s.discount).to(dev)
         )
         loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights).to(dev), q.huber_delta)
         loss.backward()

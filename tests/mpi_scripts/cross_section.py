@@ -50,7 +50,7 @@ def main() -> None:
             held.append(xs)
         a, b = held
         t = int(np.searchsorted(a.timestamps, np.datetime64(cut), side="right"))  # rows at or before CUT
-        graph_a, graph_b = a.graph[a.graph_index], b.graph[b.graph_index]
+        graph_a, graph_b = a.dense_graph[a.graph_index], b.dense_graph[b.graph_index]
         result = {
             "rank": rank,
             "digest": digest(a.features, a.log_returns, a.tradeable, graph_a),
