@@ -147,6 +147,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # ---- the CLI, and a tiny market ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Runs keep their cross-sections (data.cache = auto) in a folder of this session, not in ~/.cache."""
+    os.environ["PARALLEL_DQN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def cli():
     """The :func:`run_cli` function, for tests that prefer a fixture to an import."""

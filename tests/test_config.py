@@ -80,3 +80,23 @@ def test_bad_toml_is_user_error(tmp_path):
     path.write_text("[dqn]\nlearning_rate = 1\n")
     with pytest.raises(UserError, match="learning_rate"):
         Config.load(path)
+
+
+@pytest.mark.parametrize("value, needle", [("", "data.cache is empty"), ("FILE", "is a file, not a folder")])
+def test_bad_cache_setting(tmp_path, value, needle):
+    (tmp_path / "f").write_text("")
+    cfg = Config()
+    cfg.set("data.cache", str(tmp_path / "f") if value == "FILE" else value)
+    with pytest.raises(UserError, match=needle):
+        cfg.validate()
+
+
+def test_cache_setting_values(tmp_path):
+    for value in ("auto", "off", str(tmp_path / "not-yet"), "~/somewhere"):
+        cfg = Config()
+        cfg.set("data.cache", value)
+        cfg.validate()
+    assert not (tmp_path / "not-yet").exists()  # made when a run first uses it, not by validating
+    saved = Config()
+    cfg.set("data.cache", "off")  # the cache never changes a result: a run may resume with another setting
+    assert saved.resume_conflicts(cfg) == []

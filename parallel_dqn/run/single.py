@@ -30,7 +30,7 @@ from parallel_dqn.training.plan import RunPlan, plan_evaluation
 log = logging.getLogger(__name__)
 
 #: settings ``evaluate`` takes from the command line; every other one comes from the model
-EVALUATE_SETTINGS = ("data.data", "data.eval_start", "data.eval_end", "market.cost_bps", "run.", "notify.",
+EVALUATE_SETTINGS = ("data.data", "data.cache", "data.eval_start", "data.eval_end", "market.cost_bps", "run.", "notify.",
                      "dist.timeout", "dist.record_block")
 #: settings of the model that an evaluation may change when they are given (the capital allocation)
 EVALUATE_OVERRIDES = ("meta.enabled", "meta.max_weight")

@@ -20,6 +20,7 @@ from parallel_dqn.comm.messages import (
     StopRequest,
     WorkerStopped,
 )
+from parallel_dqn.comm.mpi.node import NodeRanks
 from parallel_dqn.comm.mpi.wire import (
     PICKLED_TAGS,
     SERVER,
@@ -32,11 +33,15 @@ from parallel_dqn.comm.mpi.wire import (
 
 
 class MPIWorkerTransport:
-    """One worker per rank: ``comm`` reaches rank 0, ``workers`` (the workers-only communicator) the peers."""
+    """One worker per rank: ``comm`` reaches rank 0, ``workers`` (the workers-only communicator) the peers,
+    ``node`` the workers on this node (None: this rank alone)."""
 
-    def __init__(self, comm: MPI.Comm, workers: MPI.Comm, timeout: float, max_in_flight: int = 16) -> None:
+    def __init__(
+        self, comm: MPI.Comm, workers: MPI.Comm, timeout: float, max_in_flight: int = 16, node: NodeRanks | None = None
+    ) -> None:
         self.comm = comm
         self.workers = workers
+        self.node = node
         self.worker = comm.Get_rank() - 1
         self.timeout = timeout
         self.max_in_flight = max_in_flight

@@ -2,8 +2,9 @@
 
 :class:`World` ``Dup()``s the communicator it is given (COMM_WORLD by default), so the
 framework's traffic never collides with anything else on it, ``Split``s a workers-only
-communicator for the cross-section exchange, and frees both when closed. Every MPI call of
-the package lives under :mod:`parallel_dqn.comm.mpi`.
+communicator for the cross-section exchange and, from it, one of the workers on each node (they
+share one read-only copy of the cross-section: :mod:`parallel_dqn.comm.mpi.node`), and frees them
+when closed. Every MPI call of the package lives under :mod:`parallel_dqn.comm.mpi`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 from mpi4py import MPI
 
+from parallel_dqn.comm.mpi.node import NodeRanks
 from parallel_dqn.comm.mpi.server_pump import Endpoint, ServerPump
 from parallel_dqn.comm.mpi.wire import SERVER
 from parallel_dqn.comm.mpi.worker_end import MPIWorkerTransport
@@ -29,6 +31,7 @@ class World:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.workers = self.comm.Split(color=0 if self.rank == SERVER else 1, key=self.rank)
+        self.node = self.workers.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)  # this node's workers
 
     @property
     def is_server(self) -> bool:
@@ -62,7 +65,7 @@ class World:
         return self.comm.bcast(obj, root=SERVER)
 
     def worker_transport(self, timeout: float) -> MPIWorkerTransport:
-        return MPIWorkerTransport(self.comm, self.workers, timeout)
+        return MPIWorkerTransport(self.comm, self.workers, timeout, node=NodeRanks(self.node, timeout))
 
     def server_pump(self, endpoint: Endpoint, timeout: float) -> ServerPump:
         return ServerPump(endpoint, self.comm, timeout)
@@ -73,5 +76,6 @@ class World:
 
     def close(self) -> None:
         if not MPI.Is_finalized():
+            self.node.Free()
             self.workers.Free()
             self.comm.Free()
