@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -37,16 +38,30 @@ def per_tensor(cfg: Config, stocks: int, grads: list[np.ndarray]) -> float:
     return len(grads) / (time.perf_counter() - start)
 
 
-def flat(cfg: Config, stocks: int, grads: list[np.ndarray]) -> float:
+def flat(cfg: Config, stocks: int, grads: list[np.ndarray], clock: Callable[[], float] = time.perf_counter) -> float:
+    """Applies per second of ``clock`` (wall clock; ``time.process_time``: per CPU second, what a busy machine
+    does not change)."""
     net = QNetwork(stocks, N_FEATURES, cfg.market.window, cfg.model)
     vector = flatten_parameters(net)
     opt = torch.optim.AdamW([vector], lr=cfg.dqn.lr, weight_decay=cfg.dqn.weight_decay)
-    start = time.perf_counter()
+    start = clock()
     for g in grads:
         vector.grad = torch.from_numpy(g)
         opt.step()
         vector.detach().numpy().copy()
-    return len(grads) / (time.perf_counter() - start)
+    return len(grads) / (clock() - start)
+
+
+def flat_apply_rate(stocks: int, applies: int = 2000, rounds: int = 3) -> dict[str, float]:
+    """Rank 0's apply ceiling for S stocks, the flat way (as the server applies now): median applies per wall
+    second and per CPU second of one thread, and the network's parameters."""
+    torch.set_num_threads(1)
+    cfg = Config()
+    p = n_params(QNetwork(stocks, N_FEATURES, cfg.market.window, cfg.model))
+    grads = [np.random.default_rng(i).normal(0, 1e-3, p).astype(np.float32) for i in range(applies)]
+    wall = [flat(cfg, stocks, grads) for _ in range(rounds)]
+    cpu = [flat(cfg, stocks, grads, time.process_time) for _ in range(rounds)]
+    return {"applies_per_s": statistics.median(wall), "applies_per_cpu_s": statistics.median(cpu), "parameters": p}
 
 
 def main() -> None:
