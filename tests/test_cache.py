@@ -243,13 +243,15 @@ def test_entries_idle_for_a_month_go_when_a_new_one_is_written(market, tmp_path)
 
 
 # ---- the key's parts ----------------------------------------------------------------------------------
-def test_source_digest_follows_each_file(tmp_path):
+def test_source_digest_follows_each_file(tmp_path, monkeypatch):
     market = make_market(tmp_path / "m")
     store = open_store(str(market))
     day = dt.date(2024, 1, 3)
     before = source_digest(store, STOCKS, day, day)
     assert source_digest(store, STOCKS, day, day) == before
     assert source_digest(store, STOCKS[:2], day, day) != before
+    monkeypatch.chdir(tmp_path)  # the same files, however their folder is spelled
+    assert source_digest(open_store("m"), STOCKS, day, day) == before
     rewrite_close(store.fetch("LEAD", day))
     assert source_digest(store, STOCKS, day, day) != before
 

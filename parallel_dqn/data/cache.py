@@ -5,7 +5,7 @@ An entry is one folder, ``FOLDER/KEY/``: every array field of a
 the other fields and a description in ``manifest.json``. Fields are stored generically, by iterating
 the dataclass, so a change of its fields needs no change here. ``KEY`` is a digest of everything the
 cross-section depends on (:func:`cache_key`): the identity of every source file (its key, size,
-modification time and inode, or a remote store's ETag), the run's own recipe (stocks, shards, periods,
+modification time, device and inode, or a remote store's ETag), the run's own recipe (stocks, shards, periods,
 feature and graph settings), the source of the modules that build it and the library versions.
 Changing any of them misses the cache.
 
@@ -124,19 +124,21 @@ def open_cache(setting: str) -> CrossSectionCache | None:
 def source_digest(store: Store, symbols: Sequence[str], start: dt.date, end: dt.date) -> str:
     """A digest of the identity of every file of ``symbols`` from ``start`` to ``end`` (inclusive).
 
-    The identity is a remote store's version tag (Azure: ETag and size, from its listing: nothing is
-    downloaded), else the local file's size, modification time and inode; the store's own name
-    (``local:/data``) counts too. Contents are not read: that would cost what the cache saves.
+    The identity is a remote store's version tag and name (Azure: ETag and size from its listing, so
+    nothing is downloaded; ``azure://CONTAINER``), else the local file's size, modification time, device
+    and inode (however its folder is spelled: relative, absolute, through a link). Contents are not
+    read: that would cost what the cache saves.
     """
     version = getattr(store, "content_id", None)
-    digest = hashlib.sha256(store.describe().encode())
+    root = getattr(store, "root", None)  # a local folder: its files are stat()ed directly (fetch checks each first)
+    digest = hashlib.sha256(store.describe().encode() if version is not None else b"local")
     for symbol in symbols:
         for day in store.list_days(symbol, start, end):
             if version is not None:
                 identity = version(symbol, day)
             else:
-                st = store.fetch(symbol, day).stat()
-                identity = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+                st = os.stat(f"{root}/{day_key(symbol, day)}" if root is not None else store.fetch(symbol, day))
+                identity = f"{st.st_size}:{st.st_mtime_ns}:{st.st_dev}:{st.st_ino}"
             digest.update(f"{day_key(symbol, day)}\t{identity}\n".encode())
     return digest.hexdigest()
 

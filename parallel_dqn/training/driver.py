@@ -92,32 +92,34 @@ def build_cross_section(
     the transport's ``node``; a process alone when it has none, as in single-process mode).
     """
     recipe = BuildRecipe.of(plan, cfg)
-    cache = open_cache(cfg.data.cache)
-    started = time.perf_counter()
-    if cache is None:
+    if cfg.data.cache == "off":
         return _build(shards, recipe, store, transport)
+    started = time.perf_counter()
+    # every worker takes the same collective steps below, also where its node has no usable cache folder
+    cache = open_cache(cfg.data.cache)
     node: NodeGroup = getattr(transport, "node", None) or Alone()
     sources = transport.allgather([
         source_digest(store, [plan.symbols[i] for i in shard.stocks], plan.load_start, plan.load_end)
         for shard in shards
     ])
     key = cache_key(recipe, sources)
-    held = node.from_leader(cache.holds(key) if node.leader else None)
+    held = node.from_leader(cache is not None and cache.holds(key) if node.leader else None)
     if all(transport.allgather([held] * len(shards))):
+        assert cache is not None  # every node's leader found the entry in its cache folder, this one's too
         xs, stats = cache.get(key)
         log.info("cross-section from the cache in %.2f s: %s", time.perf_counter() - started, cache.entry(key))
         return xs, stats
     xs, stats = _build(shards, recipe, store, transport)
     built = time.perf_counter() - started
     kept = bool(held)
-    if node.leader and not held:
+    if node.leader and cache is not None and not held:
         about = {"store": store.describe(), "stocks": len(plan.symbols), "days": recipe.load, "build_s": round(built, 2)}
         try:
             cache.put(key, xs, stats, about)
             kept = True
         except OSError as exc:  # a full disk, say: this run goes on with what it built
             log.warning("cannot write the cross-section cache entry %s: %s", cache.entry(key), exc)
-    if not node.from_leader(kept):
+    if not node.from_leader(kept) or cache is None:
         return xs, stats
     log.info("cross-section built in %.2f s, cached: %s", built, cache.entry(key))
     return cache.get(key)  # one copy per node: the entry's pages, not this process's arrays
