@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,15 @@ def test_attention_plot(tmp_path):
     _assert_png(path)
     with pytest.raises(ValueError):
         plots.plot_attention(m, ["AAPL"], tmp_path / "bad.png")
+
+
+def test_the_attention_plot_of_500_stocks_stays_small(tmp_path):
+    """Its canvas once grew with the stocks (0.6 inch each, a label per cell): gigabytes at 150 stocks."""
+    S = 500
+    m = np.random.default_rng(2).dirichlet(np.ones(S), size=S)
+    path = plots.plot_attention(m, [f"S{i:03d}" for i in range(S)], tmp_path / "attn500.png")
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])  # the PNG header's IHDR
+    assert width <= 100 * (plots.MAX_HEATMAP_INCHES + 1.5) and height <= 100 * plots.MAX_HEATMAP_INCHES
 
 
 def test_training_curve_plot(tmp_path):

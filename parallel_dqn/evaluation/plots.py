@@ -80,32 +80,43 @@ def plot_drawdown(
     return _save(_plot_curves(dd, timestamps, highlight, "drawdown (%)", "Drawdown"), path)
 
 
+#: the attention heatmap writes each weight in its cell up to this many stocks, names them up to the next
+#: number, and never grows past MAX_HEATMAP_INCHES (a fixed-size picture of the whole matrix beyond)
+ANNOTATED_STOCKS, LABELLED_STOCKS, MAX_HEATMAP_INCHES = 20, 60, 14.0
+
+
 def plot_attention(
     matrix: np.ndarray, symbols: Sequence[str], path: str | Path, title: str = "Cross-stock attention"
 ) -> Path:
-    """Heatmap of an ``[S, S]`` attention matrix with each weight written in its cell.
+    """Heatmap of an ``[S, S]`` attention matrix, each weight written in its cell for a few stocks.
 
-    Row ``i`` is the attending stock, column ``j`` the stock it draws information from.
+    Row ``i`` is the attending stock, column ``j`` the stock it draws information from. The picture's size
+    is bounded whatever S (500 stocks once took gigabytes of canvas and 250,000 text labels).
     """
     m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (len(symbols), len(symbols)):
-        raise ValueError(f"attention matrix {m.shape} does not match {len(symbols)} symbols")
-    size = 2.0 + 0.6 * len(symbols)
+    S = len(symbols)
+    if m.shape != (S, S):
+        raise ValueError(f"attention matrix {m.shape} does not match {S} symbols")
+    size = min(2.0 + 0.6 * S, MAX_HEATMAP_INCHES)
     fig = Figure(figsize=(size + 1.5, size))
     ax = fig.add_subplot()
-    image = ax.imshow(m, cmap="viridis")
+    image = ax.imshow(m, cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax)
-    ticks = np.arange(len(symbols))
-    ax.set_xticks(ticks, labels=list(symbols), rotation=45, ha="right")
-    ax.set_yticks(ticks, labels=list(symbols))
+    if S <= LABELLED_STOCKS:
+        ticks = np.arange(S)
+        small = 8 if S <= ANNOTATED_STOCKS else 5
+        ax.set_xticks(ticks, labels=list(symbols), rotation=45 if S <= ANNOTATED_STOCKS else 90, ha="right",
+                      fontsize=small)
+        ax.set_yticks(ticks, labels=list(symbols), fontsize=small)
     ax.set_xlabel("informing stock")
     ax.set_ylabel("attending stock")
     ax.set_title(title)
-    mid = (np.nanmin(m) + np.nanmax(m)) / 2 if m.size else 0.0
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="black" if m[i, j] > mid else "white")
+    if S <= ANNOTATED_STOCKS:
+        mid = (np.nanmin(m) + np.nanmax(m)) / 2 if m.size else 0.0
+        for i in range(S):
+            for j in range(S):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if m[i, j] > mid else "white")
     fig.tight_layout()
     return _save(fig, path)
 
