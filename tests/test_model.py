@@ -6,7 +6,14 @@ import numpy as np
 import torch
 
 from parallel_dqn.config import MetaConfig, ModelConfig
-from parallel_dqn.model.flat import get_flat_grads, get_flat_params, set_flat_grads, set_flat_params
+from parallel_dqn.model.flat import (
+    clip_by_norm_,
+    flat_gradient_buffer,
+    get_flat_grads,
+    get_flat_params,
+    set_flat_grads,
+    set_flat_params,
+)
 from parallel_dqn.model.meta_policy import MetaPolicy, decision_features
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
@@ -90,6 +97,25 @@ def test_flat_params_and_grads_round_trip():
     flat = get_flat_grads(a)
     set_flat_grads(b, flat)
     assert np.array_equal(get_flat_grads(b), flat)
+
+
+def test_a_flat_gradient_buffer_holds_what_backward_computes_and_clips_like_torch():
+    a, b = QNetwork(S, F, W, ModelConfig()), QNetwork(S, F, W, ModelConfig())
+    set_flat_params(b, get_flat_params(a))
+    buffer = flat_gradient_buffer(b)
+    windows, edges = _inputs(2)
+    everyone = torch.arange(S)[None].expand(2, S)
+    for step in range(2):  # the second pass proves zero_() resets what the first accumulated
+        a.zero_grad(set_to_none=True)
+        buffer.zero_()
+        for net in (a, b):
+            q, _ = net(windows * (step + 1), everyone, torch.tensor([0, 3]), edges[:, 0], torch.tensor([1, 2]))
+            (q ** 2).sum().backward()
+        assert np.allclose(buffer.numpy(), get_flat_grads(a), atol=1e-6) and buffer.abs().sum() > 0
+    norm = torch.nn.utils.clip_grad_norm_(a.parameters(), 0.01)
+    assert torch.isclose(clip_by_norm_(buffer, 0.01), norm, rtol=1e-5)
+    assert np.allclose(buffer.numpy(), get_flat_grads(a), atol=1e-7)
+    assert np.isclose(np.linalg.norm(buffer.numpy()), 0.01, rtol=1e-4)
 
 
 def test_double_dqn_targets_against_hand_computation():

@@ -44,6 +44,30 @@ def flatten_parameters(module: nn.Module) -> torch.nn.Parameter:
     return flat
 
 
+def flat_gradient_buffer(module: nn.Module) -> torch.Tensor:
+    """One zeroed float32 vector whose slices become the parameters' ``.grad`` (:func:`get_flat_params` order).
+
+    Backward accumulates into those slices in place, so after ``buffer.zero_()`` and a backward pass the
+    whole gradient is this one vector: clipped with one norm and sent with one copy, no per-tensor loop.
+    Zero it with ``buffer.zero_()``, never ``zero_grad(set_to_none=True)`` (that would detach the slices).
+    """
+    params = list(module.parameters())
+    buffer = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+    offset = 0
+    for p in params:
+        p.grad = buffer[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return buffer
+
+
+def clip_by_norm_(flat: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale ``flat`` in place so its 2-norm is at most ``max_norm`` (what ``clip_grad_norm_`` does to all
+    gradients together); returns the norm before clipping."""
+    norm = torch.linalg.vector_norm(flat)
+    flat.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
+
+
 def set_flat_grads(module: nn.Module, flat: np.ndarray) -> None:
     """Set every parameter's ``.grad`` from a flat vector (for the server's optimizer)."""
     _scatter(module, torch.from_numpy(np.asarray(flat, dtype=np.float32)), grads=True)

@@ -26,7 +26,7 @@ from parallel_dqn.config import Config
 from parallel_dqn.data.crosssection import CrossSection
 from parallel_dqn.market.step import FLAT, market_step
 from parallel_dqn.model.device import resolve_device
-from parallel_dqn.model.flat import flatten_parameters, get_flat_grads
+from parallel_dqn.model.flat import clip_by_norm_, flat_gradient_buffer, flatten_parameters
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
 from parallel_dqn.rl.nstep import NStepBuilder
@@ -74,6 +74,7 @@ class Worker:
         # each network's weights in one flat vector (its parameters are views): a pull is one copy per network
         self._online = flatten_parameters(self.net).data
         self._target = flatten_parameters(self.target).data
+        self._grad = flat_gradient_buffer(self.net)  # the parameters' .grad are slices of it
         self.obs = obs if obs is not None else Observations(xs, cfg.market.window, self.device)
         q = cfg.dqn
         self.replay = make_replay(
@@ -188,7 +189,7 @@ class Worker:
             neighbours, edges = stock[:, None], torch.zeros(len(stock), 1, 2, device=dev)
         own_slot = (neighbours == stock[:, None]).int().argmax(dim=1)
         windows = self.obs.windows(t, neighbours)
-        self.net.zero_grad(set_to_none=True)
+        self._grad.zero_()
         q_all, _ = self.net(windows, neighbours, own_slot, edges, pos)
         with torch.no_grad():
             q_next_target, _ = self.target(windows[B:], neighbours[B:], own_slot[B:], edges[B:], pos[B:])
@@ -200,9 +201,10 @@ class Worker:
         )
         loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights).to(dev), q.huber_delta)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), q.grad_clip)
+        clip_by_norm_(self._grad, q.grad_clip)  # one norm over the whole gradient, as clip_grad_norm_ takes it
         self.replay.update_priorities(s.indices, td.cpu().numpy())
-        msg = GradientMessage(self.id, self.version, get_flat_grads(self.net), float(loss.detach()), float(q_taken.detach().mean()))
+        grads = self._grad.cpu().numpy().copy()  # the message owns its copy: the buffer is reused
+        msg = GradientMessage(self.id, self.version, grads, float(loss.detach()), float(q_taken.detach().mean()))
         self.transport.push_gradient(msg)
         self.grad_steps += 1
         self.grads_since_pull += 1
