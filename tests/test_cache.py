@@ -303,7 +303,9 @@ def test_a_run_from_the_cache_equals_a_cold_run_and_one_without(market, tmp_path
 NODE_SCRIPT = """
 import json, sys
 from mpi4py import MPI
+sys.excepthook = lambda *exc: (sys.__excepthook__(*exc), MPI.COMM_WORLD.Abort(1))  # a failure ends every rank
 from parallel_dqn.comm.mpi import World
+from parallel_dqn.config import Config
 from parallel_dqn.data.store import open_store
 from parallel_dqn.training.driver import LocalShard, build_cross_section
 from parallel_dqn.training.plan import plan_training
