@@ -149,10 +149,18 @@ def test_train_from_azure_equals_local_and_second_run_downloads_nothing(az_env, 
     assert all(torch.equal(wl[k], wa[k]) for k in wl)
     first = _counts((tmp_path / "azure" / "run.log").read_text())
     assert first == {s: (DAYS, DAYS, 0) for s in STOCKS}  # every file downloaded once
-    proc = run_cli(*cli_train("azure://mkt", tmp_path / "again"), env=az_env)
+    # without the cross-section cache the files are read again: from the download cache, none downloaded
+    proc = run_cli(*cli_train("azure://mkt", tmp_path / "again", "--set", "data.cache=off"), env=az_env)
     assert proc.returncode == 0, proc.stderr
     assert _counts((tmp_path / "again" / "run.log").read_text()) == {s: (DAYS, 0, DAYS) for s in STOCKS}  # never again
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["eval"]
+    # with it (the default) the built cross-section is mapped and no file is even looked at
+    proc = run_cli(*cli_train("azure://mkt", tmp_path / "mapped"), env=az_env)
+    assert proc.returncode == 0, proc.stderr
+    log = (tmp_path / "mapped" / "run.log").read_text()
+    assert "cross-section from the cache" in log and _counts(log) == {}, log
+    mapped, read = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("mapped", "again"))
+    assert mapped["eval"] == read["eval"]  # the same run as from the files
 
 
 def test_each_mpi_rank_fetches_only_its_own_stock(az_env, tmp_path):
