@@ -16,9 +16,11 @@ per stock in single mode, one shard per worker rank under MPI; ``run.threads = 1
   applied / training seconds; launch to the first clock step (the logs' "first clock step" line) is start-up and
   loading's share (the cross-section cache, data.cache = auto in the bench's own folder, is built by the first run
   of each S and mapped by the next ones);
-* a run killed by the timeout: its checkpoints' log lines ("after N gradient applies", every 1,000 applies) give
-  how fast it went while learning (clock steps = train_freq x applies / workers), marked "est., learning": the
-  first learning_starts steps, acting only, go faster, so a whole episode's rate would be somewhat higher.
+* a run killed by the timeout: its checkpoints' log lines ("after N gradient applies", every 1,000 applies) say how
+  far it got and how fast it learned; its episode's time is estimated as the time to its last checkpoint plus the
+  applies left (workers x one per train_freq steps after learning_starts) at the rate between its checkpoints,
+  marked "est.";
+* the run's own loading: the workers' "cross-section built in X s" line (files -> cross-section), files/s.
 
 A run that passes ``--timeout`` or the memory cap (``--mem_cap_mb``: the sum of the tree's PSS, and RLIMIT_AS of
 every process) is killed and reported as such; the others go on. Runs of one S and mode that failed once are not
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -58,6 +61,7 @@ EPISODE_LINE = re.compile(r"parallel_dqn\.evaluation\.results: episode (\d+):")
 RANK_DONE = re.compile(r"parallel_dqn\.run\.mpi: rank (\d+): done")
 FIRST_STEP = re.compile(r"parallel_dqn\.training\.driver: first clock step")
 CHECKPOINT = re.compile(r"checkpoint \d+ written \(after (\d+) gradient applies\)")
+BUILT = re.compile(r"cross-section (built|from the cache) in ([\d.]+) s")
 MODES = {"single": "single mode, one worker per stock", "mpi": "mpiexec -n RANKS: RANKS-1 worker ranks",
          "mpi1": "mpiexec -n 2: one worker rank (the 'one rank' of the memory ratio)"}
 TARGETS = {"throughput_500_vs_5": 0.5, "single_peak_rss_500_mb": 2000.0, "workers_vs_one_rank_500": 1.5}
@@ -77,7 +81,11 @@ def make_market(out: Path, stocks: int, days: int, rounds: int, timeout: float, 
                 "days": sorted({d for s in symbols for d in store.list_days(s)})}
     cmd = [sys.executable, str(HERE / "loading.py"), "--stocks", str(stocks), "--days", str(days),
            "--bar_minutes", "1", "--rounds", str(rounds), "--out", str(out)]
-    w = watch(cmd, timeout=timeout, cap_mb=cap_mb, as_limit_mb=cap_mb + 4000)
+    cache = out / "cache-loading"  # its end to end maps the cache after its first round: a private one, emptied
+    shutil.rmtree(cache, ignore_errors=True)
+    w = watch(cmd, timeout=timeout, cap_mb=cap_mb, as_limit_mb=cap_mb + 4000,
+              env={**os.environ, "PARALLEL_DQN_CACHE": str(cache)})
+    shutil.rmtree(cache, ignore_errors=True)
     result: dict[str, Any] = {"outcome": w.outcome, "market": str(market), "seconds": round(w.ended - w.started, 1)}
     rows = {}
     for line in w.stdout.splitlines():
@@ -142,13 +150,16 @@ def read_run(output: Path, w: Watched) -> dict[str, Any]:
     first_step = min((t for path in logs for t, _ in _log_times(path, FIRST_STEP)), default=None)
     if first_step is not None:
         r["first_step_s"] = round(first_step - w.started, 2)  # launch -> first clock step (parallel_dqn's own line)
+    built = [(m.group(1), float(m.group(2))) for path in logs for _, m in _log_times(path, BUILT)]
+    if built:  # the run's own loading: files -> cross-section (every worker process logs it; the slowest counts)
+        r["cross_section"] = {"cached": built[0][0] != "built", "seconds": max(x for _, x in built)}
     if w.outcome != "ok" or not (output / outputs.METRICS).exists():
         r["error_tail"] = (w.stderr or "").strip().splitlines()[-3:]
         checkpoints = _log_times(output / outputs.LOG, CHECKPOINT)
-        if len(checkpoints) >= 2:  # how fast it learned: its checkpoints say after how many applies
+        if len(checkpoints) >= 2 and first_step is not None:  # how far and how fast: its checkpoints' lines
             (t0, m0), (t1, m1) = checkpoints[0], checkpoints[-1]
-            r["progress"] = {"applies": int(m1.group(1)), "applies_between": int(m1.group(1)) - int(m0.group(1)),
-                             "seconds_between": t1 - t0}
+            r["progress"] = {"applies": int(m1.group(1)), "seconds": t1 - first_step,
+                             "applies_between": int(m1.group(1)) - int(m0.group(1)), "seconds_between": t1 - t0}
         return r
     metrics = json.loads((output / outputs.METRICS).read_text())
     curve = [json.loads(x) for x in (output / outputs.CURVE).read_text().splitlines() if x.strip()]
@@ -206,11 +217,16 @@ def run_once(mode: str, market: dict[str, Any], episodes: int, output: Path, ran
     r.update(mode=mode, stocks=stocks, days=len(market["days"]), code=_code_version())
     if r["outcome"] == "timeout":  # nothing written: the most it can have done is every transition in the time it had
         r["transitions_per_s_below"] = episodes * bars * stocks / timeout
-    if r.get("progress") and r["progress"]["seconds_between"] > 0:  # while learning, from its checkpoints' lines
-        q, seconds, applies = Config().dqn, r["progress"]["seconds_between"], r["progress"]["applies_between"]
-        workers = stocks if mode == "single" else 1 if mode == "mpi1" else ranks - 1  # one gradient each per train_freq
-        r["transitions_per_s_est"] = q.train_freq * applies / workers * stocks / seconds
-        r["gradient_samples_per_s_est"] = q.batch_size * applies / seconds
+    progress = r.get("progress")
+    if progress and progress["seconds_between"] > 0 and progress["applies_between"] > 0:
+        # the episode's time: what it took to its last checkpoint + the applies left at the rate between checkpoints
+        q, p = Config().dqn, progress
+        workers = stocks if mode == "single" else 1 if mode == "mpi1" else ranks - 1
+        applies = workers * math.ceil((episodes * bars - q.learning_starts) / q.train_freq)  # one per train_freq steps
+        seconds = p["seconds"] + max(applies - p["applies"], 0) * p["seconds_between"] / p["applies_between"]
+        r.update(train_s_est=seconds, transitions_per_s_est=episodes * bars * stocks / seconds,
+                 gradient_samples_per_s_est=q.batch_size * applies / seconds,
+                 transitions_per_s_learning=q.train_freq * p["applies_between"] / workers * stocks / p["seconds_between"])
     return r, w
 
 
@@ -243,7 +259,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "peak_rss_total_mb", "peak_pss_total_mb", "workers_peak_rss_sum_mb", "workers_peak_pss_total_mb",
             "worker_peak_rss_mean_mb", "worker_peak_pss_mean_mb", "transitions_per_s_below", "workers",
             "gradients_applied", "gradients_dropped_stale", "first_step_s", "transitions_per_s_est",
-            "gradient_samples_per_s_est")
+            "gradient_samples_per_s_est", "train_s_est", "transitions_per_s_learning")
     for g in groups.values():
         ok = [r for r in g["runs"] if r["outcome"] == "ok"]
         for k in keys:  # memory of a killed run is still what it reached (a lower bound)
@@ -263,7 +279,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if a.get("transitions_per_s"):
             ratios[f"throughput_{mode}"] = a["transitions_per_s"] / base
         elif a.get("transitions_per_s_est"):
-            ratios[f"throughput_{mode}"] = f"~{a['transitions_per_s_est'] / base:.2f} (est. while learning, {a['outcomes'][0]})"
+            ratios[f"throughput_{mode}"] = f"~{a['transitions_per_s_est'] / base:.2f} (est., {a['outcomes'][0]})"
         elif a.get("transitions_per_s_below"):
             ratios[f"throughput_{mode}"] = f"< {a['transitions_per_s_below'] / base:.2f} ({a['outcomes'][0]})"
     single, many, one = groups.get(f"{big}/single"), groups.get(f"{big}/mpi"), groups.get(f"{big}/mpi1")
@@ -276,7 +292,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ratios["workers"] = many.get("workers")
     if many and single and single.get("peak_rss_max_rank_mb") and many.get("workers_peak_rss_sum_mb"):
         ratios["workers_rss_vs_single"] = many["workers_peak_rss_sum_mb"] / single["peak_rss_max_rank_mb"]
-    return {"groups": groups, "ratios": ratios, "targets": TARGETS}
+    builds: dict[str, dict[str, float]] = {}
+    for s in sorted({r["stocks"] for r in runs}):
+        xs = [r["cross_section"] for r in runs if r["stocks"] == s and r.get("cross_section")]
+        built, cached = [x["seconds"] for x in xs if not x["cached"]], [x["seconds"] for x in xs if x["cached"]]
+        builds[str(s)] = {"built_s": statistics.median(built) if built else None,
+                          "cached_s": statistics.median(cached) if cached else None}
+    return {"groups": groups, "ratios": ratios, "targets": TARGETS, "builds": builds}
 
 
 def _rank_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -311,12 +333,15 @@ def markdown(summary: dict[str, Any], loading: dict[int, dict[str, Any]], args: 
             ok = f"0/{len(g['outcomes'])} ({', '.join(sorted(set(g['outcomes'])))})"
         rate, samples = _fmt(g["transitions_per_s"]), _fmt(g["gradient_samples_per_s"])
         if not g["transitions_per_s"] and g.get("transitions_per_s_est"):
-            rate = f"~{g['transitions_per_s_est']:,.0f} (est., learning)"
-            samples = f"~{g['gradient_samples_per_s_est']:,.0f} (est., learning)"
+            rate = f"~{g['transitions_per_s_est']:,.0f} (est.)"
+            samples = f"~{g['gradient_samples_per_s_est']:,.0f} (est.)"
         elif not g["transitions_per_s"] and g.get("transitions_per_s_below"):
             rate = f"< {g['transitions_per_s_below']:,.0f}"
         mode = f"{g['mode']} ({_fmt(g['workers'])})" if g["workers"] else g["mode"]
-        lines.append(f"| {g['stocks']} | {mode} | {ok} | {_fmt(g['train_s'], 1)} | {rate} | {samples} "
+        train_s = _fmt(g["train_s"], 1)
+        if not g["train_s"] and g.get("train_s_est"):
+            train_s = f"~{g['train_s_est']:,.0f} (est.)"
+        lines.append(f"| {g['stocks']} | {mode} | {ok} | {train_s} | {rate} | {samples} "
                      f"| {_fmt(g['first_step_s'], 1)} | {_fmt(g['peak_rss_max_rank_mb'])} "
                      f"| {_fmt(g['peak_rss_total_mb'])} | {_fmt(g['peak_pss_total_mb'])} |")
     mpi = [g for g in summary["groups"].values() if g["mode"] != "single"]
@@ -326,12 +351,14 @@ def markdown(summary: dict[str, Any], loading: dict[int, dict[str, Any]], args: 
             for rank, m in sorted(g["ranks_peak"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
                 lines.append(f"| {g['stocks']} | {g['mode']} | {rank} | {_fmt(m['peak_rss_mb'])} | {_fmt(m['peak_pss_mb'])} |")
     lines += ["", "| stocks | files | pyarrow read (files/s) | load_bars (files/s) | / pyarrow "
-              "| end to end (files/s) | / pyarrow |", "|---|---|---|---|---|---|---|"]
+              "| a run's cross-section, built (files/s) | / pyarrow | from the cache (s) |", "|---|---|---|---|---|---|---|---|"]
     for s, x in sorted(loading.items()):
         f = x["files_per_s"]
-        base = f.get("pyarrow")
-        lines.append(f"| {s} | {x.get('files', '-')} | {_fmt(base)} | {_fmt(f.get('load_bars'))} "
-                     f"| {_per(f.get('load_bars'), base)} | {_fmt(f.get('end_to_end'))} | {_per(f.get('end_to_end'), base)} |")
+        base, files = f.get("pyarrow"), x.get("files")
+        build = summary["builds"].get(str(s), {})
+        built = files / build["built_s"] if files and build.get("built_s") else None
+        lines.append(f"| {s} | {files or '-'} | {_fmt(base)} | {_fmt(f.get('load_bars'))} | {_per(f.get('load_bars'), base)} "
+                     f"| {_fmt(built)} | {_per(built, base)} | {_fmt(build.get('cached_s'), 2)} |")
     r = summary["ratios"]
     small, big = r.get("stocks", (0, 0))
     lines += ["", "| issue 10 figure | target | today |", "|---|---|---|"]

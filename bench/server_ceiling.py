@@ -19,8 +19,11 @@ For S in ``--stocks`` (generated markets of 1-minute bars, made by bench/scale.p
 
 and so the number of workers at which rank 0 saturates, every rate per CPU second (so that a busy, shared machine
 changes it little): rank 0's applies per CPU second / one worker's gradients per CPU second (the apply alone), and
-(1 - rank 0's busy fraction at no gradients) / (its CPU seconds per gradient at the margin) / the same (all rank 0
-does per gradient: the slope and intercept of its busy fraction against the gradient rate over the runs of one S).
+1 / (rank 0's CPU seconds per gradient at the margin) / the same (all rank 0 does per gradient: apply, pull,
+message handling). The margin is the slope of rank 0's CPU seconds in the episode against the gradients in it over
+the runs of one S (2, 4, 8 workers: the same transitions, more gradients); the intercept is what rank 0 spends per
+episode whatever the gradients (decision records, the meta-policy's fit, idle polling), given per transition and as
+the transitions/s at which that alone fills rank 0's core.
 
 Usage:  python bench/server_ceiling.py [--stocks 5,50,500] [--workers 2,4,8] [--episodes 2] [--timeout 900]
                                        [--out bench/out/scale] [--json FILE]
@@ -60,7 +63,8 @@ def last_episode(output: Path, r: dict[str, Any], w: Watched) -> dict[str, Any]:
     workers_cpu = sum(v for k, v in ranks.items() if k)
     n = r["workers"]
     return {
-        "episode": train[-1]["episode"], "seconds": seconds, "gradients": grads,
+        "episode": train[-1]["episode"], "seconds": seconds, "gradients": grads, "clock_steps": train[-1]["n_steps"],
+        "rank0_cpu_s": ranks.get(0, 0.0),
         "worker_grads_per_s_wall": grads / n / seconds if seconds else None,
         "worker_grads_per_cpu_s": grads / workers_cpu if workers_cpu else None,
         "rank0_busy": ranks.get(0, 0.0) / seconds if seconds else None,
@@ -71,9 +75,10 @@ def last_episode(output: Path, r: dict[str, Any], w: Watched) -> dict[str, Any]:
 
 
 def fit_rank0(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
-    """Rank 0's busy fraction against the gradient rate over the runs of one S, least squares: (CPU s per gradient
-    at the margin, busy fraction at no gradients: idle polling, decision records, the meta-policy's fit)."""
-    pts = [(r["gradients"] / r["seconds"], r["rank0_busy"]) for r in rows if r.get("rank0_busy") is not None and r.get("seconds")]
+    """Rank 0's CPU seconds in an episode against the gradients in it, over the runs of one S (2, 4, 8 workers: the
+    same transitions, more gradients), least squares: (CPU s per gradient at the margin, CPU s of an episode at no
+    gradients: its decision records, the meta-policy's fit, its idle polling)."""
+    pts = [(r["gradients"], r["rank0_cpu_s"]) for r in rows if r.get("rank0_cpu_s") is not None and r.get("gradients")]
     if len(pts) < 2:
         return None
     mx, my = statistics.mean(x for x, _ in pts), statistics.mean(y for _, y in pts)
@@ -135,9 +140,14 @@ def main() -> None:
             ceiling["saturates_at_apply"] = ceiling["applies_per_cpu_s"] / ceiling["worker_grads_per_cpu_s"]
         fit = fit_rank0(mine)
         if fit and rates:
-            ceiling["rank0_cpu_s_per_gradient_marginal"], ceiling["rank0_busy_at_no_gradients"] = fit
-            if fit[0] > 0:
-                ceiling["saturates_at_rank0"] = (1 - max(fit[1], 0.0)) / fit[0] / ceiling["worker_grads_per_cpu_s"]
+            c, fixed = fit
+            ceiling["rank0_cpu_s_per_gradient_marginal"], ceiling["rank0_cpu_s_per_episode_at_no_gradients"] = c, fixed
+            transitions = statistics.median(r["clock_steps"] for r in mine if r.get("clock_steps")) * s
+            ceiling["rank0_us_per_transition"] = 1e6 * fixed / transitions
+            if c > 0:
+                ceiling["saturates_at_rank0"] = 1 / c / ceiling["worker_grads_per_cpu_s"]
+            if fixed > 0:
+                ceiling["rank0_transitions_per_s_ceiling"] = transitions / fixed
     text = markdown(rows, ceilings, args)
     print(text)
     path = args.json or args.out / "server_ceiling.json"
@@ -171,15 +181,16 @@ def markdown(rows: list[dict[str, Any]], ceilings: dict[int, dict[str, Any]], ar
             f"| {_fmt(r.get('worker_grads_per_s_wall'), 1)} | {_fmt(r.get('worker_grads_per_cpu_s'), 1)} "
             f"| {_pct(r.get('rank0_busy'))} | {_fmt(_ms(r.get('rank0_cpu_s_per_gradient')), 2)} |")
     lines += ["", "| stocks | parameters | rank 0 alone: applies/s (wall) | applies per CPU s "
-              "| one worker: gradients per CPU s | rank 0: marginal CPU ms per gradient | rank 0 busy at no gradients "
-              "| workers at saturation: apply alone | workers at saturation: all rank 0 does |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| one worker: gradients per CPU s | workers at saturation: apply alone "
+              "| rank 0 in the runs: CPU ms per gradient (marginal) | workers at saturation: all rank 0 does per gradient "
+              "| rank 0 CPU per transition (us; records, meta-policy) | rank 0's transitions/s ceiling |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for s, c in ceilings.items():
         lines.append(
             f"| {s} | {c['parameters']:,} | {c['applies_per_s']:,.0f} | {c['applies_per_cpu_s']:,.0f} "
-            f"| {_fmt(c.get('worker_grads_per_cpu_s'), 1)} | {_fmt(_ms(c.get('rank0_cpu_s_per_gradient_marginal')), 3)} "
-            f"| {_pct(c.get('rank0_busy_at_no_gradients'))} | {_fmt(c.get('saturates_at_apply'))} "
-            f"| {_fmt(c.get('saturates_at_rank0'))} |")
+            f"| {_fmt(c.get('worker_grads_per_cpu_s'), 1)} | {_fmt(c.get('saturates_at_apply'))} "
+            f"| {_fmt(_ms(c.get('rank0_cpu_s_per_gradient_marginal')), 2)} | {_fmt(c.get('saturates_at_rank0'))} "
+            f"| {_fmt(c.get('rank0_us_per_transition'), 1)} | {_fmt(c.get('rank0_transitions_per_s_ceiling'))} |")
     return "\n".join(lines)
 
 
