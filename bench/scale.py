@@ -404,6 +404,7 @@ def main() -> None:
     if set(modes) - set(MODES):
         raise SystemExit(f"--modes: any of {', '.join(MODES)}, not {args.modes}")
     args.out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(args.out / "cache", ignore_errors=True)  # the runs' cross-section cache: the first run of each builds
     loading = {}
     for s in stocks:
         print(f"[scale] market and loading, {s} stocks ...", file=sys.stderr, flush=True)
