@@ -25,6 +25,7 @@ from torch import nn
 
 from parallel_dqn.config import MetaConfig
 from parallel_dqn.market.step import FLAT, POSITIONS
+from parallel_dqn.model.adamw import FlatAdamW
 
 N_META_FEATURES = 5
 
@@ -96,15 +97,20 @@ class MetaPolicy(nn.Module):
         x = torch.from_numpy(feats)
         pos = torch.from_numpy(POSITIONS[actions]).float()
         growth = torch.from_numpy(np.expm1(log_returns[1:])).float()  # simple return of step t -> t+1
-        opt = torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+        params = list(self.parameters())
+        # Adam, one per tensor (FlatAdamW without decay is torch's Adam bit for bit, without torch.optim's
+        # import of torch._dynamo); fresh for every episode, as before.
+        opts = [FlatAdamW(p.data, lr=self.cfg.lr) for p in params]
         sharpe = 0.0
         for _ in range(self.cfg.epochs):
             w = self(x, pos)
             ret = portfolio_step_returns(w, growth, cost_bps)
             objective = ret.mean() / (ret.std() + 1e-8)
-            opt.zero_grad()
+            self.zero_grad(set_to_none=True)
             (-objective).backward()
-            opt.step()
+            for p, opt in zip(params, opts):
+                if p.grad is not None:
+                    opt.step(p.grad)
             sharpe = float(objective.detach())
         return sharpe
 

@@ -40,6 +40,7 @@ from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeOutcome
 from parallel_dqn.market.step import POSITIONS
+from parallel_dqn.model.adamw import FlatAdamW
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.flat import flatten_parameters, get_flat_params
 from parallel_dqn.model.meta_policy import MetaPolicy, decision_features
@@ -148,7 +149,7 @@ class ParameterServer:
         # One flat vector holds every weight (the network's parameters are views of it): an apply is a few
         # large operations, not one per tensor, and the parameters leave as one copy.
         self._flat = flatten_parameters(self.qnet)
-        self.optimizer = torch.optim.AdamW([self._flat], lr=self.cfg.dqn.lr, weight_decay=self.cfg.dqn.weight_decay)
+        self.optimizer = FlatAdamW(self._flat.data, lr=self.cfg.dqn.lr, weight_decay=self.cfg.dqn.weight_decay)
         self.market_digest = market_digest(info)
         if self.resume_state is not None:
             self._restore(self.resume_state)
@@ -186,8 +187,7 @@ class ParameterServer:
 
     def _apply(self, grad: np.ndarray) -> None:
         assert self.qnet is not None
-        self._flat.grad = torch.from_numpy(np.asarray(grad, dtype=np.float32)).to(self.device)
-        self.optimizer.step()
+        self.optimizer.step(torch.from_numpy(np.asarray(grad, dtype=np.float32)).to(self.device))
         self.version += 1
         self._online_flat = self._flat.detach().cpu().numpy().copy()
         if self.version % self.cfg.dqn.target_update == 0:
