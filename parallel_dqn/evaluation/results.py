@@ -27,7 +27,6 @@ import torch
 from parallel_dqn import outputs as output_files
 from parallel_dqn.config import Config
 from parallel_dqn.data.synthetic import oracle_expected_returns
-from parallel_dqn.evaluation import plots
 from parallel_dqn.evaluation.baselines import run_baselines
 from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeReport, Portfolio, rounded
 from parallel_dqn.evaluation.metrics import performance_metrics
@@ -166,6 +165,9 @@ class RunRecorder:
         return result
 
     def _plots(self, info: Any, attention: np.ndarray | None) -> None:
+        # matplotlib takes 0.7 s to import: when a run ends, not before its first step
+        from parallel_dqn.evaluation import plots
+
         if self.eval_curves and self.eval_timestamps is not None:
             equity = {k: np.r_[1.0, np.cumprod(1.0 + v)] for k, v in self.eval_curves.items()}
             plots.plot_equity(equity, self.eval_timestamps, self.output / output_files.EQUITY_PLOT)
