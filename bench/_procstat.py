@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -200,6 +201,11 @@ def _limit_address_space(limit_bytes: int | None) -> Callable[[], None]:
     return preexec
 
 
+def terminate_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit in the main thread, so that :func:`watch` kills the tree it started."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def watch(
     cmd: list[str],
     timeout: float,
@@ -276,6 +282,12 @@ def watch(
         state["why"] = state["why"] or "timeout"
         kill_tree()
         out, err = proc.communicate()
+    except BaseException:  # Ctrl-C, or SIGTERM made an exit (terminate_on_sigterm): the tree goes with the bench
+        kill_tree()
+        proc.wait()
+        done.set()
+        kill_leftovers()
+        raise
     done.set()
     sampler.join()
     kill_leftovers()

@@ -48,7 +48,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from _procstat import ProcSeries, Watched, watch
+from _procstat import ProcSeries, Watched, terminate_on_sigterm, watch
 
 from parallel_dqn import outputs
 from parallel_dqn.config import Config
@@ -399,6 +399,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out/scale"))
     ap.add_argument("--json", type=Path, default=None, help="default: OUT/scale.json")
     args = ap.parse_args()
+    terminate_on_sigterm()
     stocks = [int(x) for x in args.stocks.split(",") if x]
     modes = [m for m in args.modes.split(",") if m]
     if set(modes) - set(MODES):

@@ -2,7 +2,8 @@
 
 For S in ``--stocks`` (generated markets of 1-minute bars, made by bench/scale.py's ``make_market``):
 
-* **rank 0 alone**: applies/s of the server's apply (flat AdamW step; ``bench/server_apply.py``'s ``flat``);
+* **rank 0 alone**: applies/s of the server's own apply (``ParameterServer._apply``; bench/server_apply.py's
+  ``server_apply_rate``), per wall second and per CPU second;
 * **real runs** under ``mpiexec -n W+1`` for W in ``--workers`` (2, 4, 8; the machine's cores oversubscribed),
   ``--episodes`` episodes (default 2: the last one is all learning, none of the first ``dqn.learning_starts``
   steps without gradients), every process watched from outside (bench/_procstat.py). Read from the run's
@@ -41,9 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _procstat import Watched
+from _procstat import Watched, terminate_on_sigterm
 from scale import EPISODE_LINE, _fmt, _log_times, make_market, run_once
-from server_apply import flat_apply_rate
+from server_apply import server_apply_rate
 
 from parallel_dqn import outputs
 
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out/scale"))
     ap.add_argument("--json", type=Path, default=None, help="default: OUT/server_ceiling.json")
     args = ap.parse_args()
+    terminate_on_sigterm()
     stocks = [int(x) for x in args.stocks.split(",") if x]
     workers = [int(x) for x in args.workers.split(",") if x]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ def main() -> None:
     ceilings: dict[int, dict[str, Any]] = {}
     for s in stocks:
         market = make_market(args.out, s, args.days, 1, args.timeout, args.mem_cap_mb, measure=False)
-        ceiling = ceilings[s] = flat_apply_rate(s, args.applies)
+        ceiling = ceilings[s] = server_apply_rate(s, args.applies)
         print(f"[ceiling] {s} stocks: rank 0 alone applies {ceiling['applies_per_s']:,.0f}/s, "
               f"{ceiling['applies_per_cpu_s']:,.0f} per CPU s", file=sys.stderr, flush=True)
         mine = []
