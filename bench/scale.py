@@ -412,6 +412,7 @@ def main() -> None:
         loading[s] = make_market(args.out, s, args.days, args.load_rounds, args.timeout, args.mem_cap_mb)
     runs: list[dict[str, Any]] = []
     failed: set[tuple[int, str]] = set()
+    path = args.json or args.out / "scale.json"
     for repeat in range(args.repeats):
         for s in stocks:
             for mode in modes:
@@ -419,7 +420,7 @@ def main() -> None:
                     continue
                 start = time.time()
                 r, _ = run_once(mode, loading[s], args.episodes, args.out / f"run-{mode}-{s}", args.ranks, args.timeout,
-                             args.mem_cap_mb)
+                                args.mem_cap_mb)
                 r["repeat"] = repeat
                 runs.append(r)
                 print(f"[scale] {s} stocks, {mode}, run {repeat + 1}: {r['outcome']} in {time.time() - start:.0f} s, "
@@ -427,16 +428,19 @@ def main() -> None:
                       f"(load {r['load_avg'][0]})", file=sys.stderr, flush=True)
                 if r["outcome"] != "ok":
                     failed.add((s, mode))
+                save(path, args, loading, runs)  # after every run: a bench stopped half-way keeps what it measured
+    print(save(path, args, loading, runs))
+    print(f"\n(figures of every run: {path})", file=sys.stderr)
+
+
+def save(path: Path, args: argparse.Namespace, loading: dict[int, dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """Write the runs so far, their summary and tables to ``path`` (JSON); return the tables."""
     summary = summarise(runs)
     text = markdown(summary, loading, args)
-    print(text)
-    for x in loading.values():  # the day lists as text, for JSON
-        x["days"] = [str(d) for d in x["days"]]
-        x["symbols"] = len(x["symbols"])
-    path = args.json or args.out / "scale.json"
-    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "loading": loading,
+    shown = {s: {**x, "days": [str(d) for d in x["days"]], "symbols": len(x["symbols"])} for s, x in loading.items()}
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "loading": shown,
                                 "runs": runs, "summary": summary, "markdown": text}, indent=1, default=str))
-    print(f"\n(figures of every run: {path})", file=sys.stderr)
+    return text
 
 
 if __name__ == "__main__":
