@@ -21,9 +21,12 @@ EXTRA = ("log_return", "close", "tradeable")
 ROW_WIDTH = N_FEATURES + len(EXTRA)
 
 
-def local_rows(panel: MarketPanel, stats: FeatureStats) -> np.ndarray:
-    """One worker's exchange rows ``[T, k, ROW_WIDTH]`` (float64) for its own stocks."""
-    feats = stats.normalise(raw_features(panel, stats.session_seconds))
+def local_rows(panel: MarketPanel, stats: FeatureStats, raw: np.ndarray | None = None) -> np.ndarray:
+    """One worker's exchange rows ``[T, k, ROW_WIDTH]`` (float64) for its own stocks; ``raw``: the panel's
+    :func:`raw_features` if they were computed already (fitting the statistics), else computed here."""
+    if raw is None:
+        raw = raw_features(panel, stats.session_seconds)
+    feats = stats.normalise(raw)
     extra = np.stack([panel.log_returns, panel.close, panel.tradeable.astype(np.float64)], axis=-1)
     return np.concatenate([feats.astype(np.float64), extra], axis=-1)
 

@@ -146,12 +146,12 @@ def _build(
     for shard in shards:
         names = [recipe.symbols[i] for i in shard.stocks]
         panel = align(frames[shard.worker_id], names, clock=clock)
+        raw = raw_features(panel, session)  # once: for the statistics and for the rows
         if given is not None:
             stats = FeatureStats(given.mean[shard.stocks], given.std[shard.stocks], session)
         else:
-            raw = raw_features(panel, session)
             stats = FeatureStats.fit(raw[slice(*train_rows)], session)
-        contributions.append((np.asarray(shard.stocks), stats.mean, stats.std, local_rows(panel, stats)))
+        contributions.append((np.asarray(shard.stocks), stats.mean, stats.std, local_rows(panel, stats, raw)))
     meta = transport.allgather([c[:3] for c in contributions])
     rows = transport.allgather_rows([c[3] for c in contributions])
     stamps = graph_stamps(clock, stride=recipe.graph_stride)
