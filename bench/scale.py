@@ -213,6 +213,7 @@ def run_once(mode: str, market: dict[str, Any], episodes: int, output: Path, ran
            "PARALLEL_DQN_CACHE": str(output.parent / "cache")}  # the cross-section cache: the bench's own
     w = watch(cmd, timeout=timeout, cap_mb=cap_mb, as_limit_mb=cap_mb + 4000, env=env)
     r = read_run(output, w)
+    shutil.rmtree(output / outputs.CHECKPOINTS, ignore_errors=True)  # 166 MB each at 500 stocks; read, not needed
     stocks, bars = len(market["symbols"]), 390 * len(market["days"]) - 1
     r.update(mode=mode, stocks=stocks, days=len(market["days"]), code=_code_version())
     if r["outcome"] == "timeout":  # nothing written: the most it can have done is every transition in the time it had
