@@ -91,8 +91,11 @@ def run_config(market: Path, out: Path, path: Path, **overrides) -> Path:
 def test_training_job_across_two_nodes_completes(market, tmp_path):
     out = tmp_path / "run"
     config = run_config(market, out, tmp_path / "run.toml")
-    job = sbatch("--nodes=2", "--ntasks=4", f"--output={tmp_path}/slurm-%j.out",
-                 "launchers/slurm/train.sbatch", "--config", str(config))
+    job = submit_until_it_runs(
+        ["--nodes=2", "--ntasks=4", f"--output={tmp_path}/slurm-%j.out", "launchers/slurm/train.sbatch",
+         "--config", str(config)],
+        out / "run.log", tmp_path / "slurm-%j.out",
+    )
     info = wait_for(job, console=tmp_path / f"slurm-{job}.out")
     console = (tmp_path / f"slurm-{job}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", console
