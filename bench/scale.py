@@ -12,8 +12,9 @@ per stock in single mode, one shard per worker rank under MPI; ``run.threads = 1
   (simultaneous sums, sampled every 0.2 s from /proc), CPU seconds per rank;
 * from the run's own outputs: training seconds = ``elapsed_s`` of the last training episode in metrics.jsonl
   (from the moment rank 0 has the market, so loading is excluded; it includes rank 0's meta-policy fit at the
-  episode's end), transitions/s = clock steps x S / training seconds, gradient samples/s = batch_size x gradients
-  applied / training seconds; launch to the first clock step (the logs' "first clock step" line) is start-up and
+  episode's end), transitions/s = clock steps x S / training seconds, gradient samples/s = batch_size x stocks
+  per worker x gradients applied / training seconds; launch to the first clock step (the logs' "first clock
+  step" line) is start-up and
   loading's share (the cross-section cache, data.cache = auto in the bench's own folder, is built by the first run
   of each S and mapped by the next ones);
 * a run killed by the timeout: its checkpoints' log lines ("after N gradient applies", every 1,000 applies) say how
@@ -172,7 +173,9 @@ def read_run(output: Path, w: Watched) -> dict[str, Any]:
     r.update(
         stocks=stocks, workers=len(counters.get("per_worker", {})), train_s=train_s, clock_steps=clock_steps,
         transitions_per_s=clock_steps * stocks / train_s,
-        gradient_samples_per_s=cfg["dqn"]["batch_size"] * counters["gradients_applied"] / train_s,
+        # a gradient samples batch_size transitions per stock of its worker's shard (balanced shards)
+        gradient_samples_per_s=cfg["dqn"]["batch_size"] * stocks / max(len(counters.get("per_worker", {})), 1)
+        * counters["gradients_applied"] / train_s,
         gradients_sent=counters["gradients_sent"], gradients_applied=counters["gradients_applied"],
         gradients_dropped_stale=counters["gradients_dropped_stale"], mean_staleness=counters["mean_staleness"],
         per_worker=counters.get("per_worker", {}), batch_size=cfg["dqn"]["batch_size"],

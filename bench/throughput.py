@@ -2,9 +2,10 @@
 
 Both learn one episode over the same generated market (S stocks of 1-minute bars, one torch thread):
 
-* **parallel-dqn**: ``parallel-dqn train --mode single --episodes 1`` (one worker per stock, defaults: a
-  gradient of batch 32 per worker every 8 clock steps = 4 gradient samples per transition); transitions/s
-  = the episode's decisions / its seconds (``metrics.jsonl``: ``steps`` and ``elapsed_s``).
+* **parallel-dqn**: ``parallel-dqn train --mode single --episodes 1`` (defaults: one worker for all S stocks,
+  a gradient every 8 clock steps over 32 bars of every stock = 32 x S transitions = 4 gradient samples per
+  transition); transitions/s = the episode's clock steps x S / its seconds (``metrics.jsonl``: ``n_steps``
+  and ``elapsed_s``).
 * **Stable-Baselines3** DQN (an optional benchmark dependency: ``pip install stable-baselines3``) stepping
   the project's own ``TradingEnv``, one per stock in a ``DummyVecEnv``, on the same features: train every
   8 vector steps, S gradient steps of batch 32 (4 samples per transition), learning after 500 clock steps.
@@ -50,7 +51,7 @@ def make_market(out: Path, stocks: int, days: int) -> tuple[Path, str, str]:
     return out, str(all_days[days - 1]), str(all_days[days])
 
 
-def run_parallel_dqn(data: Path, end: str, eval_day: str, out: Path) -> float:
+def run_parallel_dqn(data: Path, end: str, eval_day: str, out: Path, stocks: int) -> float:
     """Transitions/s of one training episode in single mode."""
     subprocess.run(
         [sys.executable, "-m", "parallel_dqn", "train", "--mode", "single", "--data", str(data),
@@ -59,7 +60,7 @@ def run_parallel_dqn(data: Path, end: str, eval_day: str, out: Path) -> float:
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    return line["steps"] / line["elapsed_s"]
+    return line["n_steps"] * stocks / line["elapsed_s"]
 
 
 def run_sb3(data: Path, end: str, eval_day: str) -> float:
@@ -109,7 +110,7 @@ def main() -> None:
     data, end, eval_day = make_market(args.out / f"market{args.stocks}", args.stocks, args.days)
     ours, theirs = [], []
     for r in range(args.repeats):
-        ours.append(run_parallel_dqn(data, end, eval_day, args.out / "run"))
+        ours.append(run_parallel_dqn(data, end, eval_day, args.out / "run", args.stocks))
         theirs.append(run_sb3(data, end, eval_day))
         print(f"repeat {r + 1}: parallel-dqn {ours[-1]:,.0f} transitions/s, Stable-Baselines3 {theirs[-1]:,.0f}",
               flush=True)

@@ -76,7 +76,7 @@ class DQNConfig:
     n_step: int = 1
     lr: float = 5e-4
     weight_decay: float = 0.0  # AdamW decoupled weight decay at the server
-    batch_size: int = 32
+    batch_size: int = 32  # transitions per stock of a worker's shard per gradient (bars of the shard, uniform replay)
     train_freq: int = 8  # clock steps between gradient computations on a worker
     learning_starts: int = 500  # clock steps before the first gradient
     target_update: int = 250  # server versions between target-network copies
@@ -89,9 +89,9 @@ class DQNConfig:
 
 @dataclass
 class ReplayConfig:
-    """Replay buffer of each worker."""
+    """Replay buffer of each worker (sized per stock of its shard)."""
 
-    capacity: int = 100_000
+    capacity: int = 100_000  # transitions per stock of the worker's shard
     prioritized: bool = False
     alpha: float = 0.6
     beta_start: float = 0.4
@@ -102,7 +102,9 @@ class DistConfig:
     """Parameter server and workers."""
 
     mode: str = "single"  # single: one process; parallel: under MPI (mpirun / srun)
-    workers: int = 0  # 0: one worker per stock
+    # single mode: how many workers to simulate, each with a shard of the stocks (0: one worker for all of them,
+    # one learner like a vectorised environment's); under MPI it is the number of worker ranks
+    workers: int = 0
     sync: bool = False  # wait for every worker's gradient each round and apply the mean
     staleness_bound: int = 8  # async: drop gradients computed on params older than this
     pull_every: int = 1  # gradient steps between parameter pulls
@@ -258,7 +260,7 @@ class Config:
         self._check_memory()
         _check(r.capacity >= q.batch_size, "replay.capacity must be >= dqn.batch_size")
         _check(self.dist.mode in ("single", "parallel"), "--mode must be 'single' or 'parallel'")
-        _check(self.dist.workers >= 0, "--workers must be >= 0 (0: one per stock)")
+        _check(self.dist.workers >= 0, "--workers must be >= 0 (0: one worker for all the stocks)")
         _check(self.dist.staleness_bound >= 0, f"dist.staleness_bound must be >= 0, not {self.dist.staleness_bound}")
         _check(self.dist.pull_every >= 1, f"dist.pull_every must be >= 1, not {self.dist.pull_every}")
         _check(self.dist.timeout > 0 and self.dist.record_block >= 1, "dist.timeout and dist.record_block must be > 0")
@@ -303,14 +305,15 @@ class Config:
         m, q = self.model, self.dqn
         # a transition's fields, plus a sum tree and a min tree (two float64 nodes per slot each) when prioritized
         per_transition = REPLAY_BYTES_PER_TRANSITION + 32 * self.replay.prioritized
-        # a single process holds every worker's replay; under MPI each worker may have a machine of its own
-        workers = 1 if self.dist.mode == "parallel" else max(1, self.dist.workers or len(self.data.stocks))
+        # the capacity is per stock: a single process holds every stock's replay; under MPI each worker rank
+        # may have a machine of its own (its shard is not known here: counted as one stock)
+        stocks = 1 if self.dist.mode == "parallel" else max(1, len(self.data.stocks))
         # encoder, dueling head, attention and per-stock embeddings, counting one input feature per bar
         params = m.hidden * (self.market.window + 2 * m.embed_dim + 2 * _ACTIONS + 2) + m.embed_dim * (4 * m.embed_dim + 5)
         network = "model.hidden" if m.hidden * (self.market.window + 2 * m.embed_dim) >= 4 * m.embed_dim**2 else "model.embed_dim"
         needs = [
-            (f"replay.capacity={self.replay.capacity}", self.replay.capacity * per_transition * workers,
-             f"{per_transition} bytes per transition x {workers} worker{'s' if workers > 1 else ''}"),
+            (f"replay.capacity={self.replay.capacity}", self.replay.capacity * per_transition * stocks,
+             f"{per_transition} bytes per transition x {stocks} stock{'s' if stocks > 1 else ''}"),
             (f"dqn.batch_size={q.batch_size}", q.batch_size * 4 * (self.market.window + m.hidden + m.embed_dim),
              "each sample's inputs and activations, 4 bytes each"),
             (f"{network}={getattr(m, network.partition('.')[2])}", params * 4 * _PARAM_COPIES,

@@ -52,6 +52,8 @@ def tiny_config(data: Path, output: Path, **overrides) -> Config:
         "data.eval_start": "2024-01-08",
         "data.eval_end": "2024-01-08",
         "dqn.episodes": 2,
+        # one worker per stock: several workers in one process (rotation, staleness, per-worker counters)
+        "dist.workers": len(overrides.get("data.stocks", STOCKS)),
         "dqn.learning_starts": 40,
         "dqn.batch_size": 16,
         "dqn.target_update": 20,

@@ -119,7 +119,7 @@ def given_stats(plan: RunPlan) -> RunPlan:
     [
         ({"data.stocks": STOCKS[:2]}, None, None),
         ({"data.stocks": STOCKS[::-1]}, None, None),
-        ({"dist.workers": 1}, None, None),
+        ({"dist.workers": 2}, None, None),
         ({"data.end_date": "2024-01-04"}, None, None),  # the statistics' training days
         ({"data.eval_end": "2024-01-09", "data.eval_start": "2024-01-09"}, None, None),  # the days loaded
         ({}, later_start, None),

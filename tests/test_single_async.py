@@ -34,7 +34,7 @@ def test_every_worker_has_its_gradients_applied_with_more_workers_than_the_stale
     proc = run_cli(
         "train", "--data", wide_market, "--start_date", "2024-01-02", "--end_date", "2024-01-03",
         "--eval_start", "2024-01-04", "--eval_end", "2024-01-04", "--episodes", "1", "--output", out,
-        "--set", "dqn.learning_starts=40", "--set", "market.graph_window=40", "--no_progress",
+        "--workers", str(N_STOCKS), "--set", "dqn.learning_starts=40", "--set", "market.graph_window=40", "--no_progress",
     )
     assert proc.returncode == 0, proc.stderr
     counters = json.loads((out / "metrics.json").read_text())["counters"]

@@ -80,11 +80,12 @@ class CrossStockAttention(nn.Module):
         k = keys.shape[2]
         q = self.query(own).view(B, K, H, hd)
         keys, values = keys.view(B, K, k, H, hd), values.view(B, K, k, H, hd)
-        bias = torch.einsum("hc,bknc->bhkn", self.graph_bias, edges)
-        logits = torch.einsum("bkhd,bknhd->bhkn", q, keys) / hd**0.5 + bias
-        weights = torch.softmax(logits, dim=-1)
-        ctx = torch.einsum("bhkn,bknhd->bkhd", weights, values).reshape(B, K, D)
-        return self.out(ctx), weights
+        # broadcast products, not einsum: the batches are many and small, where einsum's copies cost the most
+        bias = edges @ self.graph_bias.T  # [B, K, k, H]
+        logits = (q[:, :, None] * keys).sum(-1) / hd**0.5 + bias  # [B, K, k, H]
+        weights = torch.softmax(logits, dim=2)
+        ctx = (weights[..., None] * values).sum(2).reshape(B, K, D)
+        return self.out(ctx), weights.permute(0, 3, 1, 2)
 
 
 class DuelingHead(nn.Module):
@@ -129,7 +130,13 @@ class QNetwork(nn.Module):
         channels of the pairs, ``positions [B]`` the action index held (0 short, 1 flat, 2 long). Also returns
         the attention weights ``[B, H, 1, k]`` (None without attention). Only these k windows are encoded.
         """
-        emb = self.embed(windows, stocks)
+        return self.from_embeddings(self.embed(windows, stocks), own_slot, edges, positions)
+
+    def from_embeddings(
+        self, emb: torch.Tensor, own_slot: torch.Tensor, edges: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` from the neighbours' embeddings ``[B, k, D]`` (:meth:`embed`) instead of their windows:
+        learning on whole bars embeds each stock of a bar once for every sample that needs it."""
         own = emb[torch.arange(len(emb), device=emb.device), own_slot][:, None]
         q, weights = self.decide(own, emb[:, None], edges[:, None], positions[:, None])
         return q[:, 0], weights
@@ -157,9 +164,30 @@ class QNetwork(nn.Module):
         A stock's Q-values depend on its own position only, and every operation works row by row, so asking
         for all stocks at once gives each stock what asking for it alone would.
         """
-        if self.attention is not None:
-            ctx, weights = self.attention(own, neighbours, edges, index)
-        else:
-            ctx, weights = torch.zeros_like(own), None
+        ctx, weights = self.context(own, neighbours, edges, index)
         pos = F.one_hot(positions.long(), N_ACTIONS).to(own.dtype)
         return self.head(torch.cat([own, ctx, pos], dim=-1)), weights
+
+    def decide_every_position(
+        self, own: torch.Tensor, neighbours: torch.Tensor, edges: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Q-values ``[B, K, 3, 3]`` (position held, action) of K asking stocks for each position they could
+        hold, and the attention weights; arguments as :meth:`decide`.
+
+        Acting asks this once for many bars ahead: the position is the only input an action changes, so the
+        Q-values of every bar until the parameters change can be computed in one pass and looked up per step.
+        """
+        ctx, weights = self.context(own, neighbours, edges, index)
+        B, K, D = own.shape
+        pos = torch.eye(N_ACTIONS, dtype=own.dtype, device=own.device).expand(B, K, N_ACTIONS, N_ACTIONS)
+        both = torch.cat([own, ctx], dim=-1)[:, :, None, :].expand(B, K, N_ACTIONS, 2 * D)
+        return self.head(torch.cat([both, pos], dim=-1)), weights
+
+    def context(
+        self, own: torch.Tensor, neighbours: torch.Tensor, edges: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cross-stock context ``[B, K, D]`` of K asking stocks (zeros without attention) and the
+        attention weights ``[B, H, K, k]`` (None without attention)."""
+        if self.attention is None:
+            return torch.zeros_like(own), None
+        return self.attention(own, neighbours, edges, index)

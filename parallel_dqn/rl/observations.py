@@ -43,17 +43,13 @@ class Observations:
         picked = self._features[rows.clamp(min=0)[:, None, :], stocks.to(self.device)[:, :, None]]  # [B, K, W, F]
         return torch.where(before_start, torch.zeros((), dtype=picked.dtype, device=self.device), picked)
 
-    def all_windows(self, t: int) -> torch.Tensor:
-        """``[1, S, W, F]``: every stock's window at clock ``t`` (acting)."""
-        return self.windows(torch.tensor([t]), torch.arange(self.n_stocks)[None])
-
     def neighbours(self, t: torch.Tensor, stocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The graph in force at ``t [B]`` for stocks ``[B]``: neighbour indices ``[B, k]`` and edges ``[B, k, C]``."""
         g = self._graph_index[t.to(self.device)]
         s = stocks.to(self.device)
         return self._neighbors[g, s], self._edges[g, s]
 
-    def all_neighbours(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every stock's neighbour indices ``[S, k]`` and edges ``[S, k, C]`` at clock ``t`` (acting)."""
-        g = self._graph_index[t]
+    def neighbours_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stock's neighbour indices ``[B, S, k]`` and edges ``[B, S, k, C]`` at clocks ``t [B]`` (acting)."""
+        g = self._graph_index[t.to(self.device)]
         return self._neighbors[g], self._edges[g]

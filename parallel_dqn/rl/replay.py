@@ -44,7 +44,7 @@ class ReplayBuffer(Protocol):
     """What a worker needs from a replay buffer (both buffers below satisfy it)."""
 
     def add(self, transitions: Transitions) -> None: ...
-    def sample(self, batch_size: int) -> ReplaySample: ...
+    def sample(self, batch_size: int, group: int = 1) -> ReplaySample: ...
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None: ...
     def __len__(self) -> int: ...
     def state_dict(self) -> StateDict: ...
@@ -126,11 +126,23 @@ class UniformReplay:
         """Append a batch of transitions."""
         self.storage.add(transitions)
 
-    def sample(self, batch_size: int) -> ReplaySample:
-        """``batch_size`` transitions drawn uniformly, with unit weights."""
+    def sample(self, batch_size: int, group: int = 1) -> ReplaySample:
+        """``batch_size`` transitions drawn uniformly, with unit weights: ``batch_size // group`` whole groups
+        of ``group`` consecutive slots.
+
+        A worker adds the transitions of its ``group`` stocks at a bar together (the capacity a multiple of
+        ``group``), so a group is one bar of its shard: every transition is still drawn with the same
+        probability, and the batch needs the windows of only ``batch_size // group`` bars.
+        """
         if len(self) == 0:
             raise ValueError("cannot sample an empty replay buffer")
-        slots = self.rng.integers(0, len(self), size=batch_size)
+        if batch_size % group or self.storage.capacity % group or len(self) % group:
+            raise ValueError(f"groups of {group} need a batch, a capacity and a size that are multiples of it")
+        if group == 1:
+            slots = self.rng.integers(0, len(self), size=batch_size)
+        else:
+            groups = self.rng.integers(0, len(self) // group, size=batch_size // group)
+            slots = (groups[:, None] * group + np.arange(group)).reshape(-1)
         return ReplaySample(*self.storage.get(slots), np.ones(batch_size, dtype=np.float32), slots)
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
@@ -185,8 +197,9 @@ class PrioritizedReplay:
         """Append a batch of transitions at the maximum priority seen so far."""
         self._set_priorities(self.storage.add(transitions), self._max_priority)
 
-    def sample(self, batch_size: int) -> ReplaySample:
-        """``batch_size`` slots drawn in proportion to priority, one per equal-mass segment."""
+    def sample(self, batch_size: int, group: int = 1) -> ReplaySample:
+        """``batch_size`` slots drawn in proportion to priority, one per equal-mass segment (each transition has
+        its own priority: ``group`` is not used)."""
         if len(self) == 0:
             raise ValueError("cannot sample an empty replay buffer")
         total = self._sum.total()

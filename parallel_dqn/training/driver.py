@@ -32,11 +32,10 @@ from parallel_dqn.data.loader import load_bars
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
-from parallel_dqn.market.step import FLAT
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.rl.observations import Observations
 from parallel_dqn.training.plan import RunPlan
-from parallel_dqn.training.worker import Worker
+from parallel_dqn.training.worker import ActingPass, Worker
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +308,7 @@ class LockStep:
         self.stop_signal = stop_signal
         self._stop_sent = False
         self._turn = 0  # rotates the learning order after each step in which gradients were pushed
+        self._passes: dict[tuple, ActingPass] = {}  # the acting passes in use, by (version, training, start, stop)
 
     def run_episode(self, index: int, spec: EpisodeSpec, resume_t: int | None = None) -> None:
         """Schedule entry ``index``: clock rows ``[start, stop)``, from ``resume_t`` if it was begun already."""
@@ -317,7 +317,7 @@ class LockStep:
                 w.begin_episode(spec.episode, spec.phase, spec.rows)
         for t in range(spec.rows[0] if resume_t is None else resume_t, spec.rows[1] - 1):
             for w in self.workers:
-                while not w.sync_params():  # the server wants a checkpoint before it answers
+                while not w.sync_params(t):  # the server wants a checkpoint before it answers
                     self._checkpoint(index, t, self.transport.poll_checkpoint())
             self._act(t)
             self._learn()
@@ -326,17 +326,16 @@ class LockStep:
             w.end_episode()
 
     def _act(self, t: int) -> None:
-        """Every hosted worker acts at ``t``. One forward pass over every stock per parameters version serves
-        all the workers holding that version (in single mode usually all of them: they pulled together)."""
-        values = {}
-        for version in dict.fromkeys(w.version for w in self.workers):
-            holders = [w for w in self.workers if w.version == version]
-            positions = np.full(holders[0].obs.n_stocks, FLAT, dtype=np.int64)
-            for w in holders:
-                positions[w.stocks] = w.position
-            values[version] = holders[0].values_at(t, positions)
+        """Every hosted worker acts at ``t``. One forward pass over every stock and the bars of a span serves
+        all the workers holding one parameters version (in single mode usually all of them: they pulled
+        together) until their parameters change; passes no worker needs any more are dropped."""
+        passes = {}
         for w in self.workers:
-            w.act(t, values[w.version])
+            key = (w.version, w.training, *w.acting_span(t))
+            if key not in passes:
+                passes[key] = self._passes.get(key) or w.acting_pass(*key[2:])
+            w.act(t, passes[key].at(t))
+        self._passes = passes
 
     def _learn(self) -> None:
         """Every hosted worker computes and pushes its gradient when due, starting at a rotating worker."""

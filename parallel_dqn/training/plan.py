@@ -48,8 +48,8 @@ class RunPlan:
 
 
 def make_shards(n_stocks: int, workers: int) -> list[list[int]]:
-    """Contiguous, balanced shards: ``workers`` lists of stock indices (0 workers: one per stock)."""
-    n = workers or n_stocks
+    """Contiguous, balanced shards: ``workers`` lists of stock indices (0: one worker for all the stocks)."""
+    n = workers or 1
     if n > n_stocks:
         raise UserError(f"--workers {n} is more than the {n_stocks} stocks", f"use at most --workers {n_stocks}")
     return [list(map(int, part)) for part in np.array_split(np.arange(n_stocks), n)]

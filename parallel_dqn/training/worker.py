@@ -6,8 +6,9 @@ parameters and pushes them to the parameter server; it pulls fresh parameters
 every ``pull_every`` gradient steps. It talks only to a transport, never to MPI.
 
 A driver calls, for every clock step and in this order, :meth:`sync_params`,
-:meth:`act` (with the Q-values of every stock at the bar, :meth:`values_at`, computed once for all the
-hosted workers that hold the same parameters), :meth:`learn`; under ``--sync`` the pull at the start of a step
+:meth:`act` (with the Q-values of every stock at the bar, from an :class:`ActingPass` over the bars of
+:meth:`acting_span`, computed once for all the hosted workers that hold the same parameters), :meth:`learn`;
+under ``--sync`` the pull at the start of a step
 waits for the round the worker pushed at the end of the previous one. Between
 two steps the driver may take a checkpoint: :meth:`checkpoint_state` holds
 everything the worker needs to continue exactly from there.
@@ -34,14 +35,38 @@ from parallel_dqn.rl.observations import Observations
 from parallel_dqn.rl.replay import make_replay, rng_state, set_rng_state
 from parallel_dqn.rl.schedules import LinearSchedule
 
+EVAL_SPAN = 64  # bars per acting pass in evaluation (the parameters never change there): bounds its memory
+
 
 @dataclass(frozen=True)
 class ActingValues:
-    """What one forward pass over every stock at a bar gives the workers that act on it."""
+    """What one acting pass gives the workers that act at one bar."""
 
-    q: np.ndarray  # [S, 3] Q-values of every stock, each at the position its worker holds
+    q: np.ndarray  # [S, 3, 3] Q-values of every stock for each position it could hold (position, action)
     neighbours: np.ndarray  # [S, k] the stocks each stock attended over
     attention: np.ndarray | None  # [S, k] its attention weights, averaged over heads (None without attention)
+
+
+@dataclass(frozen=True)
+class ActingPass:
+    """One forward pass over every stock at bars ``[start, stop)`` under parameters ``version``.
+
+    Between two pulls a worker's parameters do not change and a stock's Q-values depend on nothing an action
+    changes but the position held, so one pass computes them for every bar of the span and every position,
+    and each step only looks its values up: a batched forward per span instead of one per bar.
+    """
+
+    version: int
+    start: int
+    stop: int
+    q: np.ndarray  # [n, S, 3, 3]
+    neighbours: np.ndarray  # [n, S, k]
+    attention: np.ndarray | None  # [n, S, k]
+
+    def at(self, t: int) -> ActingValues:
+        """The values at bar ``t`` (``start <= t < stop``)."""
+        i = t - self.start
+        return ActingValues(self.q[i], self.neighbours[i], None if self.attention is None else self.attention[i])
 
 
 class Worker:
@@ -64,7 +89,7 @@ class Worker:
         self.xs = xs
         self.transport = transport
         self.reward_scale = reward_scale
-        self.stocks = np.asarray(stocks, dtype=np.int64)
+        self.stocks = np.asarray(stocks, dtype=np.int64)  # sorted: shards are contiguous
         self.rng = np.random.default_rng([cfg.run.seed, worker_id])
         S, F = xs.n_stocks, xs.features.shape[2]
         self.device = obs.device if obs is not None else resolve_device(cfg.run.device)
@@ -76,9 +101,13 @@ class Worker:
         self._target = flatten_parameters(self.target).data
         self._grad = flat_gradient_buffer(self.net)  # the parameters' .grad are slices of it
         self.obs = obs if obs is not None else Observations(xs, cfg.market.window, self.device)
+        self._own_index = torch.from_numpy(self.stocks).to(self.device)
         q = cfg.dqn
+        # batch and capacity are per stock of the shard: the replay ratio does not depend on how stocks are sharded
+        self.batch_size = q.batch_size * len(self.stocks)
         self.replay = make_replay(
-            cfg.replay.capacity, cfg.replay.prioritized, cfg.replay.alpha, cfg.replay.beta_start, self.rng
+            cfg.replay.capacity * len(self.stocks), cfg.replay.prioritized, cfg.replay.alpha, cfg.replay.beta_start,
+            self.rng,
         )
         self.epsilon = LinearSchedule(q.eps_start, q.eps_end, max(1, int(q.eps_fraction * total_train_steps)))
         self.beta = LinearSchedule(cfg.replay.beta_start, 1.0, max(1, total_train_steps))
@@ -87,6 +116,7 @@ class Worker:
         self.grad_steps = 0
         self.grads_since_pull = 0
         self.pull_due = True  # pull before the next step whatever the count (start of an episode)
+        self.anchor = 0  # the bar acting spans are counted from: the first of the episode, or of the last pull
         self.attention_sum = np.zeros((len(self.stocks), S))
         self.begin_episode(0, "train", (0, 0))  # an empty episode until the driver begins the first one
 
@@ -102,9 +132,10 @@ class Worker:
         self.attention_sum[:] = 0.0
         self._records: list[tuple] = []
         self.pull_due = True
+        self.anchor = rows[0]
 
-    def sync_params(self) -> bool:
-        """Pull parameters when due; under ``--sync``, those of the round just pushed.
+    def sync_params(self, t: int) -> bool:
+        """Pull parameters when due, before acting at bar ``t``; under ``--sync``, those of the round just pushed.
 
         False when the server answered "checkpoint first": the driver takes the checkpoint
         it asked for, then calls this again.
@@ -117,32 +148,41 @@ class Worker:
             return False
         self._online.copy_(torch.from_numpy(msg.online))
         self._target.copy_(torch.from_numpy(msg.target))
+        if msg.version != self.version:
+            self.anchor = t
         self.version = msg.version
         self.grads_since_pull = 0
         self.pull_due = False
         return True
 
-    def values_at(self, t: int, positions: np.ndarray) -> ActingValues:
-        """Q-values of every stock at bar ``t`` under this worker's parameters, each stock holding
-        ``positions [S]`` (action indices); attention weights when evaluating.
+    def acting_span(self, t: int) -> tuple[int, int]:
+        """The bars ``[start, stop)`` of the acting pass that serves bar ``t``.
 
-        One forward pass serves every hosted worker at this parameters version: a stock's Q-values depend
-        only on its own position and each row is computed alone, so every worker gets for its stocks exactly
-        what it would compute for them alone (an MPI worker runs the same pass: --sync single == mpiexec).
+        Spans are counted from the anchor (the episode's first bar, or the bar of the last pull that brought
+        new parameters) in steps of ``dqn.train_freq`` in training (a pull can follow every gradient) and
+        :data:`EVAL_SPAN` in evaluation; the anchor is in the checkpoint, so a resumed run computes the very
+        passes of the run it continues, and every MPI rank those of single mode.
+        """
+        length = self.cfg.dqn.train_freq if self.training else EVAL_SPAN
+        start = self.anchor + (t - self.anchor) // length * length
+        return start, min(start + length, self.last_t + 1)
+
+    def acting_pass(self, start: int, stop: int) -> ActingPass:
+        """Q-values of every stock at bars ``[start, stop)`` for every position, under this worker's parameters;
+        attention weights when evaluating.
+
+        One pass serves every hosted worker at this parameters version: each row is computed alone, so every
+        worker gets for its stocks what it would compute for them alone (an MPI worker runs the same pass).
         """
         with torch.no_grad():
-            everyone = torch.arange(self.obs.n_stocks, device=self.device)[None]
-            emb = self.net.embed(self.obs.all_windows(t), everyone)  # [1, S, D]
-            neighbours, edges = self.obs.all_neighbours(t)  # [S, k], [S, k, C]
-            q, weights = self.net.decide(emb, emb, edges[None], torch.from_numpy(positions)[None].to(self.device),
-                                         index=neighbours[None])
-        attention = weights[0].mean(dim=0).cpu().numpy() if weights is not None and not self.training else None
-        return ActingValues(q[0].cpu().numpy(), neighbours.cpu().numpy(), attention)
+            q, neighbours, weights = self._bar_values(self.net, torch.arange(start, stop, device=self.device))
+        attention = weights.mean(dim=1).cpu().numpy() if weights is not None and not self.training else None
+        return ActingPass(self.version, start, stop, q.cpu().numpy(), neighbours.cpu().numpy(), attention)
 
     def act(self, t: int, values: ActingValues) -> None:
-        """Choose positions for all own stocks at bar ``t`` from ``values`` (:meth:`values_at` at this worker's
-        parameters version) and record the outcome."""
-        q = values.q[self.stocks]
+        """Choose positions for all own stocks at bar ``t`` from ``values`` (an :class:`ActingPass` at this
+        worker's parameters version) and record the outcome."""
+        q = values.q[self.stocks, self.position]  # [own stocks, 3]: at the position each holds
         actions = q.argmax(axis=1)
         eps = self.epsilon(self.train_steps) if self.training else 0.0
         if self.training:
@@ -172,27 +212,22 @@ class Worker:
         q = self.cfg.dqn
         if not self.training or self.train_steps < q.learning_starts or self.train_steps % q.train_freq:
             return
-        if len(self.replay) < q.batch_size:
+        B = self.batch_size
+        if len(self.replay) < B:
             return
         self.replay.beta = self.beta(self.train_steps)
-        s = self.replay.sample(q.batch_size)
-        B = q.batch_size
+        # whole bars of the shard (uniform replay): the batch needs the windows of batch_size bars only
+        s = self.replay.sample(B, group=len(self.stocks))
         dev = self.device
         # Each transition's bar and the next one, in one batch: online Q at both (double DQN), target at the next.
         t = torch.from_numpy(np.concatenate([s.t, s.next_t]).astype(np.int64)).to(dev)
         stock = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64)).to(dev)
         pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64)).to(dev)
-        # Only the stock's own window and its neighbours' are encoded (none but its own without attention).
-        if self.net.attention is not None:
-            neighbours, edges = self.obs.neighbours(t, stock)
-        else:
-            neighbours, edges = stock[:, None], torch.zeros(len(stock), 1, 2, device=dev)
-        own_slot = (neighbours == stock[:, None]).int().argmax(dim=1)
-        windows = self.obs.windows(t, neighbours)
+        inputs = self._sample_inputs(t, stock)
         self._grad.zero_()
-        q_all, _ = self.net(windows, neighbours, own_slot, edges, pos)
+        q_all = self._q(self.net, inputs, pos)
         with torch.no_grad():
-            q_next_target, _ = self.target(windows[B:], neighbours[B:], own_slot[B:], edges[B:], pos[B:])
+            q_next_target = self._q(self.target, inputs, pos, half=slice(B, None))
         actions = torch.from_numpy(s.action.astype(np.int64))[:, None].to(dev)
         q_taken = q_all[:B].gather(1, actions)[:, 0]
         # Double DQN: the online network picks the next action, the target network values it.
@@ -208,6 +243,59 @@ class Worker:
         self.transport.push_gradient(msg)
         self.grad_steps += 1
         self.grads_since_pull += 1
+
+    def _sample_inputs(self, t: torch.Tensor, stock: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the networks need for the transitions at bars ``t [N]`` of ``stock [N]``.
+
+        Two ways give the same Q-values; the one that embeds fewer windows is taken:
+
+        * per sample: the windows of its stock's neighbours (a shard of few stocks: a bar holds few samples);
+        * per bar: every stock's window once at each distinct bar, then the Q-values of the shard's stocks at
+          every position, as acting computes them, and each sample picks its own (whole bars of a shard whose
+          neighbours span the market: one window per stock and bar instead of k + 1 per sample).
+        """
+        bars, row = torch.unique(t, return_inverse=True)
+        k = min(self.cfg.model.neighbors, self.obs.n_stocks) if self.net.attention is not None else 1
+        if len(bars) * self.obs.n_stocks < len(t) * k:
+            local = torch.from_numpy(np.searchsorted(self.stocks, stock.cpu().numpy())).to(self.device)
+            return {"bars": bars, "row": row, "local": local}
+        if self.net.attention is not None:
+            neighbours, edges = self.obs.neighbours(t, stock)
+        else:
+            neighbours, edges = stock[:, None], torch.zeros(len(stock), 1, 2, device=self.device)
+        own_slot = (neighbours == stock[:, None]).int().argmax(dim=1)
+        return {"t": t, "neighbours": neighbours, "edges": edges, "own_slot": own_slot}
+
+    def _q(
+        self, net: QNetwork, inputs: dict[str, torch.Tensor], positions: torch.Tensor, half: slice = slice(None)
+    ) -> torch.Tensor:
+        """``net``'s Q-values ``[N, 3]`` of the samples ``half`` of :meth:`_sample_inputs` at ``positions``."""
+        if "bars" not in inputs:
+            windows = self.obs.windows(inputs["t"][half], inputs["neighbours"][half])
+            emb = net.embed(windows, inputs["neighbours"][half])
+            return net.from_embeddings(emb, inputs["own_slot"][half], inputs["edges"][half], positions[half])[0]
+        row = inputs["row"][half]
+        used, slot = torch.unique(row, return_inverse=True)  # the bars this half needs (the target: the next ones)
+        q, _, _ = self._bar_values(net, inputs["bars"][used], self._own_index)  # [U, own stocks, 3, 3]
+        return q[slot, inputs["local"][half], positions[half]]
+
+    def _bar_values(
+        self, net: QNetwork, bars: torch.Tensor, stocks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``net``'s Q-values ``[U, K, 3, 3]`` of ``stocks [K]`` (None: all) at ``bars [U]`` for every position
+        they could hold, their neighbours ``[U, K, k]`` and attention weights ``[U, H, K, k]``.
+
+        Every stock of the market is embedded once per bar, then the asked stocks attend over their neighbours;
+        each row is computed alone, so a stock gets the same values whichever others are asked with it.
+        """
+        everyone = torch.arange(self.obs.n_stocks, device=self.device)[None].expand(len(bars), -1)
+        emb = net.embed(self.obs.windows(bars, everyone), everyone)  # [U, S, D]
+        neighbours, edges = self.obs.neighbours_at(bars)  # [U, S, k], [U, S, k, C]
+        own = emb
+        if stocks is not None:
+            own, neighbours, edges = emb[:, stocks], neighbours[:, stocks], edges[:, stocks]
+        q, weights = net.decide_every_position(own, emb, edges, index=neighbours)
+        return q, neighbours, weights
 
     def end_episode(self) -> None:
         """Send the last records and the episode summary."""
@@ -254,6 +342,7 @@ class Worker:
             "grad_steps": self.grad_steps,
             "grads_since_pull": self.grads_since_pull,
             "pull_due": self.pull_due,
+            "anchor": self.anchor,
             "episode": self.episode,
             "phase": self.phase,
             "last_t": self.last_t,
@@ -274,6 +363,7 @@ class Worker:
         set_rng_state(self.rng, state["rng"])
         self.train_steps, self.grad_steps = int(state["train_steps"]), int(state["grad_steps"])
         self.grads_since_pull, self.pull_due = int(state["grads_since_pull"]), bool(state["pull_due"])
+        self.anchor = int(state["anchor"])
         self.episode, self.phase = int(state["episode"]), str(state["phase"])
         self.training = self.phase == "train"
         self.last_t = int(state["last_t"])
