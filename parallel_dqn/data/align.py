@@ -22,9 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from parallel_dqn.data.panel import MarketPanel
-
-_FIELDS = ("open", "high", "low", "close", "volume")
+from parallel_dqn.data.panel import BAR_FIELDS, MarketPanel, StockBars
 
 
 def align(
@@ -39,59 +37,58 @@ def align(
     """
     if not symbols:
         raise ValueError("align needs at least one symbol")
-    bars = {s: _utc_ns_frame(frames[s], s) for s in symbols}
-    times = {s: b.index.asi8 for s, b in bars.items()}
+    return align_bars(StockBars.from_frames(frames, symbols), clock)
+
+
+def align_bars(bars: StockBars, clock: np.ndarray | None = None) -> MarketPanel:
+    """:func:`align` for bars already loaded as flat arrays: every stock at once, with array operations.
+
+    ``clock`` as in :func:`align`; ValueError names the first stock without bars, with bars out of
+    order, or with a bar off the given clock.
+    """
+    symbols, times = bars.symbols, bars.timestamps
+    if not symbols:
+        raise ValueError("align needs at least one symbol")
+    counts = np.diff(bars.bounds)
+    stock = np.repeat(np.arange(len(symbols)), counts)  # the stock of every bar
+    empty = counts == 0
+    back = (np.diff(times) <= 0) & (stock[1:] == stock[:-1])  # a step back in time within a stock
+    unordered = np.zeros(len(symbols), dtype=bool)
+    unordered[stock[1:][back]] = True
+    if (empty | unordered).any():  # the first stock in order with either problem
+        s = int(np.argmax(empty | unordered))
+        if empty[s]:
+            raise ValueError(f"no bars for {symbols[s]}: cannot place it on the market clock")
+        raise ValueError(f"bars of {symbols[s]} are not strictly increasing in time")
     if clock is None:
-        clock = _union_sorted(list(times.values()))
+        clock = np.unique(times)
     else:
         clock = np.asarray(clock, dtype="datetime64[ns]").view(np.int64)
+    rows = np.searchsorted(clock, times)
+    on_clock = rows < clock.size
+    on_clock[on_clock] = clock[rows[on_clock]] == times[on_clock]
+    if not on_clock.all():
+        raise ValueError(f"bars of {symbols[stock[int(np.argmin(on_clock))]]} are not all on the given market clock")
     shape = (clock.size, len(symbols))
-    out = {name: np.empty(shape) for name in _FIELDS}
     tradeable = np.zeros(shape, dtype=bool)
-    for j, s in enumerate(symbols):
-        rows = np.searchsorted(clock, times[s])
-        if rows.size and (rows[-1] >= clock.size or not np.array_equal(clock[rows], times[s])):
-            raise ValueError(f"bars of {s} are not all on the given market clock")
-        tradeable[rows, j] = True
-        for name, column in _fill_column(bars[s], rows, clock.size).items():
-            out[name][:, j] = column
+    tradeable[rows, stock] = True
+    # For each clock step and stock, the row (in ``bars``) of the stock's latest real bar at or before it;
+    # -1 before its first. Rows grow with time within a stock, so a running maximum down the clock finds it.
+    latest = np.full(shape, -1, dtype=np.int64)
+    latest[rows, stock] = np.arange(times.size)
+    np.maximum.accumulate(latest, axis=0, out=latest)
+    first_open = bars.open[bars.bounds[:-1]]
+    fill = np.where(latest >= 0, bars.close[np.maximum(latest, 0)], first_open[None, :])
+    del latest
+    out = {}
+    for name in BAR_FIELDS:
+        # the prices start from the fill (close, the last of them, takes it over), the volume from 0
+        column = np.zeros(shape) if name == "volume" else fill if name == "close" else fill.copy()
+        column[rows, stock] = getattr(bars, name)
+        out[name] = column
     return MarketPanel(
         symbols=tuple(symbols),
         timestamps=clock.view("datetime64[ns]"),
         tradeable=tradeable,
         **out,
     )
-
-
-def _fill_column(bars: pd.DataFrame, rows: np.ndarray, n_steps: int) -> dict[str, np.ndarray]:
-    """One stock's fields on the clock: real bars at ``rows``, the fill rule everywhere else."""
-    close = bars["close"].to_numpy(dtype=np.float64)
-    # For each clock step, the position (in ``bars``) of the latest real bar at or before it; -1 before the first.
-    latest = np.full(n_steps, -1)
-    latest[rows] = np.arange(rows.size)
-    latest = np.maximum.accumulate(latest)
-    fill = np.where(latest >= 0, close[np.maximum(latest, 0)], bars["open"].iat[0])
-    columns = {}
-    for name in _FIELDS:
-        column = np.zeros(n_steps) if name == "volume" else fill.copy()
-        column[rows] = bars[name].to_numpy(dtype=np.float64)
-        columns[name] = column
-    return columns
-
-
-def _union_sorted(arrays: list[np.ndarray]) -> np.ndarray:
-    """Sorted union of sorted int64 arrays (a stable sort merges the sorted runs fast)."""
-    merged = np.sort(np.concatenate(arrays), kind="stable")
-    return merged[np.r_[True, merged[1:] != merged[:-1]]]
-
-
-def _utc_ns_frame(frame: pd.DataFrame, symbol: str) -> pd.DataFrame:
-    """``frame`` with a UTC, nanosecond index; checks it is non-empty and strictly increasing."""
-    if len(frame) == 0:
-        raise ValueError(f"no bars for {symbol}: cannot place it on the market clock")
-    index = pd.DatetimeIndex(frame.index)
-    index = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
-    index = index.as_unit("ns")
-    if not (index.is_monotonic_increasing and index.is_unique):
-        raise ValueError(f"bars of {symbol} are not strictly increasing in time")
-    return frame.set_axis(index, axis=0)

@@ -9,6 +9,7 @@ step, and no row carries information from after its own bar.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,9 @@ from parallel_dqn.data.panel import MarketPanel
 # Per stock and bar, the exchanged row holds: the F features, then these.
 EXTRA = ("log_return", "close", "tradeable")
 ROW_WIDTH = N_FEATURES + len(EXTRA)
+#: stocks x clock steps featurised at once by :func:`shard_rows`: big enough that per-call overheads vanish,
+#: small enough that the ``[T, stocks, F]`` temporaries stay at about 100 MB
+GROUP_CELLS = 2**20
 
 
 def local_rows(panel: MarketPanel, stats: FeatureStats, raw: np.ndarray | None = None) -> np.ndarray:
@@ -29,6 +33,47 @@ def local_rows(panel: MarketPanel, stats: FeatureStats, raw: np.ndarray | None =
     feats = stats.normalise(raw)
     extra = np.stack([panel.log_returns, panel.close, panel.tradeable.astype(np.float64)], axis=-1)
     return np.concatenate([feats.astype(np.float64), extra], axis=-1)
+
+
+def shard_rows(
+    panel: MarketPanel,
+    shards: Sequence[Sequence[int]],
+    session_seconds: float,
+    train_rows: tuple[int, int],
+    given: FeatureStats | None = None,
+) -> list[tuple[FeatureStats, np.ndarray]]:
+    """Each shard's feature statistics and exchange rows ``[T, k, ROW_WIDTH]``, as :func:`local_rows` per shard.
+
+    ``panel`` holds the shards' stocks, one shard after another; ``shards`` are their indices among the
+    run's stocks, which pick their rows of ``given`` statistics (a saved model's); without ``given`` each
+    stock's are fitted on clock rows ``[train_rows)``. Shards are featurised in groups of about
+    :data:`GROUP_CELLS` stock-steps: one array operation over many stocks instead of one per shard (every
+    feature and statistic is per stock, so grouping changes no value). A shard's rows are a view into its group's.
+    """
+    widths = [len(shard) for shard in shards]
+    per_group = max(1, GROUP_CELLS // max(panel.n_steps, 1))
+    out: list[tuple[FeatureStats, np.ndarray]] = []
+    first = col = 0
+    while first < len(shards):
+        last, size = first + 1, widths[first]  # the group: shards [first, last), at least one, <= per_group stocks
+        while last < len(shards) and size + widths[last] <= per_group:
+            size, last = size + widths[last], last + 1
+        stop = col + size
+        part = panel.stocks(slice(col, stop))
+        raw = raw_features(part, session_seconds)
+        if given is not None:
+            stocks = np.concatenate([np.asarray(shard, dtype=np.int64) for shard in shards[first:last]])
+            stats = FeatureStats(given.mean[stocks], given.std[stocks], session_seconds)
+        else:
+            stats = FeatureStats.fit(raw[slice(*train_rows)], session_seconds)
+        rows = local_rows(part, stats, raw)
+        at = 0
+        for width in widths[first:last]:
+            own = slice(at, at + width)
+            out.append((FeatureStats(stats.mean[own], stats.std[own], session_seconds), rows[:, own]))
+            at += width
+        first, col = last, stop
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Loading the bars of selected stocks and dates from a store into per-stock frames.
+"""Loading the bars of selected stocks and dates from a store: per-stock frames, or flat arrays for many stocks.
 
-Every file is read and validated (:mod:`parallel_dqn.data.validation`): all of a stock's files in one
-vectorised pass, and, only when that pass finds anything wrong, file by file, so that a bad file, an
-unknown symbol or an empty date range stops the load with one line naming what is wrong and the fix.
+Every file is read and validated (:mod:`parallel_dqn.data.validation`): the files of all the requested
+stocks in one vectorised pass, and, only when that pass finds anything wrong, stock by stock and file
+by file, so that a bad file, an unknown symbol or an empty date range stops the load with one line
+naming what is wrong and the fix.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 
+import numpy as np
 import pandas as pd
 
 from parallel_dqn.data.layout import check_symbol
+from parallel_dqn.data.panel import StockBars
 from parallel_dqn.data.store import Store, source_name
-from parallel_dqn.data.validation import problems_error, read_bars, read_days_fast, validate_day
+from parallel_dqn.data.validation import problems_error, read_bars, read_days_fast, read_files_fast, validate_day
 from parallel_dqn.errors import UserError
 
 _MAX_LISTED = 10
@@ -26,6 +29,15 @@ def load_bars(store: Store, symbols: Sequence[str], start: date, end: date) -> d
     Frames are in :func:`~parallel_dqn.data.validation.read_bars` format, keyed by symbol in
     ``symbols`` order. Days the store lacks are simply absent (alignment treats them as halted).
     """
+    return load_stock_bars(store, symbols, start, end).frames()
+
+
+def load_stock_bars(store: Store, symbols: Sequence[str], start: date, end: date) -> StockBars:
+    """What :func:`load_bars` loads, as flat arrays (:class:`~parallel_dqn.data.panel.StockBars`).
+
+    All the stocks' files are read and checked in one pass; only if anything is off (a stock without
+    days, a bad file) does it go stock by stock, file by file, to raise the error that names it.
+    """
     if start > end:
         raise UserError(f"start date {start} is after end date {end}", "swap them or pick another range")
     seen: set[str] = set()
@@ -34,7 +46,21 @@ def load_bars(store: Store, symbols: Sequence[str], start: date, end: date) -> d
         if symbol in seen:
             raise UserError(f"symbol {symbol} is listed twice", "list each symbol once")
         seen.add(symbol)
-    return {symbol: _load_symbol(store, symbol, start, end) for symbol in symbols}
+    days = {symbol: store.list_days(symbol, start, end) for symbol in symbols}
+    if all(days.values()):
+        if hasattr(store, "prefetch"):  # a remote store downloads a stock's files at once, concurrently
+            for symbol in symbols:
+                store.prefetch(symbol, days[symbol])
+        paths = [store.fetch(symbol, day) for symbol in symbols for day in days[symbol]]
+        fast = read_files_fast(paths, [day for symbol in symbols for day in days[symbol]])
+        if fast is not None:
+            files_before = np.cumsum([0] + [len(days[symbol]) for symbol in symbols])
+            rows_before = np.r_[0, np.cumsum(fast.counts, dtype=np.int64)]
+            return StockBars(
+                symbols=tuple(symbols), bounds=rows_before[files_before], timestamps=fast.timestamps, **fast.values
+            )
+    frames = {symbol: _load_symbol(store, symbol, start, end) for symbol in symbols}
+    return StockBars.from_frames(frames, symbols)
 
 
 def _load_symbol(store: Store, symbol: str, start: date, end: date) -> pd.DataFrame:

@@ -11,7 +11,7 @@ Timestamps: tz-aware values are converted to UTC; naive values are taken to be U
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -174,13 +174,37 @@ def to_bar_frame(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_days_fast(paths: list[Path], days: list[date]) -> pd.DataFrame | None:
-    """The bars of many stock-day files (``paths[i]`` holds ``days[i]``) in the loader's format, in one pass.
+    """The bars of many stock-day files (``paths[i]`` holds ``days[i]``) as one frame in the loader's format.
 
-    All files are scanned at once with pyarrow's dataset API (only the needed columns), and every check of
-    :func:`validate_bars` and :func:`validate_day` runs once over all rows, vectorised. Returns None as
-    soon as anything is off (a file that cannot be read, columns of other types, any problem): the
-    caller then reads file by file, which names the file, the row and what is wrong.
+    :func:`read_files_fast`, concatenated; None as soon as anything is off.
     """
+    fast = read_files_fast(paths, days)
+    if fast is None:
+        return None
+    index = pd.DatetimeIndex(fast.timestamps.view("datetime64[ns]"), name="timestamp").tz_localize("UTC")
+    return pd.DataFrame(fast.values, index=index)
+
+
+@dataclass(frozen=True)
+class FileBars:
+    """The valid bars of many files, file after file: what :func:`read_files_fast` returns."""
+
+    timestamps: np.ndarray  # int64 [N], UTC nanoseconds
+    values: dict[str, np.ndarray]  # VALUE_COLUMNS -> float64 [N]
+    counts: np.ndarray  # int64 [files]: rows of each file
+
+
+def read_files_fast(paths: Sequence[Path], days: Sequence[date]) -> FileBars | None:
+    """The bars of many stock-day files (``paths[i]`` holds ``days[i]``), read and checked in one pass.
+
+    All files are scanned at once with pyarrow's dataset API (only the needed columns), whatever stocks
+    they belong to, and every check of :func:`validate_bars` and :func:`validate_day` runs once over all
+    rows, vectorised. Returns None as soon as anything is off (a file that cannot be read, columns of
+    other types, any problem): the caller then reads file by file, which names the file, the row and
+    what is wrong.
+    """
+    if not paths:
+        return None
     try:  # one dataset scan (pyarrow reads the files concurrently); __fragment_index says which file a row is from
         scan = pads.dataset([str(p) for p in paths], format="parquet")
         table = scan.to_table(columns=[*REQUIRED_COLUMNS, "__fragment_index"])
@@ -208,15 +232,18 @@ def read_days_fast(paths: list[Path], days: list[date]) -> pd.DataFrame | None:
         return None
     if (values["high"] < values["low"]).any():
         return None
-    ns = table.column("timestamp").cast(pa.timestamp("ns", tz=ts_type.tz)).to_numpy().astype("datetime64[ns]")
+    ns = table.column("timestamp").cast(pa.timestamp("ns", tz=ts_type.tz)).to_numpy().view(np.int64)
     first_row = np.r_[0, np.cumsum(counts)[:-1]]
-    step = np.diff(ns).astype(np.int64)
+    step = np.diff(ns)
     inside = np.ones(len(ns) - 1, dtype=bool)
     inside[first_row[1:] - 1] = False  # a file's first row is not compared with the previous file's last
     if (step[inside] <= 0).any():  # unsorted or duplicate within a file
         return None
-    expected_day = np.asarray(days, dtype="datetime64[D]")[file_of_row]
-    if (ns.astype("datetime64[D]") != expected_day).any():
+    # the file's day, as ns since the epoch: a bar is on its day when it lies in [day, day + 1 day)
+    day_ns = np.asarray(days, dtype="datetime64[D]").astype("datetime64[ns]").view(np.int64)
+    if ((ns - np.repeat(day_ns, counts)) // _DAY_NS != 0).any():
         return None
-    index = pd.DatetimeIndex(ns, name="timestamp").tz_localize("UTC")
-    return pd.DataFrame(values, index=index)
+    return FileBars(timestamps=ns, values=values, counts=counts)
+
+
+_DAY_NS = 86_400 * 10**9
