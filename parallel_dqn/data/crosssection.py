@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallel_dqn.data.features import N_FEATURES, FeatureStats, neighbour_graph, raw_features
+from parallel_dqn.data.features import N_FEATURES, N_SCALED, FeatureStats, neighbour_graph, raw_features
 from parallel_dqn.data.panel import MarketPanel
 
 # Per stock and bar, the exchanged row holds: the F features, then these.
@@ -46,34 +46,30 @@ def shard_rows(
 
     ``panel`` holds the shards' stocks, one shard after another; ``shards`` are their indices among the
     run's stocks, which pick their rows of ``given`` statistics (a saved model's); without ``given`` each
-    stock's are fitted on clock rows ``[train_rows)``. Shards are featurised in groups of about
-    :data:`GROUP_CELLS` stock-steps: one array operation over many stocks instead of one per shard (every
-    feature and statistic is per stock, so grouping changes no value). A shard's rows are a view into its group's.
+    stock's are fitted on clock rows ``[train_rows)``. The stocks are featurised in blocks of about
+    :data:`GROUP_CELLS` stock-steps, across shard boundaries: one array operation over many stocks instead
+    of one per shard, and bounded temporaries however big a shard is (every feature and statistic is per
+    stock, so blocking changes no value). A shard's rows are a view into one array of all of them.
     """
-    widths = [len(shard) for shard in shards]
-    per_group = max(1, GROUP_CELLS // max(panel.n_steps, 1))
-    out: list[tuple[FeatureStats, np.ndarray]] = []
-    first = col = 0
-    while first < len(shards):
-        last, size = first + 1, widths[first]  # the group: shards [first, last), at least one, <= per_group stocks
-        while last < len(shards) and size + widths[last] <= per_group:
-            size, last = size + widths[last], last + 1
-        stop = col + size
-        part = panel.stocks(slice(col, stop))
+    T, n = panel.n_steps, panel.n_stocks
+    block = max(1, GROUP_CELLS // max(T, 1))
+    rows = np.empty((T, n, ROW_WIDTH))
+    mean, std = np.empty((n, N_SCALED)), np.empty((n, N_SCALED))
+    hosted = np.concatenate([np.zeros(0, dtype=np.int64), *[np.asarray(s, dtype=np.int64) for s in shards]])
+    for lo in range(0, n, block):
+        cols = slice(lo, min(n, lo + block))
+        part = panel.stocks(cols)
         raw = raw_features(part, session_seconds)
         if given is not None:
-            stocks = np.concatenate([np.asarray(shard, dtype=np.int64) for shard in shards[first:last]])
-            stats = FeatureStats(given.mean[stocks], given.std[stocks], session_seconds)
+            stats = FeatureStats(given.mean[hosted[cols]], given.std[hosted[cols]], session_seconds)
         else:
             stats = FeatureStats.fit(raw[slice(*train_rows)], session_seconds)
-        rows = local_rows(part, stats, raw)
-        at = 0
-        for width in widths[first:last]:
-            own = slice(at, at + width)
-            out.append((FeatureStats(stats.mean[own], stats.std[own], session_seconds), rows[:, own]))
-            at += width
-        first, col = last, stop
-    return out
+        rows[:, cols] = local_rows(part, stats, raw)
+        mean[cols], std[cols] = stats.mean, stats.std
+    bounds = np.cumsum([0] + [len(shard) for shard in shards])
+    return [
+        (FeatureStats(mean[a:b], std[a:b], session_seconds), rows[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])
+    ]
 
 
 @dataclass(frozen=True)
