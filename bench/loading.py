@@ -3,10 +3,11 @@
 On one generated market (``--stocks`` x ``--days`` files of ``--bar_minutes`` bars), side by side, alternating:
 
 * **pyarrow**: ``pyarrow.dataset.dataset(paths).to_table()``, the raw read of every file, nothing else;
-* **load_bars**: parallel-dqn's loader (read, validate every file, one frame per stock);
+* **load_bars**: parallel-dqn's loader (read and validate every file in one pass, one frame per stock);
 * **file by file**: the same work one file at a time, as the loader did before its one-pass read;
 * **end to end**: what a run does before its first step: plan, load, validate, align on one clock, features,
-  correlation graph (``build_cross_section`` in one process).
+  correlation graph (``build_cross_section`` in one process, with the cross-section cache off: a cached
+  second run would measure the cache, not the build).
 
 Usage:  python bench/loading.py [--stocks 10] [--days 250] [--bar_minutes 30] [--rounds 3]
 """
@@ -52,7 +53,7 @@ def main() -> None:
     first, last = min(d[0] for d in days.values()), max(d[-1] for d in days.values())
     cfg = Config()
     for key, value in {"data.data": str(market), "data.end_date": str(last), "data.eval_start": "",
-                       "market.graph_window": 40}.items():
+                       "market.graph_window": 40, "data.cache": "off"}.items():
         cfg.set(key, value)
 
     def pyarrow_read() -> None:

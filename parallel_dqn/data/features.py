@@ -115,7 +115,7 @@ class FeatureStats:
     session_seconds: float
 
     @classmethod
-    def fit(cls, raw_train: np.ndarray, session_seconds: float) -> "FeatureStats":
+    def fit(cls, raw_train: np.ndarray, session_seconds: float) -> FeatureStats:
         """Fit on the training rows of :func:`raw_features` (``[T_train, S, F]``)."""
         scaled = raw_train[:, :, :N_SCALED]
         mean = scaled.mean(axis=0)
@@ -133,7 +133,7 @@ class FeatureStats:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "session_seconds": self.session_seconds}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FeatureStats":
+    def from_dict(cls, d: dict) -> FeatureStats:
         return cls(np.asarray(d["mean"]), np.asarray(d["std"]), float(d["session_seconds"]))
 
 
@@ -189,34 +189,91 @@ def neighbour_graph(
     edges = np.zeros((len(stamps), S, k, 2), dtype=np.float32)
     rows = np.arange(S)[:, None]
     # a tiny index-based tie-break makes the chosen set unique (rows without history are all ties)
-    tie_break = np.arange(S)[None, :] * 1e-9
+    tie_break = np.arange(S) * 1e-9
+    # one stamp at a time, no threads: OpenBLAS's own threads (the matrix products) and ours would fight for cores
     for g, t in enumerate(stamps):
         lo = max(1, t - window + 1)
         x = log_returns[lo : t + 1]
         if len(x) < 3:
             same = lead = np.zeros((S, S))
-        else:
-            same, lead = _corr(x, x), _corr(x[1:], x[:-1])
+        else:  # unclipped: only the kept pairs' values are clipped, below (clipping commutes with picking)
+            same, lead = _corr(x, x, clip=False), _corr(x[1:], x[:-1], clip=False)
         if k == S:
             chosen = np.broadcast_to(np.arange(S), (S, S))
         else:
-            score = np.maximum(np.abs(same), np.abs(lead)) - tie_break
+            # max(|clip(same)|, |clip(lead)|) - tie_break, in place: clip-then-abs is min(|.|, 1)
+            score = np.abs(same)
+            np.maximum(score, np.abs(lead), out=score)
+            np.minimum(score, 1.0, out=score)
+            score -= tie_break
             np.fill_diagonal(score, np.inf)  # a stock always attends over itself
-            chosen = np.sort(np.argpartition(-score, k - 1, axis=1)[:, :k], axis=1)
+            chosen = _strongest(score, k) if np.isfinite(x).all() else _strongest_plain(score, k)
         neighbors[g] = chosen
-        edges[g, :, :, 0] = same[rows, chosen]
-        edges[g, :, :, 1] = lead[rows, chosen]
+        edges[g, :, :, 0] = np.clip(same[rows, chosen], -1.0, 1.0)
+        edges[g, :, :, 1] = np.clip(lead[rows, chosen], -1.0, 1.0)
     index = np.searchsorted(stamps, np.arange(T), side="right") - 1
     return neighbors, edges, np.maximum(index, 0)
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Correlation matrix between the columns of a and the columns of b (0 where a column is flat)."""
+def _strongest_plain(score: np.ndarray, k: int) -> np.ndarray:
+    """The columns of each row's ``k`` largest scores, ascending ``[rows, k]``: what :func:`_strongest` must match."""
+    return np.sort(np.argpartition(-score, k - 1, axis=1)[:, :k], axis=1)
+
+
+def _strongest(score: np.ndarray, k: int) -> np.ndarray:
+    """:func:`_strongest_plain`, the same columns, without partitioning every full row (the graph's hot spot).
+
+    A row's k largest scores all reach a cheap lower bound of its k-th largest (the k-th largest of the
+    maxima of 2k groups of columns: k scores reach it), so only the few columns at or above that bound
+    are partitioned. Where the k-th largest is tied, which k of the tied columns the plain partition keeps
+    is its own affair: those rows (and rows with NaN, which compare false) are left to it.
+    """
+    n, m = score.shape
+    blocks = 2 * k
+    size = m // blocks
+    if size < 2:  # too few columns to gain anything
+        return _strongest_plain(score, k)
+    # group j holds columns j, j + blocks, j + 2 * blocks, ...: a strided reshape, maxima over the middle axis
+    maxima = score[:, : blocks * size].reshape(n, size, blocks).max(axis=1)
+    bound = np.partition(maxima, blocks - k, axis=1)[:, blocks - k]
+    r, c = np.nonzero(score >= bound[:, None])
+    per_row = np.bincount(r, minlength=n)
+    if (per_row < k).any():  # only NaN rows fall short
+        return _strongest_plain(score, k)
+    # each row's candidates side by side, padded with -inf, and their k-th largest: the row's k-th largest
+    slot = np.arange(r.size) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    values = score[r, c]
+    candidates = np.full((n, int(per_row.max())), -np.inf)
+    candidates[r, slot] = values
+    kth = np.partition(candidates, candidates.shape[1] - k, axis=1)[:, candidates.shape[1] - k]
+    keep = values >= kth[r]
+    kept = np.bincount(r[keep], minlength=n)
+    if (kept == k).all():  # np.nonzero went row by row, column by column: ascending columns per row
+        return c[keep].reshape(n, k)
+    chosen = np.zeros((n, k), dtype=np.int64)
+    exact = kept == k
+    chosen[exact] = c[keep & exact[r]].reshape(-1, k)
+    chosen[~exact] = _strongest_plain(score[~exact], k)
+    return chosen
+
+
+def _corr(a: np.ndarray, b: np.ndarray, clip: bool = True) -> np.ndarray:
+    """Correlation matrix between the columns of a and the columns of b (0 where a column is flat).
+
+    ``clip=False``: not clipped to [-1, 1] (rounding can take a value just past 1). In place where it can be:
+    this runs on S x S matrices at every graph stamp.
+    """
     a = a - a.mean(axis=0)
     b = b - b.mean(axis=0)
     na = np.sqrt((a * a).sum(axis=0))
     nb = np.sqrt((b * b).sum(axis=0))
+    c = a.T @ b
     denom = np.outer(na, nb)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.where(denom > 0, (a.T @ b) / np.where(denom > 0, denom, 1.0), 0.0)
-    return np.clip(c, -1.0, 1.0)
+    if na.min() * nb.min() > 0:  # every product is at least this one: no flat column, no check per pair
+        np.divide(c, denom, out=c)
+    else:
+        flat = ~(denom > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(c, denom, out=c, where=~flat)
+        c[flat] = 0.0
+    return np.clip(c, -1.0, 1.0, out=c) if clip else c
