@@ -82,6 +82,9 @@ def test_windows_are_the_last_rows_up_to_t_with_zeros_before_the_first_bar():
             expected[max(0, -lo):] = xs.features[max(lo, 0): int(t[b]) + 1, int(stocks[b, n])]
             assert np.array_equal(w[b, n].numpy(), expected)
     assert np.shares_memory(obs._features.numpy(), xs.features)  # no copy of the cross-section
+    everyone = torch.arange(xs.n_stocks)[None].expand(3, -1)
+    assert torch.equal(obs.windows(t), obs.windows(t, everyone))  # whole bars: the same windows, one gather
+    assert torch.equal(obs.windows(t[2:]), obs.windows(t[2:], everyone[2:]))  # no bar before the first
 
 
 def test_neighbours_come_from_the_graph_in_force_at_t():

@@ -165,23 +165,23 @@ class QNetwork(nn.Module):
         for all stocks at once gives each stock what asking for it alone would.
         """
         ctx, weights = self.context(own, neighbours, edges, index)
-        pos = F.one_hot(positions.long(), N_ACTIONS).to(own.dtype)
-        return self.head(torch.cat([own, ctx, pos], dim=-1)), weights
+        return self.q_head(own, ctx, positions), weights
 
-    def decide_every_position(
-        self, own: torch.Tensor, neighbours: torch.Tensor, edges: torch.Tensor, index: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Q-values ``[B, K, 3, 3]`` (position held, action) of K asking stocks for each position they could
-        hold, and the attention weights; arguments as :meth:`decide`.
+    def q_head(self, own: torch.Tensor, ctx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Q-values ``[..., 3]`` from a stock's embedding and context ``[..., D]`` and the position it holds."""
+        pos = F.one_hot(positions.long(), N_ACTIONS).to(own.dtype)
+        return self.head(torch.cat([own, ctx, pos], dim=-1))
+
+    def q_every_position(self, own: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Q-values ``[..., 3, 3]`` (position held, action) from a stock's embedding and context ``[..., D]``
+        for each position it could hold.
 
         Acting asks this once for many bars ahead: the position is the only input an action changes, so the
         Q-values of every bar until the parameters change can be computed in one pass and looked up per step.
         """
-        ctx, weights = self.context(own, neighbours, edges, index)
-        B, K, D = own.shape
-        pos = torch.eye(N_ACTIONS, dtype=own.dtype, device=own.device).expand(B, K, N_ACTIONS, N_ACTIONS)
-        both = torch.cat([own, ctx], dim=-1)[:, :, None, :].expand(B, K, N_ACTIONS, 2 * D)
-        return self.head(torch.cat([both, pos], dim=-1)), weights
+        positions = torch.arange(N_ACTIONS, device=own.device).expand(*own.shape[:-1], N_ACTIONS)
+        expand = (*own.shape[:-1], N_ACTIONS, own.shape[-1])
+        return self.q_head(own[..., None, :].expand(expand), ctx[..., None, :].expand(expand), positions)
 
     def context(
         self, own: torch.Tensor, neighbours: torch.Tensor, edges: torch.Tensor, index: torch.Tensor | None = None

@@ -36,11 +36,18 @@ class Observations:
         self._edges = _tensor(xs.edges, self.device)  # [G, S, k, C]
         self._graph_index = _tensor(xs.graph_index, self.device).long()  # [T]
 
-    def windows(self, t: torch.Tensor, stocks: torch.Tensor) -> torch.Tensor:
-        """``[B, K, W, F]``: stocks ``[B, K]``'s last W feature rows up to and including ``t [B]``."""
+    def windows(self, t: torch.Tensor, stocks: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, K, W, F]``: stocks ``[B, K]``'s last W feature rows up to and including ``t [B]``
+        (``stocks`` None: every stock, K = S)."""
         rows = t.to(self.device)[:, None] + self._offsets[None, :]  # [B, W]
+        early = bool((rows < 0).any())
+        if stocks is None:  # whole bars: W rows of the features each, one gather
+            picked = self._features[rows.clamp(min=0)].permute(0, 2, 1, 3)  # [B, S, W, F]
+        else:
+            picked = self._features[rows.clamp(min=0)[:, None, :], stocks.to(self.device)[:, :, None]]
+        if not early:
+            return picked
         before_start = (rows < 0)[:, None, :, None]
-        picked = self._features[rows.clamp(min=0)[:, None, :], stocks.to(self.device)[:, :, None]]  # [B, K, W, F]
         return torch.where(before_start, torch.zeros((), dtype=picked.dtype, device=self.device), picked)
 
     def neighbours(self, t: torch.Tensor, stocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -175,7 +175,8 @@ class Worker:
         worker gets for its stocks what it would compute for them alone (an MPI worker runs the same pass).
         """
         with torch.no_grad():
-            q, neighbours, weights = self._bar_values(self.net, torch.arange(start, stop, device=self.device))
+            own, ctx, neighbours, weights = self._bar_context(self.net, torch.arange(start, stop, device=self.device))
+            q = self.net.q_every_position(own, ctx)
         attention = weights.mean(dim=1).cpu().numpy() if weights is not None and not self.training else None
         return ActingPass(self.version, start, stop, q.cpu().numpy(), neighbours.cpu().numpy(), attention)
 
@@ -224,15 +225,17 @@ class Worker:
         stock = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64)).to(dev)
         pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64)).to(dev)
         inputs = self._sample_inputs(t, stock)
+        now, following = slice(None, B), slice(B, None)
         self._grad.zero_()
-        q_all = self._q(self.net, inputs, pos)
+        q_now = self._q(self.net, inputs, pos, now)  # the only pass the gradient flows through
         with torch.no_grad():
-            q_next_target = self._q(self.target, inputs, pos, half=slice(B, None))
+            q_next_online = self._q(self.net, inputs, pos, following)
+            q_next_target = self._q(self.target, inputs, pos, following)
         actions = torch.from_numpy(s.action.astype(np.int64))[:, None].to(dev)
-        q_taken = q_all[:B].gather(1, actions)[:, 0]
+        q_taken = q_now.gather(1, actions)[:, 0]
         # Double DQN: the online network picks the next action, the target network values it.
         targets = double_dqn_targets(
-            q_all[B:].detach(), q_next_target, torch.from_numpy(s.reward).to(dev), torch.from_numpy(s.discount).to(dev)
+            q_next_online, q_next_target, torch.from_numpy(s.reward).to(dev), torch.from_numpy(s.discount).to(dev)
         )
         loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights).to(dev), q.huber_delta)
         loss.backward()
@@ -275,27 +278,28 @@ class Worker:
             emb = net.embed(windows, inputs["neighbours"][half])
             return net.from_embeddings(emb, inputs["own_slot"][half], inputs["edges"][half], positions[half])[0]
         row = inputs["row"][half]
-        used, slot = torch.unique(row, return_inverse=True)  # the bars this half needs (the target: the next ones)
-        q, _, _ = self._bar_values(net, inputs["bars"][used], self._own_index)  # [U, own stocks, 3, 3]
-        return q[slot, inputs["local"][half], positions[half]]
+        used, slot = torch.unique(row, return_inverse=True)  # the bars this half needs
+        own, ctx, _, _ = self._bar_context(net, inputs["bars"][used], self._own_index)  # [U, own stocks, D]
+        local = inputs["local"][half]
+        return net.q_head(own[slot, local], ctx[slot, local], positions[half])  # the head on the samples only
 
-    def _bar_values(
+    def _bar_context(
         self, net: QNetwork, bars: torch.Tensor, stocks: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``net``'s Q-values ``[U, K, 3, 3]`` of ``stocks [K]`` (None: all) at ``bars [U]`` for every position
-        they could hold, their neighbours ``[U, K, k]`` and attention weights ``[U, H, K, k]``.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``net``'s embeddings and cross-stock contexts ``[U, K, D]`` of ``stocks [K]`` (None: all) at
+        ``bars [U]``, their neighbours ``[U, K, k]`` and attention weights ``[U, H, K, k]``.
 
         Every stock of the market is embedded once per bar, then the asked stocks attend over their neighbours;
         each row is computed alone, so a stock gets the same values whichever others are asked with it.
         """
         everyone = torch.arange(self.obs.n_stocks, device=self.device)[None].expand(len(bars), -1)
-        emb = net.embed(self.obs.windows(bars, everyone), everyone)  # [U, S, D]
+        emb = net.embed(self.obs.windows(bars), everyone)  # [U, S, D]
         neighbours, edges = self.obs.neighbours_at(bars)  # [U, S, k], [U, S, k, C]
         own = emb
-        if stocks is not None:
+        if stocks is not None and len(stocks) < self.obs.n_stocks:  # a shard: its own stocks ask
             own, neighbours, edges = emb[:, stocks], neighbours[:, stocks], edges[:, stocks]
-        q, weights = net.decide_every_position(own, emb, edges, index=neighbours)
-        return q, neighbours, weights
+        ctx, weights = net.context(own, emb, edges, index=neighbours)
+        return own, ctx, neighbours, weights
 
     def end_episode(self) -> None:
         """Send the last records and the episode summary."""
