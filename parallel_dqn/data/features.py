@@ -190,20 +190,22 @@ def neighbour_graph(
     rows = np.arange(S)[:, None]
     # a tiny index-based tie-break makes the chosen set unique (rows without history are all ties)
     tie_break = np.arange(S) * 1e-9
+    same, lead, score, work = (np.empty((S, S)) for _ in range(4))  # reused at every stamp
     # one stamp at a time, no threads: OpenBLAS's own threads (the matrix products) and ours would fight for cores
     for g, t in enumerate(stamps):
         lo = max(1, t - window + 1)
         x = log_returns[lo : t + 1]
         if len(x) < 3:
-            same = lead = np.zeros((S, S))
+            same[:] = lead[:] = 0.0
         else:  # unclipped: only the kept pairs' values are clipped, below (clipping commutes with picking)
-            same, lead = _corr(x, x, clip=False), _corr(x[1:], x[:-1], clip=False)
+            _corr(x, x, clip=False, out=same, work=work)
+            _corr(x[1:], x[:-1], clip=False, out=lead, work=work)
         if k == S:
             chosen = np.broadcast_to(np.arange(S), (S, S))
         else:
             # max(|clip(same)|, |clip(lead)|) - tie_break, in place: clip-then-abs is min(|.|, 1)
-            score = np.abs(same)
-            np.maximum(score, np.abs(lead), out=score)
+            np.abs(same, out=score)
+            np.maximum(score, np.abs(lead, out=work), out=score)
             np.minimum(score, 1.0, out=score)
             score -= tie_break
             np.fill_diagonal(score, np.inf)  # a stock always attends over itself
@@ -224,19 +226,22 @@ def _strongest(score: np.ndarray, k: int) -> np.ndarray:
     """:func:`_strongest_plain`, the same columns, without partitioning every full row (the graph's hot spot).
 
     A row's k largest scores all reach a cheap lower bound of its k-th largest (the k-th largest of the
-    maxima of 2k groups of columns: k scores reach it), so only the few columns at or above that bound
+    maxima of 2k or more groups of columns: k scores reach it), so only the few columns at or above that bound
     are partitioned. Where the k-th largest is tied, which k of the tied columns the plain partition keeps
     is its own affair: those rows (and rows with NaN, which compare false) are left to it.
     """
     n, m = score.shape
-    blocks = 2 * k
-    size = m // blocks
-    if size < 2:  # too few columns to gain anything
+    if m < 4 * k:  # too few columns to gain anything
         return _strongest_plain(score, k)
-    # group j holds columns j, j + blocks, j + 2 * blocks, ...: a strided reshape, maxima over the middle axis
-    maxima = score[:, : blocks * size].reshape(n, size, blocks).max(axis=1)
-    bound = np.partition(maxima, blocks - k, axis=1)[:, blocks - k]
-    r, c = np.nonzero(score >= bound[:, None])
+    # maxima of disjoint groups of columns, by halving the row (an odd last column is left out of the bound)
+    maxima = score
+    while maxima.shape[1] >= 4 * k:
+        half = maxima.shape[1] // 2
+        maxima = np.maximum(maxima[:, :half], maxima[:, half : 2 * half])
+    groups = maxima.shape[1]  # at least 2k
+    bound = np.partition(maxima, groups - k, axis=1)[:, groups - k]
+    flat = np.flatnonzero(score >= bound[:, None])  # far faster than a 2-d np.nonzero; row-major all the same
+    r, c = np.divmod(flat, m)
     per_row = np.bincount(r, minlength=n)
     if (per_row < k).any():  # only NaN rows fall short
         return _strongest_plain(score, k)
@@ -248,7 +253,7 @@ def _strongest(score: np.ndarray, k: int) -> np.ndarray:
     kth = np.partition(candidates, candidates.shape[1] - k, axis=1)[:, candidates.shape[1] - k]
     keep = values >= kth[r]
     kept = np.bincount(r[keep], minlength=n)
-    if (kept == k).all():  # np.nonzero went row by row, column by column: ascending columns per row
+    if (kept == k).all():  # the candidates go row by row, column by column: ascending columns per row
         return c[keep].reshape(n, k)
     chosen = np.zeros((n, k), dtype=np.int64)
     exact = kept == k
@@ -257,18 +262,21 @@ def _strongest(score: np.ndarray, k: int) -> np.ndarray:
     return chosen
 
 
-def _corr(a: np.ndarray, b: np.ndarray, clip: bool = True) -> np.ndarray:
+def _corr(
+    a: np.ndarray, b: np.ndarray, clip: bool = True, out: np.ndarray | None = None, work: np.ndarray | None = None
+) -> np.ndarray:
     """Correlation matrix between the columns of a and the columns of b (0 where a column is flat).
 
-    ``clip=False``: not clipped to [-1, 1] (rounding can take a value just past 1). In place where it can be:
-    this runs on S x S matrices at every graph stamp.
+    ``clip=False``: not clipped to [-1, 1] (rounding can take a value just past 1). ``out`` (the result) and
+    ``work``: float64 ``[a columns, b columns]`` buffers to reuse, as this runs on S x S matrices at every
+    graph stamp.
     """
     a = a - a.mean(axis=0)
     b = b - b.mean(axis=0)
     na = np.sqrt((a * a).sum(axis=0))
     nb = np.sqrt((b * b).sum(axis=0))
-    c = a.T @ b
-    denom = np.outer(na, nb)
+    c = np.matmul(a.T, b, out=out)
+    denom = np.outer(na, nb, out=work)
     if na.min() * nb.min() > 0:  # every product is at least this one: no flat column, no check per pair
         np.divide(c, denom, out=c)
     else:
