@@ -1,9 +1,10 @@
-"""Memory benchmark: peak RSS of a single-mode run against the number of stocks (one worker per stock).
+"""Memory benchmark: peak RSS of a single-mode run against the number of stocks.
 
-Each run is its own process (``parallel-dqn train``, one episode over 2 days of 1-minute bars, defaults);
-its peak resident set size comes from the kernel (``getrusage`` of the finished child).
+Each run is its own process (``parallel-dqn train``, one episode over 2 days of 1-minute bars, defaults:
+one worker for all the stocks; and, with ``--per_stock``, also ``--workers S``, one simulated worker per
+stock); its peak resident set size comes from the kernel (``getrusage`` of the finished child).
 
-Usage:  python bench/memory.py [--stocks 5 50 150] [--out bench/out/memory]
+Usage:  python bench/memory.py [--stocks 5 50 150] [--per_stock] [--out bench/out/memory]
 """
 
 from __future__ import annotations
@@ -34,23 +35,26 @@ def peak_rss_mb(args: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stocks", type=int, nargs="+", default=[5, 50, 150])
+    ap.add_argument("--per_stock", action="store_true", help="also one simulated worker per stock")
     ap.add_argument("--out", type=Path, default=Path("bench/out/memory"))
     args = ap.parse_args()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     print("| stocks | workers | peak RSS (MB) | MB per stock beyond 5 |")
     print("|---|---|---|---|")
-    base = None
+    base: dict[bool, tuple[int, float]] = {}
     for n in args.stocks:
         market = args.out / f"market{n}"
         if not (market / "stocks_intraday").exists():
             names = [f"S{i:03d}" for i in range(n)]
             write_market(generate_market(names, dt.date(2024, 1, 2), 3, seed=7, spec=SyntheticSpec()), market)
-        mb = peak_rss_mb(["train", "--data", str(market), "--start_date", "2024-01-02", "--end_date", "2024-01-03",
-                          "--eval_start", "2024-01-04", "--eval_end", "2024-01-04", "--episodes", "1",
-                          "--output", str(args.out / f"run{n}"), "--overwrite", "--no_progress"])
-        base = base if base is not None else (n, mb)
-        per = (mb - base[1]) / (n - base[0]) if n != base[0] else float("nan")
-        print(f"| {n} | {n} | {mb:,.0f} | {per:.1f} |", flush=True)
+        for per_stock in (False, True) if args.per_stock else (False,):
+            mb = peak_rss_mb(["train", "--data", str(market), "--start_date", "2024-01-02", "--end_date", "2024-01-03",
+                              "--eval_start", "2024-01-04", "--eval_end", "2024-01-04", "--episodes", "1",
+                              "--output", str(args.out / f"run{n}"), "--overwrite", "--no_progress",
+                              *(["--workers", str(n)] if per_stock else [])])
+            first = base.setdefault(per_stock, (n, mb))
+            per = (mb - first[1]) / (n - first[0]) if n != first[0] else float("nan")
+            print(f"| {n} | {n if per_stock else 1} | {mb:,.0f} | {per:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

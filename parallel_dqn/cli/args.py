@@ -50,7 +50,7 @@ def train_flags(t: argparse.ArgumentParser) -> None:
     flag(t, "start_date", default=None, help="first training day YYYY-MM-DD")
     flag(t, "end_date", default=None, help="last training day")
     flag(t, "episodes", type=int, default=None, help="passes over the training period")
-    flag(t, "workers", type=int, default=None, help="workers (0: one per stock)")
+    flag(t, "workers", type=int, default=None, help="workers to simulate in single mode (0: one for all stocks)")
     flag(t, "sync", action="store_true", default=None, help="synchronous gradient rounds (deterministic)")
     flag(t, "resume", default=None, metavar="auto|RUN_DIR|CHECKPOINT_DIR",
           help="continue from the newest valid checkpoint (auto: of --output, starting afresh if there is none)")
