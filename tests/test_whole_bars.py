@@ -65,11 +65,11 @@ def test_learning_on_whole_bars_gives_the_per_sample_q_values(market, tmp_path, 
     t = torch.tensor([60, 60, 60, 61, 61, 61, 90, 90, 90])
     stock = torch.tensor([0, 1, 2] * 3)
     pos = torch.tensor([0, 1, 2, 2, 2, 1, 1, 0, 0])
-    chosen = w._sample_inputs(t, stock)
+    chosen = w._sample_inputs(t, stock, whole_bars=True)
     # with attention 3 bars x 3 stocks are embedded instead of 9 samples x 2 neighbours; without, 9 windows
     assert ("bars" in chosen) == attention
-    bars, row = torch.unique(t, return_inverse=True)
-    per_bar = {"bars": bars, "row": row, "local": stock}
+    assert "bars" not in w._sample_inputs(t, stock, whole_bars=False)  # prioritized replay: scattered samples
+    per_bar = {"bars": torch.tensor([60, 61, 90])}
     neighbours, edges = w.obs.neighbours(t, stock)
     if not attention:
         neighbours, edges = stock[:, None], torch.zeros(len(stock), 1, 2)
@@ -86,7 +86,8 @@ def test_learning_on_whole_bars_gives_the_per_sample_q_values(market, tmp_path, 
 def test_a_shard_learns_on_its_own_stocks_of_each_bar(market, tmp_path):
     w = make_worker(market, tmp_path, [1, 2], **{"dist.workers": 2})
     t, stock, pos = torch.tensor([70, 70, 80, 80]), torch.tensor([1, 2, 1, 2]), torch.tensor([0, 2, 1, 1])
-    per_bar = w._sample_inputs(t, stock)
+    per_bar = w._sample_inputs(t, stock, whole_bars=True)
+    assert "bars" in per_bar
     q = w._q(w.net, per_bar, pos)
     for i in range(4):
         alone = w.acting_pass(int(t[i]), int(t[i]) + 1).at(int(t[i])).q[int(stock[i]), int(pos[i])]
@@ -103,7 +104,7 @@ def test_an_acting_pass_gives_each_bar_what_a_pass_over_that_bar_alone_gives(mar
     # the Q-values a stock holding position p acts on are those of the learning path at p
     positions = torch.tensor([0, 1, 2])
     t = torch.full((3,), 105)
-    learned = w._q(w.net, w._sample_inputs(t, torch.arange(3)), positions).detach().numpy()
+    learned = w._q(w.net, w._sample_inputs(t, torch.arange(3), whole_bars=True), positions).detach().numpy()
     assert np.allclose(span.at(105).q[np.arange(3), positions.numpy()], learned, atol=ATOL)
 
 

@@ -224,7 +224,8 @@ class Worker:
         t = torch.from_numpy(np.concatenate([s.t, s.next_t]).astype(np.int64)).to(dev)
         stock = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64)).to(dev)
         pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64)).to(dev)
-        inputs = self._sample_inputs(t, stock)
+        # uniform replay draws whole bars of the shard, each in the shard's stock order (prioritized: single ones)
+        inputs = self._sample_inputs(t, stock, whole_bars=not self.cfg.replay.prioritized)
         now, following = slice(None, B), slice(B, None)
         self._grad.zero_()
         q_now = self._q(self.net, inputs, pos, now)  # the only pass the gradient flows through
@@ -247,21 +248,22 @@ class Worker:
         self.grad_steps += 1
         self.grads_since_pull += 1
 
-    def _sample_inputs(self, t: torch.Tensor, stock: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the networks need for the transitions at bars ``t [N]`` of ``stock [N]``.
+    def _sample_inputs(self, t: torch.Tensor, stock: torch.Tensor, whole_bars: bool) -> dict[str, torch.Tensor]:
+        """What the networks need for the transitions at bars ``t [N]`` of ``stock [N]``; ``whole_bars``: the
+        samples are whole bars of the shard, one after the other, each in the shard's stock order.
 
         Two ways give the same Q-values; the one that embeds fewer windows is taken:
 
-        * per sample: the windows of its stock's neighbours (a shard of few stocks: a bar holds few samples);
-        * per bar: every stock's window once at each distinct bar, then the Q-values of the shard's stocks at
-          every position, as acting computes them, and each sample picks its own (whole bars of a shard whose
-          neighbours span the market: one window per stock and bar instead of k + 1 per sample).
+        * per sample: the windows of its stock's neighbours (a shard of few stocks, no attention, or samples
+          scattered over bars as prioritized replay draws them);
+        * per bar: every stock's window once at each sampled bar, the shard's stocks attend over their
+          neighbours as in acting, and the head runs on the samples (whole bars of a shard whose neighbours
+          span the market: one window per stock and bar instead of k + 1 per sample).
         """
-        bars, row = torch.unique(t, return_inverse=True)
+        own = len(self.stocks)
         k = min(self.cfg.model.neighbors, self.obs.n_stocks) if self.net.attention is not None else 1
-        if len(bars) * self.obs.n_stocks < len(t) * k:
-            local = torch.from_numpy(np.searchsorted(self.stocks, stock.cpu().numpy())).to(self.device)
-            return {"bars": bars, "row": row, "local": local}
+        if whole_bars and self.obs.n_stocks < own * k:
+            return {"bars": t[::own]}  # one bar per group of samples
         if self.net.attention is not None:
             neighbours, edges = self.obs.neighbours(t, stock)
         else:
@@ -277,11 +279,10 @@ class Worker:
             windows = self.obs.windows(inputs["t"][half], inputs["neighbours"][half])
             emb = net.embed(windows, inputs["neighbours"][half])
             return net.from_embeddings(emb, inputs["own_slot"][half], inputs["edges"][half], positions[half])[0]
-        row = inputs["row"][half]
-        used, slot = torch.unique(row, return_inverse=True)  # the bars this half needs
-        own, ctx, _, _ = self._bar_context(net, inputs["bars"][used], self._own_index)  # [U, own stocks, D]
-        local = inputs["local"][half]
-        return net.q_head(own[slot, local], ctx[slot, local], positions[half])  # the head on the samples only
+        groups = slice(*(None if x is None else x // len(self.stocks) for x in (half.start, half.stop)))
+        own, ctx, _, _ = self._bar_context(net, inputs["bars"][groups], self._own_index)  # [G, own stocks, D]
+        D = own.shape[-1]
+        return net.q_head(own.reshape(-1, D), ctx.reshape(-1, D), positions[half])  # the samples, in their order
 
     def _bar_context(
         self, net: QNetwork, bars: torch.Tensor, stocks: torch.Tensor | None = None
