@@ -63,7 +63,7 @@ RANK_DONE = re.compile(r"parallel_dqn\.run\.mpi: rank (\d+): done")
 FIRST_STEP = re.compile(r"parallel_dqn\.training\.driver: first clock step")
 CHECKPOINT = re.compile(r"checkpoint \d+ written \(after (\d+) gradient applies\)")
 BUILT = re.compile(r"cross-section (built|from the cache) in ([\d.]+) s")
-MODES = {"single": "single mode, one worker per stock", "mpi": "mpiexec -n RANKS: RANKS-1 worker ranks",
+MODES = {"single": "single mode, one worker for all the stocks (the default)", "mpi": "mpiexec -n RANKS: RANKS-1 worker ranks",
          "mpi1": "mpiexec -n 2: one worker rank (the 'one rank' of the memory ratio)"}
 TARGETS = {"throughput_500_vs_5": 0.5, "single_peak_rss_500_mb": 2000.0, "workers_vs_one_rank_500": 1.5}
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Single mode, asynchronous, default settings, one episode over 2 training days of 1-minute bars, with 20 and 50
-# generated stocks (one worker per stock: more workers than dist.staleness_bound = 8). Prints, per market, the
+# generated stocks (--workers N: one worker per stock, more than dist.staleness_bound = 8). Prints, per market, the
 # gradients sent, applied and dropped as stale, and the fewest and most applied by one worker (metrics.json).
 #   bash bench/single_async.sh [OUT_DIR]      (about 2.5 minutes on a 2-core machine)
 set -euo pipefail
@@ -14,7 +14,7 @@ for n in 20 50; do
     [ -d "$out/market$n/stocks_intraday" ] || "$pd" data generate --output "$out/market$n" --stocks $stocks \
         --start 2024-01-02 --days 3 --seed 7 > /dev/null
     "$pd" train --data "$out/market$n" --start_date 2024-01-02 --end_date 2024-01-03 --eval_start 2024-01-04 \
-        --eval_end 2024-01-04 --episodes 1 --output "$out/run$n" --overwrite --no_progress > /dev/null 2>&1
+        --eval_end 2024-01-04 --episodes 1 --workers "$n" --output "$out/run$n" --overwrite --no_progress > /dev/null 2>&1
     "$py" - "$out/run$n/metrics.json" "$n" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1])); c = m["counters"]; applied = [r["applied"] for r in c["per_worker"].values()]
