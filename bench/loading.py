@@ -75,7 +75,7 @@ def main() -> None:
 
     runs = {
         "pyarrow dataset read": pyarrow_read,
-        "load_bars (read + validate, one pass per stock)": loader,
+        "load_bars (read + validate every file in one pass)": loader,
         "file by file (read + validate each file; the loader before)": file_by_file,
         "end to end (+ align, features, graph)": end_to_end,
     }
