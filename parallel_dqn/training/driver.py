@@ -24,11 +24,11 @@ from parallel_dqn.checkpoint.format import CHECKPOINTS, CheckpointStore, worker_
 from parallel_dqn.comm.messages import CheckpointRequest, SetupInfo
 from parallel_dqn.comm.transport import Transport
 from parallel_dqn.config import Config
-from parallel_dqn.data.align import align
+from parallel_dqn.data.align import align_bars
 from parallel_dqn.data.cache import Alone, NodeGroup, cache_key, open_cache, source_digest
-from parallel_dqn.data.crosssection import CrossSection, local_rows
-from parallel_dqn.data.features import N_FEATURES, FeatureStats, graph_stamps, raw_features, session_length
-from parallel_dqn.data.loader import load_bars
+from parallel_dqn.data.crosssection import CrossSection, shard_rows
+from parallel_dqn.data.features import N_FEATURES, FeatureStats, graph_stamps, session_length
+from parallel_dqn.data.loader import load_stock_bars
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
@@ -128,29 +128,20 @@ def _build(
     shards: list[LocalShard], recipe: BuildRecipe, store: Store, transport: Transport
 ) -> tuple[CrossSection, FeatureStats]:
     """Load own stocks, agree on the clock, exchange feature rows; identical result on every worker."""
-    frames = {}
+    hosted = [i for shard in shards for i in shard.stocks]
+    # one pass over the files of every hosted stock; the panel's columns are the shards' stocks, shard after shard
+    bars = load_stock_bars(store, [recipe.symbols[i] for i in hosted], *recipe.load)
     for shard in shards:
-        names = [recipe.symbols[i] for i in shard.stocks]
-        frames[shard.worker_id] = load_bars(store, names, *recipe.load)
-        log.debug("worker %d loads %s", shard.worker_id, " ".join(names))
-    local_clocks = [
-        np.unique(np.concatenate([f.index.to_numpy("datetime64[ns]") for f in frames[s.worker_id].values()]))
-        for s in shards
-    ]
-    clock = np.unique(np.concatenate(transport.allgather(local_clocks)))
+        log.debug("worker %d loads %s", shard.worker_id, " ".join(recipe.symbols[i] for i in shard.stocks))
+    # the clock: the union of every worker's bar times (those hosted here all come with the first hosted shard)
+    here = [np.unique(bars.timestamps).view("datetime64[ns]")]
+    here += [np.zeros(0, dtype="datetime64[ns]")] * (len(shards) - 1)
+    clock = np.unique(np.concatenate(transport.allgather(here)))
     train_rows = _rows(clock, *recipe.train)
     given = recipe.stats
     session = given.session_seconds if given is not None else session_length(clock[slice(*train_rows)])
-    contributions = []
-    for shard in shards:
-        names = [recipe.symbols[i] for i in shard.stocks]
-        panel = align(frames[shard.worker_id], names, clock=clock)
-        raw = raw_features(panel, session)  # once: for the statistics and for the rows
-        if given is not None:
-            stats = FeatureStats(given.mean[shard.stocks], given.std[shard.stocks], session)
-        else:
-            stats = FeatureStats.fit(raw[slice(*train_rows)], session)
-        contributions.append((np.asarray(shard.stocks), stats.mean, stats.std, local_rows(panel, stats, raw)))
+    parts = shard_rows(align_bars(bars, clock), [s.stocks for s in shards], session, train_rows, given)
+    contributions = [(np.asarray(s.stocks), stats.mean, stats.std, rows) for s, (stats, rows) in zip(shards, parts)]
     meta = transport.allgather([c[:3] for c in contributions])
     rows = transport.allgather_rows([c[3] for c in contributions])
     stamps = graph_stamps(clock, stride=recipe.graph_stride)
@@ -274,7 +265,7 @@ def run_workers(
             )
         )
     total_steps = plan.episodes * max(train_rows[1] - train_rows[0] - 1, 1)
-    # one padded copy of the features for every worker hosted here, on the networks' device
+    # the process's one view of the cross-section (no copy on the CPU), shared by every worker hosted here
     obs = Observations(xs, cfg.market.window, resolve_device(cfg.run.device))
     workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps, obs) for s in shards]
     schedule = Schedule(plan.episodes, train_rows, eval_rows)
