@@ -9,7 +9,8 @@ settings, and compare on the held-out days at --cost_bps 1:
 * the follower's own Sharpe with and without attention (only cross-stock information
   predicts it, so without attention it should be near zero or negative).
 
-Usage:  python bench/learning.py [--seeds 1 2 3] [--episodes 4] [--jobs 2] [--out bench/out/learning]
+Usage:  python bench/learning.py [--seeds 1 2 3] [--episodes 4] [--jobs 2] [--set KEY=VALUE ...] [--out bench/out/learning]
+(``--set`` is passed to every training run: e.g. ``--set dqn.train_freq=16 --set dqn.batch_size=64``.)
 Prints markdown tables (pasted into the README) and writes them to OUT/learning.md.
 """
 
@@ -33,13 +34,14 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "parallel_dqn", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_one(data: Path, out: Path, seed: int, episodes: int, attention: bool) -> dict:
+def run_one(data: Path, out: Path, seed: int, episodes: int, attention: bool, settings: list[str]) -> dict:
     started = time.perf_counter()
     cli(
         "train", "--mode", "single", "--data", str(data),
         "--start_date", "2024-01-02", "--end_date", "2024-01-12", "--eval_start", "2024-01-15", "--eval_end", "2024-01-17",
         "--episodes", str(episodes), "--output", str(out), "--seed", str(seed), "--cost_bps", "1",
         "--set", f"model.cross_attention={str(attention).lower()}", "--overwrite", "--no-progress",
+        *(arg for setting in settings for arg in ("--set", setting)),
     )
     result = json.loads((out / "metrics.json").read_text())
     result["bench_seconds"] = time.perf_counter() - started
@@ -51,6 +53,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--episodes", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for every training run (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/learning"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +67,7 @@ def main() -> None:
         for attention in (True, False):
             jobs.append((seed, attention, data, args.out / f"seed{seed}_{'attn' if attention else 'noattn'}"))
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda j: run_one(j[2], j[3], 0, args.episodes, j[1]), jobs))
+        results = list(pool.map(lambda j: run_one(j[2], j[3], 0, args.episodes, j[1], args.settings), jobs))
     by = {(seed, attention): r for (seed, attention, _, _), r in zip(jobs, results)}
 
     lines = ["### Evaluation Sharpe (annualised), held-out days, cost 1 bp", ""]
