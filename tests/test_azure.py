@@ -65,7 +65,7 @@ def cli_train(data: str, out: Path, *extra: str) -> list[str]:
     """A tiny single-process training run on tests.helpers' market (flags equal to tiny_config)."""
     args = train_args(data, out, *extra)[2:]  # drop "-m parallel_dqn"
     args[args.index("parallel")] = "single"
-    return args
+    return [*args, "--workers", str(len(STOCKS))]  # tiny_config's one worker per stock
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,8 @@ def submit_until_it_runs(args: list[str], started: Path, console: Path, timeout:
 
 
 def run_config(market: Path, out: Path, path: Path, **overrides) -> Path:
-    tiny_config(market, out, **overrides).write(path)
+    """tiny_config as a config file for parallel runs: the workers are the job's worker ranks."""
+    tiny_config(market, out, **{"dist.workers": 0, **overrides}).write(path)
     return path
 
 
