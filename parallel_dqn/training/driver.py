@@ -141,6 +141,7 @@ def _build(
     given = recipe.stats
     session = given.session_seconds if given is not None else session_length(clock[slice(*train_rows)])
     parts = shard_rows(align_bars(bars, clock), [s.stocks for s in shards], session, train_rows, given)
+    del bars  # the raw bars are not needed past the rows: free them before the cross-section is assembled
     contributions = [(np.asarray(s.stocks), stats.mean, stats.std, rows) for s, (stats, rows) in zip(shards, parts)]
     meta = transport.allgather([c[:3] for c in contributions])
     rows = transport.allgather_rows([c[3] for c in contributions])
