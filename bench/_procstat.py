@@ -13,7 +13,8 @@ Two guards keep a run from taking a shared machine down: ``RLIMIT_AS`` on every 
 child before it starts; an allocation past it fails with MemoryError) and a watchdog that kills the tree when the
 sum of its PSS passes the cap. A run past its timeout is killed too. Each ending is reported, not raised.
 
-Linux only (``/proc``); the module is a helper of bench/scale.py and bench/server_ceiling.py.
+Linux only (``/proc``); the module is a helper of bench/scale.py, bench/server_ceiling.py and bench/node_memory.py
+(and holds :func:`code_version`, the commit their tables name).
 """
 
 from __future__ import annotations
@@ -303,3 +304,16 @@ def watch(
     else:
         outcome = f"failed (rc {rc})"
     return Watched(outcome, rc, started, time.time(), out, err, procs, *totals)
+
+
+def code_version() -> str:
+    """The commit the benchmarked code came from, ``+dirty`` when the working tree's package differed (others
+    may be editing it meanwhile)."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "parallel_dqn"],
+                               capture_output=True, text=True, cwd=here).stdout
+    except OSError:
+        return "?"
+    return head.strip() + ("+dirty" if dirty.strip() else "")

@@ -52,14 +52,13 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from _procstat import ProcSeries, Watched, terminate_on_sigterm, tree, watch
+from _procstat import ProcSeries, Watched, code_version, terminate_on_sigterm, tree, watch
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -338,16 +337,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines).replace("WORKERS", str(result["workers"]))
 
 
-def _code_version() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "parallel_dqn"],
-                               capture_output=True, text=True, cwd=HERE).stdout
-    except OSError:
-        return "?"
-    return head.strip() + ("+dirty" if dirty.strip() else "")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stocks", type=int, default=500)
@@ -374,7 +363,7 @@ def main() -> None:
         entries[workers] = build_entry(market, cache, workers, args.timeout, args.mem_cap_mb)
         print(f"[node_memory]   {entries[workers]}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {"market": market, "entries": entries, "runs": [], "phases": phases, "hold": args.hold,
-                              "workers": args.workers, "code": _code_version()}
+                              "workers": args.workers, "code": code_version()}
     for phase in phases:
         for ranks in (args.workers + 1, 2):
             # the key holds a digest of the build's code: others editing it meanwhile would make the MPI run build

@@ -42,14 +42,13 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from _procstat import ProcSeries, Watched, terminate_on_sigterm, watch
+from _procstat import ProcSeries, Watched, code_version, terminate_on_sigterm, watch
 
 from parallel_dqn import outputs
 from parallel_dqn.config import Config
@@ -218,7 +217,7 @@ def run_once(mode: str, market: dict[str, Any], episodes: int, output: Path, ran
     r = read_run(output, w)
     shutil.rmtree(output / outputs.CHECKPOINTS, ignore_errors=True)  # 166 MB each at 500 stocks; read, not needed
     stocks, bars = len(market["symbols"]), 390 * len(market["days"]) - 1
-    r.update(mode=mode, stocks=stocks, days=len(market["days"]), code=_code_version())
+    r.update(mode=mode, stocks=stocks, days=len(market["days"]), code=code_version())
     if r["outcome"] == "timeout":  # nothing written: the most it can have done is every transition in the time it had
         r["transitions_per_s_below"] = episodes * bars * stocks / timeout
     progress = r.get("progress")
@@ -232,17 +231,6 @@ def run_once(mode: str, market: dict[str, Any], episodes: int, output: Path, ran
                  gradient_samples_per_s_est=q.batch_size * applies / seconds,
                  transitions_per_s_learning=q.train_freq * p["applies_between"] / workers * stocks / p["seconds_between"])
     return r, w
-
-
-def _code_version() -> str:
-    """The commit the run's code came from, and whether the working tree differed (others edit it meanwhile)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "parallel_dqn"],
-                               capture_output=True, text=True, cwd=HERE).stdout
-    except OSError:
-        return "?"
-    return head.strip() + ("+dirty" if dirty.strip() else "")
 
 
 # ---- the summary ----------------------------------------------------------------------------------------------
@@ -323,7 +311,7 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def markdown(summary: dict[str, Any], loading: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
     """The README's tables: runs, ranks of the MPI runs, loading, the issue's figures."""
-    lines = [f"{dt.date.today()}, code {_code_version()}, {os.cpu_count()} cores, load average at the end "
+    lines = [f"{dt.date.today()}, code {code_version()}, {os.cpu_count()} cores, load average at the end "
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.days} days of 1-minute bars, "
              f"{args.episodes} episode(s), medians of up to {args.repeats} runs; timeout {args.timeout:.0f} s, "
              f"memory cap {args.mem_cap_mb:,.0f} MB (PSS of the run's processes).", ""]
