@@ -23,7 +23,14 @@ import numpy as np
 import pytest
 import torch
 
-from parallel_dqn.checkpoint.format import CheckpointStore, CorruptCheckpoint, read_state, verify, write_state
+from parallel_dqn.checkpoint.format import (
+    CheckpointStore,
+    CorruptCheckpoint,
+    _manifest_checksum,
+    read_state,
+    verify,
+    write_state,
+)
 from parallel_dqn.checkpoint.resume import ResumeTarget, choose_checkpoint
 from parallel_dqn.cli import main
 from parallel_dqn.errors import UserError
@@ -100,6 +107,20 @@ def test_rotation_keeps_the_newest_and_an_interrupted_write_is_invisible(tmp_pat
     assert store.latest().seq == 4 and store.last_seq() == 5
     store.remove_staging()
     assert not store.staging_path(5).exists()
+
+
+def test_a_checkpoint_of_another_format_is_refused_in_one_line_not_skipped(tmp_path):
+    """A checkpoint written by an older version is not damaged: skipping it as corrupt would let a fresh start
+    with --resume auto remove the run it holds; resuming it would fail deep in the workers."""
+    store = CheckpointStore(tmp_path / "checkpoints", keep=5)
+    ckpt = commit(store, 1, 11)
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    body = {k: v for k, v in manifest.items() if k != "checksum"} | {"format": "parallel-dqn-checkpoint/1"}
+    (ckpt / "manifest.json").write_text(json.dumps({**body, "checksum": _manifest_checksum(body)}))
+    for resume in (lambda: store.latest(), lambda: choose_checkpoint(ResumeTarget(tmp_path, ckpt))):
+        with pytest.raises(UserError, match="another version of parallel-dqn .*parallel-dqn-checkpoint/1"):
+            resume()
+    assert ckpt.is_dir()  # nothing removed
 
 
 # ---- exact resume in one process -----------------------------------------------------------------

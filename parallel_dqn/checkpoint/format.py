@@ -47,7 +47,10 @@ from parallel_dqn.model.saved import unsafe_reason
 
 log = logging.getLogger(__name__)
 
-FORMAT = "parallel-dqn-checkpoint/1"
+# 2: workers' acting anchors; dqn.batch_size and replay.capacity per stock of a shard; single mode's default
+# of one worker for all the stocks (a format-1 checkpoint's workers and replays do not fit this code)
+FORMAT = "parallel-dqn-checkpoint/2"
+_FAMILY = FORMAT.rpartition("/")[0] + "/"
 CHECKPOINTS = outputs.CHECKPOINTS  # the folder of checkpoints inside a run's output folder
 MANIFEST = "manifest.json"
 SERVER_FILE = "server.pt"
@@ -281,7 +284,14 @@ def verify(path: Path) -> Checkpoint:
         raise CorruptCheckpoint(f"{MANIFEST} is missing") from None
     except (OSError, ValueError) as exc:
         raise CorruptCheckpoint(f"{MANIFEST} cannot be read ({type(exc).__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    written = manifest.get("format") if isinstance(manifest, dict) else None
+    if isinstance(written, str) and written.startswith(_FAMILY) and written != FORMAT:
+        # not damaged: refused (in one line), never skipped, so a fresh start does not remove the run it holds
+        raise UserError(
+            f"checkpoint {path} was written by another version of parallel-dqn ({written}; this one reads {FORMAT})",
+            "continue it with the version that wrote it, or start afresh with another --output",
+        )
+    if written != FORMAT:
         raise CorruptCheckpoint(f"{MANIFEST} is not a parallel-dqn checkpoint manifest")
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     if manifest.get("checksum") != _manifest_checksum(body):
