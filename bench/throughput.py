@@ -13,7 +13,8 @@ Both learn one episode over the same generated market (S stocks of 1-minute bars
 The two run alternately in this one process tree, ``--repeats`` times each; the table gives each one's
 median transitions/s and their ratio (this machine is shared and noisy: compare ratios, not absolute times).
 
-Usage:  python bench/throughput.py [--stocks 5] [--days 10] [--repeats 2] [--out bench/out/throughput]
+Usage:  python bench/throughput.py [--stocks 5] [--days 10] [--repeats 2] [--set KEY=VALUE ...] [--out bench/out/throughput]
+(``--set`` applies to both sides: ``--set dqn.train_freq=16 --set dqn.batch_size=64`` keeps the replay ratio.)
 """
 
 from __future__ import annotations
@@ -51,19 +52,20 @@ def make_market(out: Path, stocks: int, days: int) -> tuple[Path, str, str]:
     return out, str(all_days[days - 1]), str(all_days[days])
 
 
-def run_parallel_dqn(data: Path, end: str, eval_day: str, out: Path, stocks: int) -> float:
+def run_parallel_dqn(data: Path, end: str, eval_day: str, out: Path, stocks: int, settings: list[str]) -> float:
     """Transitions/s of one training episode in single mode."""
     subprocess.run(
         [sys.executable, "-m", "parallel_dqn", "train", "--mode", "single", "--data", str(data),
          "--start_date", str(START), "--end_date", end, "--eval_start", eval_day, "--eval_end", eval_day,
-         "--episodes", "1", "--output", str(out), "--overwrite", "--no_progress"],
+         "--episodes", "1", "--output", str(out), "--overwrite", "--no_progress",
+         *(arg for setting in settings for arg in ("--set", setting))],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     return line["n_steps"] * stocks / line["elapsed_s"]
 
 
-def run_sb3(data: Path, end: str, eval_day: str) -> float:
+def run_sb3(data: Path, end: str, eval_day: str, settings: list[str]) -> float:
     """Transitions/s of Stable-Baselines3's DQN over the same training days at the same replay ratio."""
     from stable_baselines3 import DQN
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -71,6 +73,9 @@ def run_sb3(data: Path, end: str, eval_day: str) -> float:
     cfg = Config()
     for key, value in {"data.data": str(data), "data.start_date": str(START), "data.end_date": end,
                        "data.eval_start": eval_day, "data.eval_end": eval_day}.items():
+        cfg.set(key, value)
+    for setting in settings:  # the same dqn.* settings: its batch and train_freq follow ours
+        key, _, value = setting.partition("=")
         cfg.set(key, value)
     store = open_store(cfg.data.data)
     plan = plan_training(cfg, store)
@@ -103,6 +108,8 @@ def main() -> None:
     ap.add_argument("--stocks", type=int, default=5)
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for both sides (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/throughput"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -110,8 +117,8 @@ def main() -> None:
     data, end, eval_day = make_market(args.out / f"market{args.stocks}", args.stocks, args.days)
     ours, theirs = [], []
     for r in range(args.repeats):
-        ours.append(run_parallel_dqn(data, end, eval_day, args.out / "run", args.stocks))
-        theirs.append(run_sb3(data, end, eval_day))
+        ours.append(run_parallel_dqn(data, end, eval_day, args.out / "run", args.stocks, args.settings))
+        theirs.append(run_sb3(data, end, eval_day, args.settings))
         print(f"repeat {r + 1}: parallel-dqn {ours[-1]:,.0f} transitions/s, Stable-Baselines3 {theirs[-1]:,.0f}",
               flush=True)
     a, b = statistics.median(ours), statistics.median(theirs)
