@@ -5,6 +5,8 @@ On one generated market (``--stocks`` x ``--days`` files of ``--bar_minutes`` ba
 * **pyarrow**: ``pyarrow.dataset.dataset(paths).to_table()``, the raw read of every file, nothing else;
 * **load_bars**: parallel-dqn's loader (read and validate every file in one pass, one frame per stock);
 * **file by file**: the same work one file at a time, as the loader did before its one-pass read;
+* **through the features**: the issue's "read, validate, align, features": plan, load and validate every file,
+  align on one clock, the feature rows of every stock (the build's steps before the graph);
 * **end to end**: what a run does before its first step: plan, load, validate, align on one clock, features,
   correlation graph (``build_cross_section`` in one process, with the cross-section cache off: a cached
   second run would measure the cache, not the build).
@@ -20,15 +22,19 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.dataset as pads
 
 from parallel_dqn.comm.inprocess import InProcessTransport
 from parallel_dqn.config import Config
-from parallel_dqn.data.loader import load_bars
+from parallel_dqn.data.align import align_bars
+from parallel_dqn.data.crosssection import shard_rows
+from parallel_dqn.data.features import session_length
+from parallel_dqn.data.loader import load_bars, load_stock_bars
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
 from parallel_dqn.data.validation import read_bars, validate_day
-from parallel_dqn.training.driver import LocalShard, build_cross_section
+from parallel_dqn.training.driver import BuildRecipe, LocalShard, build_cross_section
 from parallel_dqn.training.plan import plan_training
 
 START = dt.date(2020, 1, 2)
@@ -62,6 +68,15 @@ def main() -> None:
     def loader() -> None:
         load_bars(store, names, first, last)
 
+    def through_features() -> None:  # the build's own steps (``driver._build``) up to the graph, one process
+        recipe = BuildRecipe.of(plan_training(cfg, store), cfg)
+        bars = load_stock_bars(store, list(recipe.symbols), *recipe.load)
+        clock = np.unique(bars.timestamps).view("datetime64[ns]")
+        train = slice(0, int(np.searchsorted(clock.astype("datetime64[D]"), np.datetime64(recipe.train[1], "D"),
+                                             side="right")))
+        shard_rows(align_bars(bars, clock), [np.arange(len(recipe.symbols))], session_length(clock[train]),
+                   (train.start, train.stop), None)
+
     def end_to_end() -> None:
         plan = plan_training(cfg, store)
         shards = [LocalShard(i, s) for i, s in enumerate(plan.shards)]
@@ -77,6 +92,7 @@ def main() -> None:
         "pyarrow dataset read": pyarrow_read,
         "load_bars (read + validate every file in one pass)": loader,
         "file by file (read + validate each file; the loader before)": file_by_file,
+        "through the features (+ align, features; no graph)": through_features,
         "end to end (+ align, features, graph)": end_to_end,
     }
     rates: dict[str, list[float]] = {name: [] for name in runs}
