@@ -20,6 +20,7 @@ WORKER_LOGS = "logs"  # logs/rank{R}.log of the MPI worker ranks
 CHECKPOINTS = "checkpoints"  # checkpoints/ckpt-NNNNNN/
 TENSORBOARD = "tensorboard"  # TensorBoard event files
 PORTFOLIO_EVAL = "portfolio_eval.csv"
+RETURNS_EVAL = "returns_eval.csv"  # per evaluation bar: the agent's, each baseline's (and the oracle's) net return
 EQUITY_PLOT = "equity_eval.png"
 DRAWDOWN_PLOT = "drawdown_eval.png"
 ATTENTION_PLOT = "attention.png"
@@ -34,7 +35,7 @@ _PORTFOLIO_EPISODE = re.compile(r"portfolio_ep(\d+)\.csv")
 RUN_MARKERS = (MODEL, METRICS, CURVE, CHECKPOINTS)
 
 #: the single files of a run's results, replaced by a new run in the folder
-RESULT_FILES = (MODEL, METRICS, CURVE, CONFIG, RECORD, PORTFOLIO_EVAL, EQUITY_PLOT, DRAWDOWN_PLOT,
+RESULT_FILES = (MODEL, METRICS, CURVE, CONFIG, RECORD, PORTFOLIO_EVAL, RETURNS_EVAL, EQUITY_PLOT, DRAWDOWN_PLOT,
                 ATTENTION_PLOT, CURVE_PLOT, REPORT)
 
 

@@ -1,4 +1,4 @@
-"""The package's imports point one way: cli -> run -> training/sweep -> telemetry -> checkpoint/evaluation -> comm
+"""The package's imports point one way: cli -> run/walkforward -> training/sweep -> telemetry -> checkpoint/evaluation -> comm
 -> model/rl -> market -> data -> config/errors; no two modules import each other, directly or round a cycle.
 
 Every ``import``/``from ... import`` of the package counts, at module level or inside a function (a lazy
@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "parallel_dqn"
 LAYERS: list[set[str]] = [
     {"__main__"},
     {"cli"},
-    {"run"},
+    {"run", "walkforward"},
     {"training", "sweep"},
     {"telemetry"},
     {"checkpoint", "evaluation"},

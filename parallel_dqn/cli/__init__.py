@@ -1,4 +1,5 @@
-"""Command line: ``parallel-dqn train | evaluate | full-workflow | report | data ...`` (also ``python -m parallel_dqn``).
+"""Command line: ``parallel-dqn train | evaluate | full-workflow | walk-forward | report | data ... | sweep ...``
+(also ``python -m parallel_dqn``).
 
 Flag names follow the user's original tool (``--start_date``, ``--cost_bps``);
 hyphenated aliases (``--start-date``) work too. Every setting of the config tree
@@ -26,6 +27,8 @@ DATA_COMMANDS = (
 )
 # the module that adds `parallel-dqn sweep ...` subcommands: register(subparsers, flag)
 SWEEP_COMMANDS = "parallel_dqn.cli.sweep"
+# the module that adds `parallel-dqn walk-forward`: register(subparsers, flag, train_flags)
+WALK_FORWARD_COMMAND = "parallel_dqn.cli.walk_forward"
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="parallel-dqn", description="Distributed DQN trading on intraday bars of many stocks.")
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="hyperparameter sweeps: plan, run here, submit to SLURM, status")
     ssub = s.add_subparsers(dest="sweep_command", required=True, parser_class=OneLineParser)
     importlib.import_module(SWEEP_COMMANDS).register(ssub, flag)
+    importlib.import_module(WALK_FORWARD_COMMAND).register(sub, flag, train_flags)
     return p
 
 
@@ -79,7 +83,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``parallel-dqn sweep SUBCOMMAND``: SWEEP_COMMANDS set its handler."""
+    """``parallel-dqn sweep SUBCOMMAND`` and ``parallel-dqn walk-forward``: their modules set the handler."""
     return args.handler(args)
 
 
@@ -93,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": cmd_evaluate,
         "data": cmd_data,
         "sweep": cmd_sweep,
+        "walk-forward": cmd_sweep,
         "full-workflow": workflow.full_workflow,
         "report": workflow.report,
     }

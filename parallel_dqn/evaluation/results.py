@@ -4,7 +4,8 @@ The run hands every accounted episode to :meth:`RunRecorder.on_episode` (it is o
 observers); :meth:`RunRecorder.finish` writes the final outputs. Files in the output folder
 (names in :mod:`parallel_dqn.outputs`):
 
-* ``portfolio_ep{N}.csv`` per training episode and ``portfolio_eval.csv``;
+* ``portfolio_ep{N}.csv`` per training episode and ``portfolio_eval.csv``; ``returns_eval.csv`` (every
+  strategy's return per evaluation bar);
 * ``metrics.jsonl``: one line per episode (the training curve) and one for the evaluation;
 * ``metrics.json``: ``{"eval", "baselines", "oracle", "per_stock", "train", "counters", ...}``;
 * ``trained_model.pth``; plots ``equity_eval.png``, ``drawdown_eval.png``,
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from parallel_dqn import outputs as output_files
@@ -111,6 +113,9 @@ class RunRecorder:
         self.eval_curves = {"agent": pf.returns, **base_returns}
         if oracle_returns is not None:
             self.eval_curves["oracle"] = oracle_returns
+        # every strategy's return per decision bar: what a walk-forward joins across folds and tests against
+        table = pd.DataFrame({"timestamp": pd.to_datetime(pf.timestamps, utc=True), **self.eval_curves})
+        write_atomically(self.output / output_files.RETURNS_EVAL, lambda tmp: table.to_csv(tmp, index=False))
 
     # ---- checkpoints --------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

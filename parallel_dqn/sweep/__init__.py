@@ -277,10 +277,13 @@ def open_sweep(folder: str | Path) -> Sweep:
         raise UserError(f"{path / SWEEP_FILE} cannot be read ({exc})", "plan the sweep again into a new folder") from None
 
 
-def plan_sweep(spec: SweepSpec, folder: str | Path, write: bool = True) -> PlanResult:
+def plan_sweep(
+    spec: SweepSpec, folder: str | Path, write: bool = True, name_of: Callable[[int], str] | None = None
+) -> PlanResult:
     """Plan ``spec`` into ``folder``: extend its sweep.json and write each new combination's config.toml.
 
     With ``write=False`` nothing is written (what ``submit --dry-run`` needs to know the indices).
+    ``name_of(index)`` names a new combination's folder (default: its index and swept settings).
     """
     out = _absolute(Path(folder))
     if out.exists() and not out.is_dir():
@@ -298,8 +301,8 @@ def plan_sweep(spec: SweepSpec, folder: str | Path, write: bool = True) -> PlanR
     next_index = max((c.index for c in before), default=-1) + 1
     for candidate in spec.candidates:
         if candidate.id not in by_id:
-            c = Combination(next_index, _name(next_index, candidate.settings, short), candidate.id,
-                            candidate.settings, planned=now)
+            name = name_of(next_index) if name_of else _name(next_index, candidate.settings, short)
+            c = Combination(next_index, name, candidate.id, candidate.settings, planned=now)
             new.append(c)
             combinations.append(c)
             next_index += 1
