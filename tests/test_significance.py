@@ -300,3 +300,19 @@ def test_constant_returns_give_none_for_their_own_distribution():
     assert report["vs_buy_and_hold"]["p_value"] is not None
     assert sig.probabilistic_sharpe_ratio(np.full(100, 1e-3)) is None
     assert sig.deflated_sharpe_ratio(np.full(100, 1e-3), 10, 0.1) is None
+
+
+def test_the_paired_test_rejects_at_its_nominal_rate_under_the_null():
+    """Calibration (issue 11): 200 simulated pairs of zero-mean return series, agent and buy-and-hold alike in
+    distribution (AR(1), correlated with each other as strategies on one market are): the test against
+    buy-and-hold must reject at the 5% level in about 5% of them (between 2% and 9%)."""
+    rng = np.random.default_rng(2026)
+    rejected = 0
+    for _ in range(200):
+        shocks = rng.normal(size=(300, 2)) @ np.linalg.cholesky([[1.0, 0.5], [0.5, 1.0]]).T
+        series = np.zeros_like(shocks)
+        for t in range(1, len(shocks)):
+            series[t] = 0.2 * series[t - 1] + shocks[t]
+        agent, benchmark = 1e-3 * series[:, 0], 1e-3 * series[:, 1]
+        rejected += sig.paired_sharpe_test(agent, benchmark, 252, n_boot=199, seed=int(rng.integers(1 << 31)))["p_value"] < 0.05
+    assert 0.02 <= rejected / 200 <= 0.09, f"rejected {rejected} of 200"
