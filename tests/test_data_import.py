@@ -116,6 +116,20 @@ def test_csv_symbol_flag_utc_default_and_separate_date_time(tmp_path: Path) -> N
     assert_same_bars(loaded(dest, ("XYZ",)), {"XYZ": want})
 
 
+
+def test_csv_with_a_nameless_index_column_as_pandas_writes_it(tmp_path: Path) -> None:
+    """``frame.to_csv(path)`` of a frame indexed by time writes the index under an empty header (as the CSV files
+    that backtesting.py ships are): that column is the timestamp."""
+    want = market(("AAA",), bar_minutes=60)["AAA"]
+    frame = want.rename(columns=str.capitalize)
+    frame.index = frame.index.tz_localize(None).rename(None)
+    csv = tmp_path / "EURUSD.csv"
+    frame.to_csv(csv)
+    assert csv.read_text().startswith(",Open,High,Low,Close,Volume")
+    dest = tmp_path / "data"
+    ok(run_cli("data", "import-csv", csv, "--to", dest, "--symbol", "AAA"))
+    assert_same_bars(loaded(dest, ("AAA",)), {"AAA": want})
+
 def _missing_column(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns="close")
 

@@ -1,7 +1,8 @@
 """Importing a user's CSV files of bars into the key layout.
 
 Reading (:func:`read_bar_csv`): column names are matched case-insensitively with common aliases
-(see :data:`ALIASES`; separate ``date`` and ``time`` columns are joined), timestamps are parsed
+(see :data:`ALIASES`; separate ``date`` and ``time`` columns are joined; a nameless first column, the
+index that pandas' ``to_csv`` writes, is the timestamp when no column is named so), timestamps are parsed
 by pandas, naive ones interpreted in a given time zone, and everything is converted to UTC.
 
 Writing goes through :mod:`parallel_dqn.data.daywriter` (validate everything, then write
@@ -75,6 +76,8 @@ def _rename_columns(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     if found["timestamp"] in (by_name.get("date"), by_name.get("time")) and {"date", "time"} <= by_name.keys():
         raw = raw.assign(_datetime=raw[by_name["date"]].astype(str) + " " + raw[by_name["time"]].astype(str))
         found["timestamp"] = "_datetime"
+    if found["timestamp"] is None and len(raw.columns) and str(raw.columns[0]).startswith("Unnamed: 0"):
+        found["timestamp"] = raw.columns[0]  # a nameless first column: the index pandas' to_csv writes
     missing = [c for c in REQUIRED_COLUMNS if found[c] is None]
     if missing:
         headers = ", ".join(map(str, raw.columns)) or "none"
