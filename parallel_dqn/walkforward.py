@@ -208,10 +208,11 @@ def join(sweep: Sweep, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     stats = significance(agent, strategies, bars_per_year, n_boot=n_boot, seed=seed)
     result = {
         "folds": records,
-        "oos": {**performance_metrics(agent, bars_per_year), "first_bar": str(stamps.iloc[0]),
-                "last_bar": str(stamps.iloc[-1]), "folds": len(records),
+        "oos": {**performance_metrics(agent, bars_per_year), "turnover": _turnover(records, "eval"),
+                "first_bar": str(stamps.iloc[0]), "last_bar": str(stamps.iloc[-1]), "folds": len(records),
                 "folds_beating_buy_and_hold": sum(r["beats_buy_and_hold"] for r in records)},
-        "baselines": {name: performance_metrics(r, bars_per_year) for name, r in strategies.items()},
+        "baselines": {name: {**performance_metrics(r, bars_per_year), "turnover": _turnover(records, "baselines", name)}
+                      for name, r in strategies.items()},
         "oracle": performance_metrics(oracle, bars_per_year) if oracle is not None else None,
         "significance": contract(stats),
         "significance_detail": stats,
@@ -220,6 +221,14 @@ def join(sweep: Sweep, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     result["verdict"] = verdict(result["significance"])
     write_atomically(sweep.folder / RESULT_FILE, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
     return result
+
+
+def _turnover(records: list[dict[str, Any]], part: str, name: str | None = None) -> float:
+    """Mean capital traded per bar over the joined test bars: the folds' own figures (the weights behind them
+    stay in the folds' portfolio files), weighted by their bars."""
+    figures = [(r[part] if name is None else r[part][name]) for r in records]
+    bars = sum(f["n_steps"] for f in figures)
+    return sum(f["turnover"] * f["n_steps"] for f in figures) / bars if bars else 0.0
 
 
 def contract(stats: dict[str, Any]) -> dict[str, Any]:

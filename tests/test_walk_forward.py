@@ -141,6 +141,9 @@ def test_planted_signal_beats_buy_and_hold_in_every_fold_significantly(planted, 
     joined = pd.concat([pd.read_csv(tmp_path / "wf" / f"fold-00{i}" / "returns_eval.csv") for i in range(4)])
     assert result["significance_detail"]["n_bars"] == len(joined)
     assert result["oos"]["total_return"] == pytest.approx(np.prod(1 + joined["agent"]) - 1)
+    steps = [f["eval"]["n_steps"] for f in result["folds"]]
+    traded = sum(f["eval"]["turnover"] * n for f, n in zip(result["folds"], steps)) / sum(steps)
+    assert result["oos"]["turnover"] == pytest.approx(traded) and traded > 0
 
 
 def test_random_walks_show_no_significant_skill(random_walks, tmp_path):
