@@ -21,8 +21,13 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from scipy.stats import norm
 
+from parallel_dqn.evaluation.significance import probabilistic_sharpe_ratio
+from parallel_dqn.sweep import deflated_sharpe_ratios
 from parallel_dqn.telemetry.status import write_status
 from tests.helpers import run_cli
 
@@ -295,6 +300,106 @@ def test_submit_dry_run_of_a_sweep_file_writes_nothing(tmp_path):
     proc = run_cli("sweep", "submit", sweep, "--output", out, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "--array=0,1 --ntasks=2 --nodes=1 " in proc.stdout and not out.exists()
+
+
+# ---- ranking by deflated Sharpe ------------------------------------------------------------------
+BARS_PER_YEAR = 98280.0
+#: fake finished combinations: name -> (evaluation bars, per-bar Sharpe); c000 has the best Sharpe over few
+#: bars, c001 a lower one over many: the deflated Sharpe ranks c001 first
+DSR_RUNS = {"c000-seed=0": (40, 0.30), "c001-seed=1": (2000, 0.16), "c002-seed=2": (250, 0.05)}
+
+
+def fake_returns(bars: int, sharpe_per_bar: float, seed: int) -> np.ndarray:
+    """Returns whose per-bar Sharpe (mean / std with ddof=1) is exactly ``sharpe_per_bar``."""
+    z = np.random.default_rng(seed).standard_normal(bars)
+    return 1e-3 * (sharpe_per_bar + (z - z.mean()) / z.std(ddof=1))
+
+
+def fake_finished_run(folder: Path, returns: np.ndarray | None, sharpe: float) -> None:
+    """What a finished run leaves that status and report read: metrics.json (and returns_eval.csv)."""
+    write(folder / "metrics.json", json.dumps({"eval": {"sharpe": sharpe, "total_return": 0.01},
+                                               "annualisation": {"bars_per_day": 390.0, "bars_per_year": BARS_PER_YEAR}}))
+    if returns is not None:
+        stamps = pd.date_range("2024-01-08 14:30", periods=len(returns), freq="min", tz="UTC")
+        pd.DataFrame({"timestamp": stamps, "agent": returns, "buy_and_hold": 0.0}).to_csv(
+            folder / "returns_eval.csv", index=False)
+
+
+@pytest.fixture
+def dsr_sweep(tmp_path) -> tuple[Path, dict[str, np.ndarray], dict[str, float]]:
+    """A sweep folder written by hand: three finished combinations (metrics.json, returns_eval.csv), one not started."""
+    out = tmp_path / "sw"
+    combos = [*DSR_RUNS, "c003-seed=3"]
+    write(out / "sweep.json", json.dumps({"format": 1, "sweep_file": str(tmp_path / "sweep.toml"), "sweep_text": "",
+                                          "combinations": [{"index": i, "name": n, "id": f"id{i}", "settings": {
+                                              "run.seed": i}, "planned": "", "in_sweep": True}
+                                              for i, n in enumerate(combos)]}))
+    returns = {name: fake_returns(bars, s, seed) for seed, (name, (bars, s)) in enumerate(DSR_RUNS.items())}
+    sharpes = {name: float(r.mean() / r.std(ddof=1) * np.sqrt(BARS_PER_YEAR)) for name, r in returns.items()}
+    for name, r in returns.items():
+        fake_finished_run(out / name, r, sharpes[name])
+    return out, returns, sharpes
+
+
+def hand_dsr(returns: np.ndarray, sharpes: list[float]) -> float:
+    """Bailey and Lopez de Prado (2014), eq. 2, written out: PSR against the expected best of N lucky Sharpes."""
+    n_trials, gamma = len(sharpes), 0.5772156649015329
+    variance = np.var(sharpes, ddof=1) / BARS_PER_YEAR  # annualised Sharpes -> per bar
+    best_by_luck = np.sqrt(variance) * ((1 - gamma) * norm.ppf(1 - 1 / n_trials)
+                                        + gamma * norm.ppf(1 - 1 / (n_trials * np.e)))
+    sr = returns.mean() / returns.std(ddof=1)
+    centred = returns - returns.mean()
+    m2 = np.mean(centred**2)
+    skewness, kurt = np.mean(centred**3) / m2**1.5, np.mean(centred**4) / m2**2
+    return float(norm.cdf((sr - best_by_luck) * np.sqrt(len(returns) - 1)
+                          / np.sqrt(1 - skewness * sr + (kurt - 1) / 4 * sr**2)))
+
+
+def test_status_shows_and_ranks_by_the_deflated_sharpe(dsr_sweep):
+    out, returns, sharpes = dsr_sweep
+    proc = run_cli("sweep", "status", out)
+    assert proc.returncode == 0, proc.stderr
+    rows = status_rows(proc.stdout)
+    assert "deflated Sharpe" in proc.stdout.splitlines()[0]
+    shown = {name: cells[4] for name, cells in rows.items()}  # settings, state, episodes, eval Sharpe, DSR
+    assert shown["c003-seed=3"] == "-" and rows["c003-seed=3"][1] == "not started"
+    expected = {name: hand_dsr(r, list(sharpes.values())) for name, r in returns.items()}
+    assert 0.05 < expected["c002-seed=2"] < 0.95  # a value that 4 decimals show, not a saturated 0 or 1
+    for name, value in expected.items():
+        assert float(shown[name]) == pytest.approx(value, abs=5e-5), name
+    # the two rankings differ: c000's Sharpe is the highest, c001's deflated Sharpe (2000 bars against 40)
+    assert max(sharpes, key=sharpes.get) == "c000-seed=0" and max(expected, key=expected.get) == "c001-seed=1"
+    assert f"best: c000-seed=0 (eval Sharpe {sharpes['c000-seed=0']})" in proc.stdout
+    assert (f"best by deflated Sharpe: c001-seed=1 (deflated Sharpe {shown['c001-seed=1']} over 3 finished "
+            f"combination(s)): {out.resolve() / 'c001-seed=1'}") in proc.stdout
+
+
+def test_deflated_sharpe_ratios_is_the_papers_formula(dsr_sweep):
+    out, returns, sharpes = dsr_sweep
+    dsr = deflated_sharpe_ratios([out / name for name in DSR_RUNS])
+    assert dsr == {out / name: pytest.approx(hand_dsr(r, list(sharpes.values())), rel=1e-9)
+                   for name, r in returns.items()}
+    # one run alone: no search to deflate for, the DSR is the PSR against 0
+    (alone,) = deflated_sharpe_ratios([out / "c002-seed=2"]).values()
+    assert alone == pytest.approx(probabilistic_sharpe_ratio(returns["c002-seed=2"]), rel=1e-12)
+
+
+def test_a_run_without_returns_eval_has_no_deflated_sharpe_but_counts_as_a_trial(dsr_sweep):
+    out, returns, sharpes = dsr_sweep
+    (out / "c000-seed=0" / "returns_eval.csv").unlink()  # a run from before the file existed
+    (out / "c002-seed=2" / "returns_eval.csv").write_text("timestamp,not_agent\n")  # one that cannot be used
+    dsr = deflated_sharpe_ratios([out / name for name in DSR_RUNS])
+    assert dsr[out / "c000-seed=0"] is None and dsr[out / "c002-seed=2"] is None
+    assert dsr[out / "c001-seed=1"] == pytest.approx(hand_dsr(returns["c001-seed=1"], list(sharpes.values())))
+    rows = status_rows(run_cli("sweep", "status", out).stdout)
+    assert [rows[name][4] for name in DSR_RUNS] == ["-", f"{dsr[out / 'c001-seed=1']:.4f}", "-"]
+
+
+def test_status_of_runs_without_returns_eval_shows_a_dash(states_sweep):
+    out, folders = states_sweep
+    proc = run_cli("sweep", "status", out)
+    assert status_rows(proc.stdout)[folders[0].name][4] == "-"
+    assert "best by deflated Sharpe" not in proc.stdout
 
 
 # ---- a real local sweep ------------------------------------------------------------------------

@@ -146,14 +146,18 @@ def print_plan(result: PlanResult) -> None:
 
 
 def print_status(rows: Sequence[Row], folder: Path) -> None:
-    """The status table, a summary line of counts per state and the best finished combination."""
-    from parallel_dqn.sweep import best, count_states, describe
+    """The status table, a summary line of counts per state and the best finished combination, by evaluation
+    Sharpe and by deflated Sharpe (the finished combinations taken as the trials of one search)."""
+    from parallel_dqn.sweep import best, best_deflated, count_states, deflated_sharpe_ratios, describe
 
-    head = ("combination", "settings", "state", "episodes", "eval Sharpe", "SLURM", "note")
+    finished = [folder / r.combination.name for r in rows if r.state == "finished"]
+    deflated = {path.name: value for path, value in deflated_sharpe_ratios(finished).items()}
+    head = ("combination", "settings", "state", "episodes", "eval Sharpe", "deflated Sharpe", "SLURM", "note")
     table = [
         (r.combination.name, describe(r.combination.settings) or "(base)", r.state,
          f"{r.episodes_done}/{r.episodes_total if r.episodes_total is not None else '?'}",
-         "-" if r.sharpe is None else str(r.sharpe), r.job or "-", r.note)
+         "-" if r.sharpe is None else str(r.sharpe), _probability(deflated.get(r.combination.name)), r.job or "-",
+         r.note)
         for r in rows
     ]
     widths = [max(len(str(x)) for x in column) for column in zip(head, *table)]
@@ -164,3 +168,13 @@ def print_status(rows: Sequence[Row], folder: Path) -> None:
     top = best(rows)
     if top is not None:
         print(f"best: {top.combination.name} (eval Sharpe {top.sharpe}): {folder / top.combination.name}")
+    top_deflated = best_deflated(rows, deflated)
+    if top_deflated is not None:
+        row, value = top_deflated
+        print(f"best by deflated Sharpe: {row.combination.name} (deflated Sharpe {_probability(value)} over "
+              f"{len(finished)} finished combination(s)): {folder / row.combination.name}")
+
+
+def _probability(value: float | None) -> str:
+    """A deflated Sharpe ratio (a probability) as the table shows it: 4 decimals, ``-`` when there is none."""
+    return "-" if value is None else f"{value:.4f}"

@@ -481,6 +481,68 @@ def best(rows: Iterable[Row]) -> Row | None:
     return max(done, key=lambda r: r.sharpe) if done else None
 
 
+# ---- ranking by deflated Sharpe ---------------------------------------------------------------
+def deflated_sharpe_ratios(run_dirs: Sequence[Path]) -> dict[Path, float | None]:
+    """Each finished run's deflated Sharpe ratio (DSR), the runs taken together as the trials of one search.
+
+    The best evaluation Sharpe of many combinations is biased upwards by the search itself; the DSR
+    (:func:`parallel_dqn.evaluation.significance.deflated_sharpe_ratio`) is the probability that a run's true
+    Sharpe exceeds what the best of that many skill-less trials would reach by luck. For each run: its
+    returns are the ``agent`` column of its returns_eval.csv, ``n_trials`` is the number of runs given,
+    ``trials_sharpe_variance`` the sample variance (ddof=1; 0 for a single run) of their annualised evaluation
+    Sharpe ratios (metrics.json ``eval.sharpe``) and ``bars_per_year`` its metrics.json ``annualisation``.
+
+    None for a run without returns_eval.csv (runs from before it was written), with one that cannot be read,
+    without ``annualisation``, or whose DSR is undefined (fewer than 30 bars, constant returns).
+    """
+    metrics = {Path(d): _read_json(Path(d) / METRICS_FILE) for d in run_dirs}
+    sharpes = [s for s in map(_eval_sharpe, metrics.values()) if s is not None]
+    variance = _sample_variance(sharpes)
+    return {folder: _deflated_sharpe(folder, m, len(metrics), variance) for folder, m in metrics.items()}
+
+
+def best_deflated(rows: Iterable[Row], deflated: dict[str, float | None]) -> tuple[Row, float] | None:
+    """The finished combination with the highest deflated Sharpe (``deflated``: combination name -> DSR), and it."""
+    top: tuple[Row, float] | None = None
+    for r in rows:
+        value = deflated.get(r.combination.name)
+        if r.state == "finished" and value is not None and (top is None or value > top[1]):
+            top = (r, value)
+    return top
+
+
+def _eval_sharpe(metrics: Any) -> float | None:
+    value = (metrics.get("eval") or {}).get("sharpe") if isinstance(metrics, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _sample_variance(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def _deflated_sharpe(folder: Path, metrics: Any, n_trials: int, variance: float) -> float | None:
+    """One run's DSR among ``n_trials`` whose Sharpe ratios have ``variance``; None where it cannot be had."""
+    path = folder / outputs.RETURNS_EVAL
+    try:
+        bars_per_year = float(metrics["annualisation"]["bars_per_year"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not path.is_file():
+        return None
+    import pandas as pd  # only here: `sweep status` of runs without returns_eval.csv stays light
+
+    from parallel_dqn.evaluation.significance import deflated_sharpe_ratio
+
+    try:
+        returns = pd.read_csv(path, usecols=["agent"])["agent"].to_numpy(dtype="float64")
+        return deflated_sharpe_ratio(returns, n_trials, variance, bars_per_year=bars_per_year)
+    except (OSError, ValueError):  # unreadable, no agent column, NaN, a bad bars_per_year
+        return None
+
+
 def slurm_queue(job_ids: Sequence[str]) -> dict[str, str] | None:
     """``squeue`` states of these jobs and their array tasks (``JOB``, ``JOB_TASK`` -> state), None without squeue."""
     if not job_ids:
