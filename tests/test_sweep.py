@@ -402,6 +402,23 @@ def test_status_of_runs_without_returns_eval_shows_a_dash(states_sweep):
     assert "best by deflated Sharpe" not in proc.stdout
 
 
+def test_report_of_a_sweep_ranks_by_sharpe_and_by_deflated_sharpe(dsr_sweep):
+    out, returns, sharpes = dsr_sweep
+    proc = run_cli("report", out)
+    assert proc.returncode == 0, proc.stderr
+    page = (out / "report.html").read_text()
+    table = page[page.index('<table id="comparison">'):]
+    table = table[: table.index("</table>")]
+    assert "<th>eval Sharpe</th><th>deflated Sharpe</th><th>rank by deflated Sharpe</th>" in table
+    listed = re.findall(r"<tr><td>(c\d{3}[^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>", table)
+    assert [name for name, *_ in listed] == sorted(sharpes, key=sharpes.get, reverse=True)  # still by Sharpe
+    expected = {name: hand_dsr(r, list(sharpes.values())) for name, r in returns.items()}
+    for name, _, dsr, rank in listed:
+        assert float(dsr) == pytest.approx(expected[name], abs=1e-6)
+        assert int(rank) == 1 + sorted(expected.values(), reverse=True).index(expected[name])
+    assert "best by evaluation Sharpe: c000-seed=0; best by deflated Sharpe: c001-seed=1" in page
+
+
 # ---- a real local sweep ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_sweep(tiny_market, tmp_path_factory):

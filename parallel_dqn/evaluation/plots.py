@@ -2,7 +2,8 @@
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly, never through
 ``pyplot``: no display is needed, no global backend is switched and no figure is left open.
-Every function writes one PNG (creating its folder) and returns its path.
+Every ``plot_*`` function writes one PNG (creating its folder) and returns its path; a ``*_figure`` function
+builds the figure alone, for the report to embed without writing a file.
 """
 
 from __future__ import annotations
@@ -78,6 +79,23 @@ def plot_drawdown(
     """Drawdown (percent below the running peak, drawn downwards) of each equity curve."""
     dd = {name: -100.0 * drawdown(e) for name, e in curves.items()}
     return _save(_plot_curves(dd, timestamps, highlight, "drawdown (%)", "Drawdown"), path)
+
+
+def fold_equity_figure(
+    curves: Mapping[str, np.ndarray], boundaries: Sequence[int], labels: Sequence[str], highlight: str = AGENT
+) -> Figure:
+    """Equity curves over the test bars of several folds joined end to end (x: the bar), a dashed line at
+    each fold's first bar, ``labels`` (one per boundary, e.g. the fold's name and first test day) on the axis."""
+    if len(boundaries) != len(labels):
+        raise ValueError(f"{len(boundaries)} fold boundaries but {len(labels)} labels")
+    fig = _plot_curves(curves, None, highlight, "portfolio value", "Equity out of sample: folds joined")
+    ax = fig.axes[0]
+    for x in boundaries:
+        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8, zorder=1)
+    ax.set_xticks(list(boundaries), labels=list(labels), rotation=30, ha="right", fontsize="small")
+    ax.set_xlabel("test bar (dashed: first bar of each fold)")
+    fig.tight_layout()
+    return fig
 
 
 #: the attention heatmap writes each weight in its cell up to this many stocks, names them up to the next

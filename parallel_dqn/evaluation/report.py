@@ -2,7 +2,11 @@
 
 Everything the report shows is read back from what a run wrote (``metrics.json``,
 ``metrics.jsonl``, ``portfolio_eval.csv``, the PNG plots, ``config.toml``, ``run.json``), so
-a report can be made from any finished run, anywhere, later. The file stands alone: images
+a report can be made from any finished run, anywhere, later. A walk-forward (:class:`WalkForward`: its
+``walk_forward.json`` and each fold's ``returns_eval.csv``) comes first, in its own section: the verdict,
+the folds, the joined out-of-sample table, the significance figures and the joined equity curve. The
+comparison of a sweep's runs may carry each one's deflated Sharpe ratio, computed by the caller
+(:func:`parallel_dqn.sweep.deflated_sharpe_ratios`). The file stands alone: images
 are embedded as base64 ``data:`` URIs, the CSS is inline, there is no script and no link to
 anything outside it; every piece of text from a run is HTML-escaped.
 
@@ -21,9 +25,11 @@ import io
 import json
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -69,7 +75,11 @@ td:first-child,th:first-child{text-align:left}tr.agent td{font-weight:bold}
 img{max-width:100%;display:block;margin:.5em 0}figure{margin:0 0 1.5em}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto}section.run{border-top:2px solid #99b;margin-top:2em}
 p.note{background:#fff4e0;border-left:4px solid #e90;padding:.4em .8em}
+p.verdict{font-size:1.3em;font-weight:bold;background:#eef4ff;border-left:6px solid #36c;padding:.6em 1em}
+section.walk-forward td.how{text-align:left;color:#555}
 """
+#: the walk-forward's joined out-of-sample table: metric key -> column heading
+OOS_METRICS = {"total_return": "total return", "sharpe": "Sharpe", "max_drawdown": "max drawdown"}
 
 
 class Run:
@@ -111,15 +121,37 @@ class Run:
         return value if value is not None else float("-inf")
 
 
-def write_report(run_dirs: Sequence[Path], out: Path) -> Path:
-    """Write the HTML report over ``run_dirs`` to ``out`` (atomically); return its path."""
+@dataclass(frozen=True)
+class WalkForward:
+    """A joined walk-forward folder (:mod:`parallel_dqn.walkforward`): its ``walk_forward.json`` and, by fold
+    name, each fold's run folder (whose ``returns_eval.csv`` the joined equity curve is drawn from)."""
+
+    folder: Path
+    result: Mapping[str, Any]
+    fold_dirs: Mapping[str, Path] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.folder.resolve().name
+
+
+def write_report(run_dirs: Sequence[Path], out: Path, walk_forwards: Sequence[WalkForward] = (),
+                 deflated: Mapping[Path, float | None] | None = None) -> Path:
+    """Write the HTML report over ``run_dirs`` to ``out`` (atomically); return its path.
+
+    Each of ``walk_forwards`` gets its section first (its folds' run sections are those of ``run_dirs``);
+    ``deflated`` (run folder -> deflated Sharpe ratio) adds that column to the comparison of the runs.
+    """
     runs = [Run(Path(d)) for d in run_dirs]
-    if not runs:
+    if not runs and not walk_forwards:
         raise UserError("no run folders to report on", "give at least one run's --output folder")
-    title = "parallel-dqn report: " + ", ".join(r.name for r in runs)
+    folds = {p.resolve() for w in walk_forwards for p in w.fold_dirs.values()}
+    others = [r for r in runs if r.folder.resolve() not in folds]  # the folds have their own table
+    title = "parallel-dqn report: " + ", ".join([*(w.name for w in walk_forwards), *(r.name for r in others)])
     body = [f"<h1>{_e(title)}</h1>"]
-    if len(runs) > 1:
-        body.append(comparison_html(runs))
+    body += [walk_forward_html(w) for w in walk_forwards]
+    if len(others) > 1:
+        body.append(comparison_html(others, {Path(k).resolve(): v for k, v in (deflated or {}).items()}))
     body += [run_html(r) for r in runs]
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
@@ -129,27 +161,162 @@ def write_report(run_dirs: Sequence[Path], out: Path) -> Path:
     return write_atomically(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
+# ---- a walk-forward ----------------------------------------------------------------------
+def walk_forward_html(wf: WalkForward) -> str:
+    """The walk-forward's section: verdict, folds, the joined out-of-sample table, equity curve, significance."""
+    res, notes = wf.result, []
+    sig = _mapping(res.get("significance"))
+    parts = [f'<section class="walk-forward" id="walk-forward-{_e(wf.name)}"><h2>Walk-forward {_e(wf.name)}</h2>',
+             f'<p class="verdict">{_e(res.get("verdict") or "no verdict")}</p>',
+             f"<p>{_e(_walk_forward_summary(res))}</p>",
+             "<h3>Folds</h3>" + folds_table(_folds(res)),
+             "<h3>Out of sample: every fold's test bars joined</h3>" + out_of_sample_table(res)]
+    try:
+        parts.append(fold_equity_html(wf))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a fold's returns_eval.csv missing or damaged
+        notes.append(f"the folds' returns_eval.csv cannot be joined ({_reason(exc)}); the equity curve is left out")
+    parts.append("<h3>Significance of the agent's out-of-sample record</h3>"
+                 + significance_table(sig, _mapping(res.get("significance_detail"))))
+    parts += [f'<p class="note">{_e(note)}</p>' for note in notes]
+    return "\n".join([*parts, "</section>"])
+
+
+def _folds(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    folds = result.get("folds")
+    return [f for f in folds if isinstance(f, Mapping)] if isinstance(folds, list) else []
+
+
+def _walk_forward_summary(result: Mapping[str, Any]) -> str:
+    """``4 folds, out of sample from ... to ... (1556 bars); the agent beat buy-and-hold's Sharpe in 4 of them.``"""
+    oos = _mapping(result.get("oos"))
+    bars = _mapping(result.get("significance_detail")).get("n_bars", oos.get("n_steps"))
+    return (f"{oos.get('folds', len(_folds(result)))} folds, out of sample from {oos.get('first_bar')} to "
+            f"{oos.get('last_bar')} ({bars} bars); the agent beat buy-and-hold's Sharpe in "
+            f"{oos.get('folds_beating_buy_and_hold')} of them.")
+
+
+def folds_table(folds: Sequence[Mapping[str, Any]]) -> str:
+    """One row per fold: its training and test days, the agent's and buy-and-hold's test Sharpe, the agent's return."""
+    head = ["fold", "training days", "test days", "agent Sharpe", "buy-and-hold Sharpe", "beats buy-and-hold",
+            "agent total return"]
+    rows = []
+    for f in folds:
+        ev, bh = _mapping(f.get("eval")), _mapping(_mapping(f.get("baselines")).get("buy_and_hold"))
+        beats = f.get("beats_buy_and_hold")
+        rows.append([f.get("fold"), _days(f.get("train")), _days(f.get("test")), ev.get("sharpe"), bh.get("sharpe"),
+                     None if beats is None else ("yes" if beats else "no"), ev.get("total_return")])
+    return table(head, rows, css_id="folds")
+
+
+def out_of_sample_table(result: Mapping[str, Any]) -> str:
+    """The agent, every baseline and the oracle (if any) over the joined test bars."""
+    rows: list[tuple[str, Mapping[str, Any]]] = [("agent (DQN + meta-policy)", _mapping(result.get("oos")))]
+    rows += [(name, _mapping(m)) for name, m in _mapping(result.get("baselines")).items()]
+    if result.get("oracle"):
+        rows.append(("oracle (planted signal)", _mapping(result["oracle"])))
+    return table(["strategy", *OOS_METRICS.values()], [[name, *(m.get(k) for k in OOS_METRICS)] for name, m in rows],
+                 css_id="out-of-sample", first_row_class="agent")
+
+
+def significance_table(sig: Mapping[str, Any], detail: Mapping[str, Any]) -> str:
+    """Each significance figure, its value and one line on how to read it (the deflated Sharpe when present)."""
+    ci = _mapping(detail.get("sharpe_ci"))
+    low, high = (list(sig.get("sharpe_ci") or []) + [None, None])[:2]
+    confidence = sig.get("confidence")
+    level = f"{confidence:.0%}" if isinstance(confidence, (int, float)) else "95%"
+    rows = [
+        [f"{level} Sharpe interval", _interval(low, high),
+         f"the annualised Sharpe ratio over {level} of resamples of the joined bars in blocks (mean length "
+         f"{ci.get('block')} bars, keeping their autocorrelation); wholly above 0: a positive Sharpe beyond luck"],
+        ["PSR (Sharpe > 0)", sig.get("psr"),
+         "probability that the true Sharpe is above 0, given the number of bars, their skewness and fat tails; "
+         "0.95 or more is the usual bar"],
+        ["PSR (Sharpe > buy-and-hold's)", sig.get("psr_vs_buy_and_hold"),
+         "the same against buy-and-hold's Sharpe taken as a known number (the p-value below is the proper test)"],
+        ["p-value vs buy-and-hold (paired block bootstrap)", sig.get("p_value_vs_buy_and_hold"),
+         "chance of a Sharpe lead over buy-and-hold this large if the agent had none (both resampled with the "
+         "same blocks of bars); below 0.05: significant at the 5% level"],
+        ["SPA p-value vs buy-and-hold (Hansen)", sig.get("spa_p_value_vs_buy_and_hold"),
+         "Hansen's test of superior predictive ability on the mean return per bar (not risk-adjusted); "
+         "small: the agent's mean return beats buy-and-hold's beyond luck"],
+    ]
+    if sig.get("deflated_sharpe") is not None:
+        rows.append(["deflated Sharpe", sig["deflated_sharpe"],
+                     f"probability that the true Sharpe exceeds what the best of {detail.get('n_trials')} "
+                     "skill-less trials would reach by luck; 0.95 or more is the usual bar"])
+    return table(["figure", "value", "how to read it"], rows, css_id="significance", last_column_class="how")
+
+
+def fold_equity_html(wf: WalkForward) -> str:
+    """The joined equity curve of the agent, every baseline (and the oracle) with the fold boundaries marked."""
+    names = [str(f.get("fold")) for f in _folds(wf.result)]
+    frame, starts = joined_fold_returns([wf.fold_dirs[n] for n in names])
+    firsts = [str(pd.Timestamp(frame["timestamp"].iloc[s]).date()) for s in starts]
+    curves = {str(c): np.r_[1.0, np.cumprod(1.0 + pd.to_numeric(frame[c]).to_numpy(dtype=np.float64))]
+              for c in frame.columns if c != "timestamp"}
+    labels = [f"{n} {d}" for n, d in zip(names, firsts)]
+    png = _png(plots.fold_equity_figure(curves, starts, labels))
+    where = ", ".join(f"bar {s} ({label})" for s, label in zip(starts, labels))
+    caption = (f"equity out of sample: agent vs baselines over the {len(frame)} test bars of the folds joined end "
+               f"to end; fold boundaries (dashed) at {where}")
+    return figure(png, caption, "walk_forward_equity")
+
+
+def joined_fold_returns(fold_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[int]]:
+    """Every fold's returns_eval.csv end to end, and the row at which each fold starts."""
+    frames = [pd.read_csv(d / outputs.RETURNS_EVAL) for d in fold_dirs]
+    if not frames:
+        raise ValueError("no folds")
+    starts = np.r_[0, np.cumsum([len(f) for f in frames])[:-1]].astype(int).tolist()
+    return pd.concat(frames, ignore_index=True), starts
+
+
+def _days(span: Any) -> str | None:
+    return " .. ".join(map(str, span)) if isinstance(span, list) and span else None
+
+
+def _interval(low: Any, high: Any) -> str | None:
+    if _number(low) is None or _number(high) is None:
+        return None
+    return f"[{_cell(float(low))}, {_cell(float(high))}]"
+
+
 # ---- several runs -----------------------------------------------------------------------
-def comparison_html(runs: Sequence[Run]) -> str:
-    """Runs side by side, best evaluation Sharpe first, with the settings that differ between them."""
+def comparison_html(runs: Sequence[Run], deflated: Mapping[Path, float | None] | None = None) -> str:
+    """Runs side by side, best evaluation Sharpe first, with the settings that differ between them.
+
+    With ``deflated`` (resolved run folder -> deflated Sharpe ratio, for a sweep's runs), that column and its
+    ranking too, and a line naming the best run by each.
+    """
+    deflated = deflated or {}
+    dsr = {r.folder.resolve(): deflated.get(r.folder.resolve()) for r in runs}
+    scored = sorted(((v, r) for r in runs if (v := dsr[r.folder.resolve()]) is not None), key=lambda p: -p[0])
+    rank = {r.folder.resolve(): i + 1 for i, (_, r) in enumerate(scored)}
     differing = sorted(
         key
         for key in set().union(*(r.settings for r in runs))
         if key not in IGNORED_SETTINGS and len({json.dumps(r.settings.get(key)) for r in runs}) > 1
     )
-    head = ["run", "eval Sharpe", "total return", "max drawdown", "best baseline Sharpe", "oracle Sharpe",
-            *differing, "wall time (s)"]
+    head = ["run", "eval Sharpe", *(["deflated Sharpe", "rank by deflated Sharpe"] if scored else []),
+            "total return", "max drawdown", "best baseline Sharpe", "oracle Sharpe", *differing, "wall time (s)"]
     rows = []
-    for r in sorted(runs, key=Run.sharpe, reverse=True):
+    by_sharpe = sorted(runs, key=Run.sharpe, reverse=True)
+    for r in by_sharpe:
         ev = r.metrics.get("eval") or {}
         base = [_number(m.get("sharpe")) for m in (r.metrics.get("baselines") or {}).values()]
         base = [b for b in base if b is not None]
+        key = r.folder.resolve()
         rows.append([
-            r.name, ev.get("sharpe"), ev.get("total_return"), ev.get("max_drawdown"),
-            max(base) if base else None, (r.metrics.get("oracle") or {}).get("sharpe"),
+            r.name, ev.get("sharpe"), *([dsr[key], rank.get(key)] if scored else []), ev.get("total_return"),
+            ev.get("max_drawdown"), max(base) if base else None, (r.metrics.get("oracle") or {}).get("sharpe"),
             *(r.settings.get(k) for k in differing), r.metrics.get("wall_seconds"),
         ])
-    return '<h2>Comparison</h2>\n' + table(head, rows, css_id="comparison")
+    best = ""
+    if scored:
+        best = (f"<p>best by evaluation Sharpe: {_e(by_sharpe[0].name)}; best by deflated Sharpe: "
+                f"{_e(scored[0][1].name)} (the probability that a run's true Sharpe exceeds what the best of its "
+                "sweep's finished combinations would reach by luck, were none skilled)</p>\n")
+    return '<h2>Comparison</h2>\n' + best + table(head, rows, css_id="comparison")
 
 
 # ---- one run ----------------------------------------------------------------------------
@@ -254,13 +421,15 @@ def weights_plot(portfolio_csv: Path) -> bytes | None:
 
 # ---- HTML pieces ------------------------------------------------------------------------
 def table(head: Sequence[Any], rows: Iterable[Sequence[Any]], css_id: str | None = None,
-          first_row_class: str | None = None) -> str:
+          first_row_class: str | None = None, last_column_class: str | None = None) -> str:
     """An HTML table; every cell escaped, floats to at most 6 decimals (as metrics.json stores them)."""
     ident = f' id="{_e(css_id)}"' if css_id else ""
+    last = f'<td class="{_e(last_column_class)}">' if last_column_class else "<td>"
     out = [f"<table{ident}><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for i, row in enumerate(rows):
         cls = f' class="{_e(first_row_class)}"' if first_row_class and i == 0 else ""
-        out.append(f"<tr{cls}>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>")
+        cells = [f"{last if j == len(row) - 1 else '<td>'}{_cell(v)}</td>" for j, v in enumerate(row)]
+        out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     return "\n".join(out) + "</table>"
 
 
