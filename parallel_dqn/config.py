@@ -132,6 +132,9 @@ class RunConfig:
     threads: int = 1  # torch threads per process
     device: str = "cpu"  # the networks of workers and server: cpu, cuda, or auto (cuda when torch sees a GPU)
     progress: bool = True  # progress bar on a terminal
+    # a trained_model.pth whose Q-network and meta-policy weights training starts from (same stocks and network;
+    # walk-forward --warm_start: the previous fold's); empty: from scratch
+    warm_start: str = ""
 
 
 @dataclass

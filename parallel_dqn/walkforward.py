@@ -51,7 +51,7 @@ from parallel_dqn.training.plan import available_days, resolve_symbols
 
 RESULT_FILE = "walk_forward.json"
 SPEC_KIND = "walk-forward"  # sweep.json's sweep_text of a walk-forward folder starts with this
-#: the settings each fold sets; a walk-forward's base configuration may not set them
+#: the settings each fold sets (and ``run.warm_start`` with ``--warm_start``)
 FOLD_KEYS = ("data.start_date", "data.end_date", "data.eval_start", "data.eval_end")
 LEVEL = 0.05  # the significance level of the verdict
 
@@ -65,6 +65,7 @@ class WalkForwardSpec:
     step_days: int | None = None  # None: test_days (test periods end to end, none overlapping)
     embargo_days: int = 0  # days skipped between a fold's last training day and its first test day
     folds: int | None = None  # at most this many folds, the first ones
+    warm_start: bool = False  # each fold after the first starts from the previous fold's trained model
 
     @property
     def step(self) -> int:
@@ -151,11 +152,15 @@ def plan(base: Config, spec: WalkForwardSpec, folder: str | Path) -> tuple[Sweep
     candidates = []
     for fold in folds:
         cfg = copy.deepcopy(base)
-        for key, value in fold.settings().items():
+        settings: dict[str, Any] = fold.settings()
+        if spec.warm_start and fold.index > 0:
+            settings["run.warm_start"] = str(Path(out).resolve() / fold_name(fold.index - 1) / outputs.MODEL)
+        for key, value in settings.items():
             cfg.set(key, value, source=fold.name)
         cfg.validate()
-        candidates.append(Candidate(fold.settings(), cfg, combination_id(cfg)))
-    sweep_spec = SweepSpec(out / RESULT_FILE, text, candidates, 0, list(FOLD_KEYS))
+        candidates.append(Candidate(settings, cfg, combination_id(cfg)))
+    keys = [*FOLD_KEYS, "run.warm_start"] if spec.warm_start else list(FOLD_KEYS)
+    sweep_spec = SweepSpec(out / RESULT_FILE, text, candidates, 0, keys)
     result = plan_sweep(sweep_spec, out, name_of=fold_name)
     return result.sweep, folds
 

@@ -207,3 +207,35 @@ def test_every_fold_runs_under_the_sweep_machinery(planted, tmp_path):
     assert joined.returncode == 0, joined.stderr
     assert "started" not in joined.stderr
     assert json.loads((out / "walk_forward.json").read_text())["oos"]["folds"] == 2
+
+
+# ---- warm start ------------------------------------------------------------------------------------------------
+def test_warm_started_folds_start_from_the_previous_folds_model(planted, tmp_path):
+    sweep, _ = plan(base_config(planted), WalkForwardSpec(train_days=4, test_days=1, folds=3, warm_start=True),
+                    tmp_path / "wf")
+    starts = [Config.load(sweep.config_path(c)).run.warm_start for c in sweep.combinations]
+    assert starts == ["", str(tmp_path / "wf" / "fold-000" / "trained_model.pth"),
+                      str(tmp_path / "wf" / "fold-001" / "trained_model.pth")]
+    proc = run_cli("walk-forward", "--data", planted, "--train_days", "4", "--test_days", "1", "--warm_start",
+                   "--jobs", "2", "--output", tmp_path / "other")
+    user_error(proc, "--warm_start", "--jobs 2")
+
+
+def test_run_warm_start_loads_the_models_weights_and_refuses_another_market(planted, tmp_path):
+    """A run with ``run.warm_start`` starts from that model's weights: with a learning rate too small to move
+    them, it ends where the model was (a cold start with the same seed ends elsewhere)."""
+    first = walk_forward(planted, tmp_path / "wf", "--folds", "1")
+    assert first.returncode == 0, first.stderr
+    model = tmp_path / "wf" / "fold-000" / "trained_model.pth"
+    days = ["--start_date", "2024-01-03", "--end_date", "2024-01-08", "--eval_start", "2024-01-09",
+            "--eval_end", "2024-01-09", "--episodes", "1", "--lr", "1e-12", "--no_progress"]
+    warm = run_cli("train", "--data", planted, *days, "--output", tmp_path / "warm", "--set", f"run.warm_start={model}")
+    cold = run_cli("train", "--data", planted, *days, "--output", tmp_path / "cold")
+    assert warm.returncode == 0 and cold.returncode == 0, warm.stderr + cold.stderr
+    start, w, c = (torch.load(p, weights_only=True)["q_state"] for p in
+                   (model, tmp_path / "warm" / "trained_model.pth", tmp_path / "cold" / "trained_model.pth"))
+    assert all(torch.allclose(w[k], start[k], atol=1e-6) for k in start)
+    assert not all(torch.allclose(c[k], start[k], atol=1e-3) for k in start)
+    other = run_cli("train", "--data", planted, *days, "--stocks", "LEAD", "FOLW", "--output", tmp_path / "x",
+                    "--set", f"run.warm_start={model}")
+    user_error(other, "run.warm_start", "FOLW LEAD MOMO", "not on LEAD FOLW")

@@ -31,6 +31,8 @@ def register(sub: Any, flag: Callable[..., None], train_flags: Callable[[argpars
     flag(w, "step_days", type=int, default=None, help="trading days from one fold's start to the next (default: --test_days)")
     flag(w, "embargo_days", type=int, default=0, help="trading days skipped between a fold's training and test days")
     flag(w, "folds", type=int, default=None, help="at most this many folds (the first ones)")
+    flag(w, "warm_start", action="store_true",
+         help="start each fold from the previous fold's trained model (the folds then run one at a time, in order)")
     flag(w, "jobs", type=int, default=1, help="folds trained at the same time on this machine (default 1)")
     flag(w, "ranks", type=int, default=None, help="train each fold under mpiexec -n RANKS (default: one process)")
     flag(w, "plan_only", action="store_true",
@@ -52,10 +54,15 @@ def walk_forward(args: argparse.Namespace) -> int:
     if not args.output:
         raise UserError("walk-forward needs --output DIR", "the folder of its folds and walk_forward.json")
     cfg = config_from_args(args)
-    spec = wf.WalkForwardSpec(args.train_days, args.test_days, args.step_days, args.embargo_days, args.folds)
+    spec = wf.WalkForwardSpec(args.train_days, args.test_days, args.step_days, args.embargo_days, args.folds,
+                              args.warm_start)
+    if spec.warm_start and args.jobs > 1:
+        raise UserError(f"--warm_start with --jobs {args.jobs}: each fold starts from the previous one's model",
+                        "drop --jobs (warm-started folds run one at a time, in order)")
     sweep, folds = wf.plan(cfg, spec, args.output)
+    start = "each from the previous fold's model" if spec.warm_start else "each from scratch"
     print(f"walk-forward {sweep.folder}: {len(folds)} fold(s) of {spec.train_days} training + {spec.embargo_days} "
-          f"embargo + {spec.test_days} test days, every {spec.step} days")
+          f"embargo + {spec.test_days} test days, every {spec.step} days, {start}")
     for fold in folds:
         print(f"  {fold.name}: train {fold.train[0]} .. {fold.train[1]}  test {fold.test[0]} .. {fold.test[1]}")
     if args.plan_only:

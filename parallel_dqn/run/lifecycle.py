@@ -49,6 +49,7 @@ from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.evaluation.results import RunRecorder
 from parallel_dqn.model.device import resolve_device
+from parallel_dqn.model.saved import load_model
 from parallel_dqn.run.folder import holds_run, retire_earlier_run
 from parallel_dqn.telemetry.logs import setup_logging
 from parallel_dqn.telemetry.notify import Notifier, NotifyingObserver
@@ -81,7 +82,28 @@ def plan_run(cfg: Config) -> tuple[RunPlan, Store]:
     cfg.validate()
     resolve_device(cfg.run.device)  # a device that is not there is refused before any data are read
     store = open_store(cfg.data.data)
-    return plan_training(cfg, store, structure=load_structure(cfg.data.data)), store
+    plan = plan_training(cfg, store, structure=load_structure(cfg.data.data))
+    if cfg.run.warm_start:
+        check_warm_start(cfg, plan)
+    return plan, store
+
+
+def check_warm_start(cfg: Config, plan: RunPlan) -> None:
+    """``run.warm_start`` must be a model of the same stocks and network, refused in one line before any data
+    are read (the server loads its weights when the market is known)."""
+    path = cfg.run.warm_start
+    if not Path(path).is_file():
+        raise UserError(f"run.warm_start: {path} does not exist",
+                        "give a training run's trained_model.pth (a warm-started fold needs the previous fold's: "
+                        "run the folds in order)")
+    saved = load_model(path)
+    if tuple(saved["symbols"]) != tuple(plan.symbols):
+        raise UserError(f"run.warm_start: {path} was trained on {' '.join(saved['symbols'])}, not on "
+                        f"{' '.join(plan.symbols)}", "warm-start from a model of the same stocks")
+    model = Config.from_dict(saved["config"], source=path)
+    if model.model != cfg.model or model.market.window != cfg.market.window:
+        raise UserError(f"run.warm_start: {path} has another network (model.* or market.window) than this run",
+                        "warm-start from a model with the same model.* settings and market.window")
 
 
 def refuse_mpi_launch(mode: str) -> None:

@@ -45,6 +45,7 @@ from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.flat import flatten_parameters, get_flat_params
 from parallel_dqn.model.meta_policy import MetaPolicy, decision_features
 from parallel_dqn.model.qnet import QNetwork
+from parallel_dqn.model.saved import load_model
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ class ParameterServer:
         self.info = info
         self.setup_time = time.perf_counter()  # the market is loaded; episodes start now
         state = self.initial_state
+        if state is None and self.cfg.run.warm_start:  # training from a saved model's weights (checked at planning)
+            state = load_model(self.cfg.run.warm_start)
         torch.manual_seed(self.cfg.run.seed)
         S = len(info.symbols)
         self.qnet = QNetwork(S, info.n_features, self.cfg.market.window, self.cfg.model)
