@@ -57,7 +57,7 @@ MPI_NAMES = frozenset({"mpiexec", "MPIEXEC"})
 #: parallel_dqn functions that run a real training (or an evaluation of a trained model) in this process
 TRAINING_FUNCTIONS = frozenset({"train", "evaluate"})
 #: CLI commands that train or evaluate: as the first arguments of run_cli / cli / main, or after "-m parallel_dqn"
-TRAINING_COMMANDS = (("train",), ("evaluate",), ("full-workflow",))
+TRAINING_COMMANDS = (("train",), ("evaluate",), ("full-workflow",), ("walk-forward",), ("sweep", "run"))
 CLI_RUNNERS = frozenset({"run_cli", "cli", "main"})
 
 

@@ -125,6 +125,7 @@ def walk_forward(market: Path, out: Path, *extra: str) -> subprocess.CompletedPr
                    "--cost_bps", "1", "--output", out, "--no_progress", *extra, timeout=600)
 
 
+@pytest.mark.slow  # trains through the walk_forward() helper, which the conftest does not look into
 def test_planted_signal_beats_buy_and_hold_in_every_fold_significantly(planted, tmp_path):
     proc = walk_forward(planted, tmp_path / "wf", "--jobs", "2")
     assert proc.returncode == 0, proc.stderr
@@ -146,6 +147,7 @@ def test_planted_signal_beats_buy_and_hold_in_every_fold_significantly(planted, 
     assert result["oos"]["turnover"] == pytest.approx(traded) and traded > 0
 
 
+@pytest.mark.slow  # trains through the walk_forward() helper, which the conftest does not look into
 def test_random_walks_show_no_significant_skill(random_walks, tmp_path):
     proc = walk_forward(random_walks, tmp_path / "wf", "--jobs", "2")
     assert proc.returncode == 0, proc.stderr
@@ -177,6 +179,7 @@ def test_a_stopped_walk_forward_continues_where_it_stopped(planted, tmp_path):
     assert [f["fold"] for f in result["folds"]] == ["fold-000", "fold-001", "fold-002"]
 
 
+@pytest.mark.slow  # trains through the walk_forward() helper, which the conftest does not look into
 def test_a_folds_training_never_sees_its_test_bars(planted, tmp_path):
     """Perturbing every bar after a fold's training days (embargo and test days) changes nothing in its training."""
     changed = tmp_path / "changed"
