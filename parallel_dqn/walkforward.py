@@ -180,8 +180,7 @@ def join(sweep: Sweep, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     A UserError names the folds that have not finished (still to run, running, queued on SLURM or failed).
     """
     folds = [c for c in sweep.combinations if c.in_sweep]
-    rows = {r.combination.index: r for r in gather_status(sweep)}
-    waiting = [f"{c.name} ({rows[c.index].state})" for c in folds if rows[c.index].state != "finished"]
+    waiting = unfinished_folds(sweep)
     if waiting:
         raise UserError(f"{len(waiting)} of {len(folds)} folds have not finished: {', '.join(waiting)}",
                         "run the walk-forward command again (or wait for its SLURM jobs) to finish them")
@@ -234,6 +233,12 @@ def _turnover(records: list[dict[str, Any]], part: str, name: str | None = None)
     figures = [(r[part] if name is None else r[part][name]) for r in records]
     bars = sum(f["n_steps"] for f in figures)
     return sum(f["turnover"] * f["n_steps"] for f in figures) / bars if bars else 0.0
+
+
+def unfinished_folds(sweep: Sweep) -> list[str]:
+    """``"fold-002 (running)"`` for every fold of the walk-forward that has not finished."""
+    rows = [r for r in gather_status(sweep) if r.combination.in_sweep]
+    return [f"{r.combination.name} ({r.state})" for r in rows if r.state != "finished"]
 
 
 def contract(stats: dict[str, Any]) -> dict[str, Any]:

@@ -61,18 +61,17 @@ def _walk_forward(folder: Path) -> WalkForward | None:
 def _not_joined(sweep: Sweep) -> UserError:
     """Why a walk-forward folder has no walk_forward.json: the folds not finished, or it was never joined."""
     from parallel_dqn import walkforward as wf
-    from parallel_dqn.sweep import gather_status
 
     if (sweep.folder / wf.RESULT_FILE).is_file():
         return UserError(f"{sweep.folder / wf.RESULT_FILE} cannot be read",
                          "run the same walk-forward command again to join the folds anew (nothing is trained again)")
-    rows = [r for r in gather_status(sweep) if r.combination.in_sweep]
-    waiting = [f"{r.combination.name} ({r.state})" for r in rows if r.state != "finished"]
+    total = sum(c.in_sweep for c in sweep.combinations)
+    waiting = wf.unfinished_folds(sweep)
     if waiting:
-        return UserError(f"walk-forward {sweep.folder} has no {wf.RESULT_FILE} yet: {len(waiting)} of {len(rows)} "
+        return UserError(f"walk-forward {sweep.folder} has no {wf.RESULT_FILE} yet: {len(waiting)} of {total} "
                          f"folds have not finished: {', '.join(waiting)}",
                          "run the walk-forward command again (or wait for its SLURM jobs) to finish and join them")
-    return UserError(f"walk-forward {sweep.folder} has no {wf.RESULT_FILE} yet: its {len(rows)} folds have finished "
+    return UserError(f"walk-forward {sweep.folder} has no {wf.RESULT_FILE} yet: its {total} folds have finished "
                      "but were not joined", "run the same walk-forward command again to join them (nothing is trained again)")
 
 
