@@ -188,6 +188,27 @@ def test_an_episode_is_complete_once_every_worker_is_done_and_the_meta_policy_le
     assert any(not np.array_equal(a.detach().numpy(), b.numpy()) for a, b in zip(after, before))
 
 
+
+def test_an_episodes_line_does_not_depend_on_when_workers_stop_messages_arrive():
+    """A worker that has finished its last episode says so (WorkerStopped, with the gradients it sent) while
+    others may still be in theirs: under MPI that message can reach rank 0 before or after the episode's last
+    EpisodeDone. The episode's line must be the same either way (an exact resume compares them; seen in CI as
+    gradients_sent 229 against 458 on the evaluation line)."""
+    lines = []
+    for stop_first in (False, True):
+        episodes: list = []
+        ep = endpoint(config(sync=True), episodes=episodes)
+        ep.handle(0, market())
+        for w in (0, 1):
+            ep.handle(w, decisions(w, range(30, 39), phase="eval", episode=0))
+        ep.handle(0, EpisodeDone(0, 0, "eval", 9))
+        if stop_first:
+            ep.handle(0, WorkerStopped(0, 5))
+        ep.handle(1, EpisodeDone(1, 0, "eval", 9))
+        (report,) = episodes
+        lines.append({k: v for k, v in report.line.items() if k != "elapsed_s"})
+    assert lines[0] == lines[1]
+
 def test_a_message_rank_0_does_not_know_is_an_error():
     ep = endpoint(config())
     ep.handle(0, market())

@@ -231,7 +231,10 @@ class ParameterServer:
             raise RuntimeError(f"episode {key}: {missing} decision records never arrived")
         if msg.phase == "eval":
             self.attention = self._gather_attention(dones)
-        summary = {"steps": sum(d.steps for d in dones), **self.counters.as_dict()}
+        # gradients_sent grows only when a worker stops (its WorkerStopped), which under MPI may arrive before or
+        # after this episode's last EpisodeDone: it is a final figure (metrics.json's counters), not an episode's
+        counters = {k: v for k, v in self.counters.as_dict().items() if k != "gradients_sent"}
+        summary = {"steps": sum(d.steps for d in dones), **counters}
         self.listener.on_episode(self._outcome(msg.episode, msg.phase, book, summary))
 
     def _outcome(self, episode: int, phase: str, book: EpisodeBook, summary: dict) -> EpisodeOutcome:
