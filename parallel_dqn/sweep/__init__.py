@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -497,7 +498,7 @@ def deflated_sharpe_ratios(run_dirs: Sequence[Path]) -> dict[Path, float | None]
     """
     metrics = {Path(d): _read_json(Path(d) / METRICS_FILE) for d in run_dirs}
     sharpes = [s for s in map(_eval_sharpe, metrics.values()) if s is not None]
-    variance = _sample_variance(sharpes)
+    variance = statistics.variance(sharpes) if len(sharpes) > 1 else 0.0
     return {folder: _deflated_sharpe(folder, m, len(metrics), variance) for folder, m in metrics.items()}
 
 
@@ -514,13 +515,6 @@ def best_deflated(rows: Iterable[Row], deflated: dict[str, float | None]) -> tup
 def _eval_sharpe(metrics: Any) -> float | None:
     value = (metrics.get("eval") or {}).get("sharpe") if isinstance(metrics, dict) else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _sample_variance(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
 def _deflated_sharpe(folder: Path, metrics: Any, n_trials: int, variance: float) -> float | None:
