@@ -35,6 +35,7 @@ from parallel_dqn.config import Config, parse_date
 from parallel_dqn.data.store import open_store
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.metrics import performance_metrics
+from parallel_dqn.evaluation.report import joined_fold_returns
 from parallel_dqn.evaluation.significance import significance
 from parallel_dqn.files import write_atomically
 from parallel_dqn.sweep import (
@@ -184,11 +185,9 @@ def join(sweep: Sweep, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     if waiting:
         raise UserError(f"{len(waiting)} of {len(folds)} folds have not finished: {', '.join(waiting)}",
                         "run the walk-forward command again (or wait for its SLURM jobs) to finish them")
-    records, tables = [], []
+    records = []
     for c in folds:
-        folder = sweep.run_dir(c)
-        metrics = _read_json(folder / outputs.METRICS)
-        table = pd.read_csv(folder / outputs.RETURNS_EVAL)
+        metrics = _read_json(sweep.run_dir(c) / outputs.METRICS)
         settings = c.settings
         records.append({
             "fold": c.name,
@@ -200,8 +199,7 @@ def join(sweep: Sweep, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
             "beats_buy_and_hold": metrics["eval"]["sharpe"] > metrics["baselines"]["buy_and_hold"]["sharpe"],
             "bars_per_year": metrics["annualisation"]["bars_per_year"],
         })
-        tables.append(table)
-    joined = pd.concat(tables, ignore_index=True)
+    joined, _ = joined_fold_returns([sweep.run_dir(c) for c in folds])
     stamps = pd.to_datetime(joined["timestamp"], utc=True)
     if not stamps.is_monotonic_increasing or stamps.duplicated().any():
         raise UserError(f"{sweep.folder}: the folds' test bars overlap or are out of order", "plan a new walk-forward")
