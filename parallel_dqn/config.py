@@ -93,8 +93,70 @@ class ReplayConfig:
 
     capacity: int = 100_000  # transitions per stock of the worker's shard
     prioritized: bool = False
+    # what a prioritized replay's priorities measure: td (|TD error|), pnl (|reward|: the sample's profit or loss),
+    # rare (tail returns and volatility spikes of the sample's bar), or a mixture such as "td:0.5,rare:0.5"
+    priority: str = "td"
     alpha: float = 0.6
     beta_start: float = 0.4
+    # gradient samples per transition; 0: what dqn.batch_size / dqn.train_freq give (4 with the defaults)
+    ratio: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """How the server's optimizer steps: learning-rate schedule, effective batch, numeric precision."""
+
+    # constant | warmup (linear from lr/100 over warmup_applies) | cosine (annealing with warm restarts) |
+    # plateau (reduce on a validation plateau: needs validation.days); torch's schedulers
+    lr_schedule: str = "constant"
+    warmup_applies: int = 0  # applies of linear warm-up (also before cosine and plateau)
+    cosine_period: int = 1000  # applies until the first warm restart (T_0)
+    cosine_mult: int = 1  # each period is this many times the last (T_mult)
+    lr_min: float = 1e-5  # cosine's floor and plateau's lowest learning rate
+    plateau_factor: float = 0.5  # plateau: the learning rate is multiplied by this
+    plateau_patience: int = 1  # plateau: validations without improvement before it is cut
+    grad_accum: int = 1  # micro-batches summed into one pushed gradient (effective batch = grad_accum x batch)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (CUDA only, with a gradient scaler)
+
+
+@dataclass
+class ValidationConfig:
+    """A validation period held out at the end of each run's training period (never the evaluation period)."""
+
+    days: int = 0  # the last trading days of the training period, scored after every training episode (0: none)
+
+
+@dataclass
+class MonitorConfig:
+    """The convergence monitor on rank 0: a state per training episode and what to do about it."""
+
+    enabled: bool = False
+    window: int = 200  # gradients in the loss trend's window
+    patience: int = 2  # training episodes without a better validation score before a plateau
+    on_plateau: str = "warn"  # warn | reduce_lr | restore_best | stop
+    on_diverge: str = "restore_best"  # warn | reduce_lr | restore_best | stop
+    explode_norm: float = 1e3  # gradient norm above which gradients are exploding
+    vanish_norm: float = 1e-8  # gradient norm below which they are vanishing
+
+
+@dataclass
+class CurriculumConfig:
+    """Training days in stages of rising difficulty, measured on the training period only."""
+
+    enabled: bool = False
+    stages: int = 3
+    by: str = "volatility"  # volatility | trend (its clarity, inverted) | noise | mixed
+    threshold: float = 0.0  # validation Sharpe that passes a stage (needs validation.days)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-only changes to replayed samples (never to acting, validation or evaluation)."""
+
+    noise: float = 0.0  # Gaussian noise, as a fraction of each feature's spread over the training period
+    feature_dropout: float = 0.0  # probability that a feature is zeroed in a sample's window
+    time_warp: float = 0.0  # probability that a sample's window is resampled in time (past bars only)
+    scenarios: float = 0.0  # share of samples from a volatility-rescaled scenario (window and reward rescaled)
 
 
 @dataclass
@@ -167,6 +229,11 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -260,6 +327,8 @@ class Config:
         r = self.replay
         _check(r.alpha >= 0, f"replay.alpha must be >= 0, not {r.alpha}")
         _check(0.0 <= r.beta_start <= 1.0, f"replay.beta_start must be in [0, 1], not {r.beta_start}")
+        _check(r.ratio >= 0, f"replay.ratio must be >= 0 (0: from dqn.batch_size / dqn.train_freq), not {r.ratio}")
+        self._check_optimisation()
         self._check_memory()
         _check(r.capacity >= q.batch_size, "replay.capacity must be >= dqn.batch_size")
         _check(self.dist.mode in ("single", "parallel"), "--mode must be 'single' or 'parallel'")
@@ -280,6 +349,34 @@ class Config:
         _check(c.every_applies >= 0 and c.every_seconds >= 0, "checkpoint.every_applies and every_seconds must be >= 0")
         _check(c.keep >= 1, "checkpoint.keep must be >= 1")
         return self
+
+    def _check_optimisation(self) -> None:
+        """The training-optimisation settings (optim, validation, monitor, curriculum, augment)."""
+        o, v, mon, cur, aug = self.optim, self.validation, self.monitor, self.curriculum, self.augment
+        _check(o.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {o.lr_schedule!r}")
+        _check(o.warmup_applies >= 0, f"optim.warmup_applies must be >= 0, not {o.warmup_applies}")
+        _check(o.cosine_period >= 1 and o.cosine_mult >= 1, "optim.cosine_period and optim.cosine_mult must be >= 1")
+        _check(0 <= o.lr_min < self.dqn.lr, f"optim.lr_min must be >= 0 and below dqn.lr, not {o.lr_min}")
+        _check(0 < o.plateau_factor < 1, f"optim.plateau_factor must be in (0, 1), not {o.plateau_factor}")
+        _check(o.plateau_patience >= 0, f"optim.plateau_patience must be >= 0, not {o.plateau_patience}")
+        _check(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, not {o.grad_accum}")
+        _check(o.precision in PRECISIONS, f"optim.precision must be one of {', '.join(PRECISIONS)}, not {o.precision!r}")
+        _check(v.days >= 0, f"validation.days must be >= 0, not {v.days}")
+        if o.lr_schedule == "plateau" and not v.days:
+            raise UserError("optim.lr_schedule = plateau needs a validation period", "set validation.days, e.g. 2")
+        _check(mon.window >= 2 and mon.patience >= 1, "monitor.window must be >= 2 and monitor.patience >= 1")
+        for name in ("on_plateau", "on_diverge"):
+            action = getattr(mon, name)
+            _check(action in INTERVENTIONS, f"monitor.{name} must be one of {', '.join(INTERVENTIONS)}, not {action!r}")
+        _check(0 <= mon.vanish_norm < mon.explode_norm, "need 0 <= monitor.vanish_norm < monitor.explode_norm")
+        _check(cur.stages >= 1, f"curriculum.stages must be >= 1, not {cur.stages}")
+        _check(cur.by in CURRICULUM_MEASURES, f"curriculum.by must be one of {', '.join(CURRICULUM_MEASURES)}, not {cur.by!r}")
+        if cur.enabled and not v.days:
+            raise UserError("curriculum.enabled needs a validation period to decide progression", "set validation.days, e.g. 2")
+        for name in ("noise", "feature_dropout", "time_warp", "scenarios"):
+            value = getattr(aug, name)
+            limit = 1.0 if name != "noise" else 10.0
+            _check(0 <= value <= limit, f"augment.{name} must be in [0, {limit:g}], not {value}")
 
     def _check_cache(self) -> None:
         """data.cache: auto, off, or a folder (made when first used) that is not a file."""
@@ -345,6 +442,10 @@ class Config:
 
 
 _SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+LR_SCHEDULES = ("constant", "warmup", "cosine", "plateau")
+PRECISIONS = ("fp32", "bf16", "fp16")
+INTERVENTIONS = ("warn", "reduce_lr", "restore_best", "stop")
+CURRICULUM_MEASURES = ("volatility", "trend", "noise", "mixed")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 #: lower bounds of the memory check: copies of the network's parameters (online, target, gradient, two optimizer
 #: moments), Q-values per stock
