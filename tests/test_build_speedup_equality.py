@@ -19,6 +19,7 @@ from parallel_dqn.data.features import (
     _corr,
     _strongest,
     _strongest_plain,
+    feature_planes,
     neighbour_graph,
     raw_features,
     session_length,
@@ -111,6 +112,44 @@ def test_shards_featurised_in_groups_equal_shards_featurised_alone(monkeypatch, 
             expected = FeatureStats.fit(raw[slice(*train)], session)
         assert np.array_equal(stats.mean, expected.mean) and np.array_equal(stats.std, expected.std)
         assert np.array_equal(rows, local_rows(alone, expected, raw))
+
+
+def _raw_features_before(panel, session_seconds):
+    """raw_features as it was: pandas' rolling windows over the [T, S] frame, stock by stock, written feature by feature."""
+    r = panel.log_returns
+    out = np.zeros((*r.shape, 12))
+    rets = pd.DataFrame(r)
+    out[:, :, 0] = r
+    for k, horizon in enumerate((5, 15, 60), start=1):
+        out[:, :, k] = rets.rolling(horizon, min_periods=1).sum().to_numpy()
+    for k, horizon in ((4, 15), (5, 60)):
+        out[:, :, k] = rets.rolling(horizon, min_periods=2).std().fillna(0.0).to_numpy()
+    out[:, :, 6] = np.log(panel.high / panel.low)
+    logv = pd.DataFrame(np.log1p(panel.volume))
+    out[:, :, 7] = (logv - logv.rolling(60, min_periods=1).mean()).to_numpy()
+    out[:, :, 8:] = raw_features(panel, session_seconds)[:, :, 8:]  # the clock's features: not rolling windows
+    return out
+
+
+@pytest.mark.parametrize("n_stocks, seed", [(1, 0), (9, 1), (30, 2)])
+def test_rolling_features_of_all_stocks_in_one_series_equal_the_frame_stock_by_stock(n_stocks, seed):
+    frames = _frames(n_stocks, seed)  # gaps, late starts: forward-filled bars, zero returns
+    for name in list(frames)[::3]:  # and a flat stretch: runs of equal values in the rolling windows
+        frames[name].iloc[20:90, :4] = frames[name]["close"].iloc[20]
+    panel = align(frames, list(frames))
+    session = session_length(panel.timestamps)
+    raw = raw_features(panel, session)
+    assert raw.flags.c_contiguous and np.array_equal(raw, _raw_features_before(panel, session))
+    planes = feature_planes(panel, session)
+    assert np.array_equal(np.moveaxis(planes, 0, -1), raw)
+    for train in ((0, 240), (30, 170), (0, 5)):
+        fitted, from_planes = FeatureStats.fit(raw[slice(*train)], session), FeatureStats.fit_planes(
+            planes[:, slice(*train)], session
+        )
+        assert np.array_equal(fitted.mean, from_planes.mean) and np.array_equal(fitted.std, from_planes.std)
+        normalised = planes.copy()
+        from_planes.normalise_planes(normalised)
+        assert np.array_equal(np.moveaxis(normalised, 0, -1), fitted.normalise(raw).astype(np.float64))
 
 
 def _graph_before(log_returns: np.ndarray, window: int, stamps: np.ndarray, k: int):

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallel_dqn.data.features import N_FEATURES, N_SCALED, FeatureStats, neighbour_graph, raw_features
+from parallel_dqn.data.features import (
+    N_FEATURES,
+    N_SCALED,
+    FeatureStats,
+    feature_planes,
+    neighbour_graph,
+    raw_features,
+)
 from parallel_dqn.data.panel import MarketPanel
 
 # Per stock and bar, the exchanged row holds: the F features, then these.
@@ -59,12 +66,19 @@ def shard_rows(
     for lo in range(0, n, block):
         cols = slice(lo, min(n, lo + block))
         part = panel.stocks(cols)
-        raw = raw_features(part, session_seconds)
+        # the block's rows feature by feature (contiguous planes), as local_rows computes them, then interleaved
+        # into the rows in one copy: no [T, k, F] float64 and float32 intermediates, no strided writes per feature
+        planes = np.empty((ROW_WIDTH, T, part.n_stocks))
+        feature_planes(part, session_seconds, out=planes[:N_FEATURES])
+        planes[N_FEATURES] = planes[0]  # the 1-bar log return, before it is normalised
+        planes[N_FEATURES + 1] = part.close
+        planes[N_FEATURES + 2] = part.tradeable
         if given is not None:
             stats = FeatureStats(given.mean[hosted[cols]], given.std[hosted[cols]], session_seconds)
         else:
-            stats = FeatureStats.fit(raw[slice(*train_rows)], session_seconds)
-        rows[:, cols] = local_rows(part, stats, raw)
+            stats = FeatureStats.fit_planes(planes[:, slice(*train_rows)], session_seconds)
+        stats.normalise_planes(planes)
+        rows[:, cols] = np.moveaxis(planes, 0, -1)
         mean[cols], std[cols] = stats.mean, stats.std
     bounds = np.cumsum([0] + [len(shard) for shard in shards])
     return [

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api.indexers import BaseIndexer
 
 from parallel_dqn.data.panel import MarketPanel
 
@@ -56,28 +57,71 @@ def raw_features(panel: MarketPanel, session_seconds: float | None = None) -> np
     length of the panel's days. Pass the training value when featurising other
     periods so the phase means the same thing.
     """
+    planes = feature_planes(panel, session_seconds)
+    return np.ascontiguousarray(np.moveaxis(planes, 0, -1))  # one interleaving copy: far cheaper than F strided writes
+
+
+def feature_planes(panel: MarketPanel, session_seconds: float | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`raw_features`' values feature by feature: float64 ``[F, T, S]``, ``[f]`` = ``raw_features(...)[:, :, f]``.
+
+    ``out``: a float64 ``[F, T, S]`` array (C-contiguous planes) to fill instead of a new one.
+    """
     r = panel.log_returns
     T, S = r.shape
-    out = np.zeros((T, S, N_FEATURES))
-    rets = pd.DataFrame(r)
-    out[:, :, 0] = r
+    if out is None:
+        out = np.empty((N_FEATURES, T, S))
+    out[0] = r
+    # every stock's column one after another in one series: one pass of pandas' rolling code over all stocks
+    rets = _stock_after_stock(r)
     for k, horizon in enumerate((5, 15, 60), start=1):
-        out[:, :, k] = rets.rolling(horizon, min_periods=1).sum().to_numpy()
+        out[k] = _per_stock(rets.rolling(_StockWindows(horizon, T), min_periods=1).sum(), (T, S))
     for k, horizon in ((4, 15), (5, 60)):
-        out[:, :, k] = rets.rolling(horizon, min_periods=2).std().fillna(0.0).to_numpy()
-    out[:, :, 6] = np.log(panel.high / panel.low)
-    logv = pd.DataFrame(np.log1p(panel.volume))
-    out[:, :, 7] = (logv - logv.rolling(60, min_periods=1).mean()).to_numpy()
+        out[k] = _per_stock(rets.rolling(_StockWindows(horizon, T), min_periods=2).std(), (T, S))
+        out[k][np.isnan(out[k])] = 0.0  # what fillna(0.0) did
+    np.log(panel.high / panel.low, out=out[6])
+    logv = np.log1p(panel.volume)
+    mean_logv = _stock_after_stock(logv).rolling(_StockWindows(60, T), min_periods=1).mean()
+    np.subtract(logv, _per_stock(mean_logv, (T, S)), out=out[7])
 
     elapsed, first = _session_clock(panel.timestamps)
     if session_seconds is None:
         session_seconds = session_length(panel.timestamps)
     phase = 2.0 * np.pi * np.clip(elapsed / max(session_seconds, 1.0), 0.0, 1.0)
-    out[:, :, 8] = np.sin(phase)[:, None]
-    out[:, :, 9] = np.cos(phase)[:, None]
-    out[:, :, 10] = first[:, None]
-    out[:, :, 11] = panel.tradeable.astype(np.float64)
+    out[8] = np.sin(phase)[:, None]
+    out[9] = np.cos(phase)[:, None]
+    out[10] = first[:, None]
+    out[11] = panel.tradeable
     return out
+
+
+class _StockWindows(BaseIndexer):
+    """pandas' trailing windows of ``window_size`` rows over a series of stocks' columns of ``length`` rows each,
+    one after another, that never reach back into the previous stock's column.
+
+    Each window is the one ``Series.rolling(window_size)`` gives within the stock's own column, and pandas'
+    rolling code starts afresh at every stock's first row (a window that shares no row with the one before),
+    so every value equals, bit for bit, that of ``DataFrame.rolling`` over the ``[T, S]`` frame (column by
+    column), in one call instead of one per stock.
+    """
+
+    def __init__(self, window_size: int, length: int) -> None:
+        super().__init__(window_size=window_size)
+        self.length = length
+
+    def get_window_bounds(self, num_values=0, min_periods=None, center=None, closed=None, step=None):
+        end = np.arange(1, num_values + 1, dtype=np.int64)
+        first_of_stock = (end - 1) // max(self.length, 1) * self.length
+        return np.maximum(end - self.window_size, first_of_stock), end
+
+
+def _stock_after_stock(values: np.ndarray) -> pd.Series:
+    """``[T, S]`` values as one series: stock 0's T values, then stock 1's, ..."""
+    return pd.Series(np.ascontiguousarray(values.T).ravel())
+
+
+def _per_stock(series: pd.Series, shape: tuple[int, int]) -> np.ndarray:
+    """:func:`_stock_after_stock` undone: ``[T, S]`` (a view)."""
+    return series.to_numpy().reshape(shape[::-1]).T
 
 
 def _day_starts(timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +165,29 @@ class FeatureStats:
         mean = scaled.mean(axis=0)
         std = scaled.std(axis=0)
         return cls(mean=mean, std=np.where(std > 1e-12, std, 1.0), session_seconds=session_seconds)
+
+    @classmethod
+    def fit_planes(cls, planes_train: np.ndarray, session_seconds: float) -> FeatureStats:
+        """:meth:`fit` on the training rows of :func:`feature_planes` (``[F, T_train, S]``): the same values, bit
+        for bit: numpy sums over the rows one after another, as over ``[T, S, F]``, when the stocks' axis is the
+        inner loop; with one stock the rows would be, and numpy would sum them pairwise, so it goes as :meth:`fit`)."""
+        if planes_train.shape[2] == 1:
+            return cls.fit(np.ascontiguousarray(np.moveaxis(planes_train[:N_SCALED], 0, -1)), session_seconds)
+        scaled = planes_train[:N_SCALED]
+        mean = scaled.mean(axis=1).T
+        std = scaled.std(axis=1).T
+        return cls(mean=mean, std=np.where(std > 1e-12, std, 1.0), session_seconds=session_seconds)
+
+    def normalise_planes(self, planes: np.ndarray) -> None:
+        """:meth:`normalise` in place on :func:`feature_planes` (``[F, T, S]``), left in float64: each value is
+        the float32 one of :meth:`normalise`, exactly."""
+        for f in range(N_FEATURES):
+            plane = planes[f]
+            if f < N_SCALED:
+                plane -= self.mean[:, f]
+                plane /= self.std[:, f]
+                np.clip(plane, -CLIP, CLIP, out=plane)
+            plane[...] = plane.astype(np.float32)
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """Z-score and clip the scaled features; float32 ``[T, S, F]``."""
