@@ -328,6 +328,9 @@ class Config:
         _check(r.alpha >= 0, f"replay.alpha must be >= 0, not {r.alpha}")
         _check(0.0 <= r.beta_start <= 1.0, f"replay.beta_start must be in [0, 1], not {r.beta_start}")
         _check(r.ratio >= 0, f"replay.ratio must be >= 0 (0: from dqn.batch_size / dqn.train_freq), not {r.ratio}")
+        parse_priority(r.priority)
+        if r.priority != "td" and not r.prioritized:
+            raise UserError(f"replay.priority = {r.priority} needs prioritized replay", "set replay.prioritized = true")
         self._check_optimisation()
         self._check_memory()
         _check(r.capacity >= q.batch_size, "replay.capacity must be >= dqn.batch_size")
@@ -361,6 +364,12 @@ class Config:
         _check(o.plateau_patience >= 0, f"optim.plateau_patience must be >= 0, not {o.plateau_patience}")
         _check(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, not {o.grad_accum}")
         _check(o.precision in PRECISIONS, f"optim.precision must be one of {', '.join(PRECISIONS)}, not {o.precision!r}")
+        if o.precision == "fp16" and self.run.device == "cpu":
+            raise UserError("optim.precision = fp16 needs a CUDA GPU (run.device is cpu)",
+                            "use optim.precision = bf16 on a CPU, or run.device = cuda on a GPU")
+        if o.precision == "fp16" and self.dist.sync:
+            raise UserError("optim.precision = fp16 skips the steps whose gradient overflowed, which --sync's rounds "
+                            "of one gradient per worker cannot", "use optim.precision = bf16 with --sync")
         _check(v.days >= 0, f"validation.days must be >= 0, not {v.days}")
         if o.lr_schedule == "plateau" and not v.days:
             raise UserError("optim.lr_schedule = plateau needs a validation period", "set validation.days, e.g. 2")
@@ -444,6 +453,8 @@ class Config:
 _SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 LR_SCHEDULES = ("constant", "warmup", "cosine", "plateau")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: what a prioritized replay's priority can measure (replay.priority: one of them, or a weighted mixture)
+PRIORITY_PARTS = ("td", "pnl", "rare")
 INTERVENTIONS = ("warn", "reduce_lr", "restore_best", "stop")
 CURRICULUM_MEASURES = ("volatility", "trend", "noise", "mixed")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -484,6 +495,23 @@ def flatten_settings(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def parse_priority(spec: str) -> dict[str, float]:
+    """``replay.priority`` -> {part: weight}: ``td``, ``pnl``, ``rare``, or a mixture such as ``td:0.5,rare:0.5``
+    (a part without a weight weighs 1); a bad spelling is one line."""
+    fix = f"give one of {', '.join(PRIORITY_PARTS)}, or a mixture such as td:0.5,rare:0.5 (positive weights)"
+    weights: dict[str, float] = {}
+    for item in spec.replace(" ", "").split(","):
+        name, _, weight = item.partition(":")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            value = float("nan")
+        if name not in PRIORITY_PARTS or name in weights or not (math.isfinite(value) and value > 0):
+            raise UserError(f"replay.priority = {spec!r} is not a priority: {item!r}", fix)
+        weights[name] = value
+    return weights
 
 
 def _check(ok: bool, message: str) -> None:

@@ -15,14 +15,18 @@ objects, and ``load_state_dict`` makes the next samples identical.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from parallel_dqn.rl.nstep import TRANSITION_DTYPES, Transitions
+from parallel_dqn.rl.priorities import PriorityMix
 from parallel_dqn.rl.sumtree import MinTree, SumTree
 
 StateDict = dict[str, np.ndarray | int]
+#: the rarity of transitions at bars ``t`` of ``stock`` (see :class:`parallel_dqn.rl.priorities.Rarity`)
+RarityFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class ReplaySample(NamedTuple):
@@ -165,12 +169,18 @@ class PrioritizedReplay:
     ``(N * P(i))^-beta`` divided by the largest possible weight (that of the
     smallest priority), so they lie in ``(0, 1]``.
 
+    ``priority`` other than ``td`` (see :mod:`parallel_dqn.rl.priorities`): ``p_i = (m_i + eps)^alpha`` with
+    ``m_i`` the measure of the mix, set when a transition is added (``pnl``, ``rare``; a ``td`` part starts at the
+    largest ``|td|`` seen) and again when its TD error comes back (if the mix has a ``td`` part).
+
     Args:
         capacity: number of transitions kept.
         alpha: how strongly priorities shape sampling (0 = uniform).
         beta: IS correction exponent; settable, annealed towards 1 by the caller.
         eps: added to ``|td|`` so no transition gets priority 0.
         rng: seed or generator.
+        priority: ``replay.priority``: ``td``, ``pnl``, ``rare`` or a mixture.
+        rarity: the rarity of transitions (needed by a ``rare`` part).
     """
 
     def __init__(
@@ -180,9 +190,18 @@ class PrioritizedReplay:
         beta: float = 0.4,
         eps: float = 1e-6,
         rng: int | np.random.Generator | None = None,
+        priority: str = "td",
+        rarity: RarityFn | None = None,
     ) -> None:
         if alpha < 0 or beta < 0 or eps <= 0:
             raise ValueError(f"need alpha >= 0, beta >= 0, eps > 0; got {alpha}, {beta}, {eps}")
+        self.mix = PriorityMix(priority)
+        if "rare" in self.mix.parts and rarity is None:
+            raise ValueError("a rare priority needs the rarity of the transitions")
+        self.rarity = rarity
+        # each part's value per slot (the classic td priority needs none: p is all it keeps)
+        self._parts = {} if self.mix.is_td else {k: np.zeros(capacity) for k in self.mix.parts}
+        self._max_td = 1.0  # a td part's value for new transitions: the largest |td| seen so far
         self.storage = TransitionStorage(capacity)
         self.alpha, self.beta, self.eps = float(alpha), float(beta), float(eps)
         self.rng = _as_rng(rng)
@@ -194,8 +213,23 @@ class PrioritizedReplay:
         return len(self.storage)
 
     def add(self, transitions: Transitions) -> None:
-        """Append a batch of transitions at the maximum priority seen so far."""
-        self._set_priorities(self.storage.add(transitions), self._max_priority)
+        """Append a batch of transitions at the maximum priority seen so far (td), or at their measure."""
+        slots = self.storage.add(transitions)
+        if self.mix.is_td:
+            self._set_priorities(slots, self._max_priority)
+            return
+        kept = slice(transitions.size - len(slots), None)  # an oversized batch keeps its last transitions
+        for name, values in self._parts.items():
+            if name == "td":
+                values[slots] = self._max_td
+                continue
+            if name == "pnl":
+                new = np.abs(transitions.reward[kept].astype(np.float64))
+            else:
+                new = np.asarray(self.rarity(transitions.t[kept], transitions.stock[kept]), dtype=np.float64)  # type: ignore[misc]
+            self.mix.means[name].add(new)
+            values[slots] = new
+        self._refresh(slots)
 
     def sample(self, batch_size: int, group: int = 1) -> ReplaySample:
         """``batch_size`` slots drawn in proportion to priority, one per equal-mass segment (each transition has
@@ -213,12 +247,26 @@ class PrioritizedReplay:
         return ((p / self._min.min()) ** -self.beta).astype(np.float32)
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
-        """Set the priority of ``indices`` to ``(|td| + eps)^alpha``."""
+        """Set the priority of ``indices`` to ``(|td| + eps)^alpha`` (a mix: its td part to ``|td|``; without
+        one, nothing changes)."""
         td = np.abs(np.asarray(td_errors, dtype=np.float64).reshape(-1))
+        if not self.mix.is_td:
+            if "td" in self._parts and td.size:
+                slots = np.asarray(indices, dtype=np.int64).reshape(-1)
+                self._parts["td"][slots] = td
+                self.mix.means["td"].add(td)
+                self._max_td = max(self._max_td, float(td.max()))
+                self._refresh(slots)
+            return
         p = (td + self.eps) ** self.alpha
         self._set_priorities(np.asarray(indices, dtype=np.int64).reshape(-1), p)
         if p.size:
             self._max_priority = max(self._max_priority, float(p.max()))
+
+    def _refresh(self, slots: np.ndarray) -> None:
+        """Priorities of ``slots`` from their parts: ``(measure + eps)^alpha``."""
+        measure = self.mix.combine({k: v[slots] for k, v in self._parts.items()})
+        self._set_priorities(slots, (measure + self.eps) ** self.alpha)
 
     def _set_priorities(self, slots: np.ndarray, priorities: np.ndarray | float) -> None:
         self._sum.update(slots, priorities)
@@ -229,12 +277,18 @@ class PrioritizedReplay:
         return self._sum.leaves()[: len(self)]
 
     def state_dict(self) -> StateDict:
-        return {
+        state: StateDict = {
             **self.storage.state_dict(),
             "rng": rng_state(self.rng),
             "priorities": self.priorities(),
             "max_priority": np.array(self._max_priority),
         }
+        if self._parts:  # a mix: each part's values and running mean (the classic td state is unchanged)
+            state["max_td"] = np.array(self._max_td)
+            for name, values in self._parts.items():
+                state[f"part_{name}"] = values[: len(self)].copy()
+                state[f"mean_{name}"] = self.mix.means[name].state()
+        return state
 
     def load_state_dict(self, state: StateDict) -> None:
         self.storage.load_state_dict(state)
@@ -243,12 +297,18 @@ class PrioritizedReplay:
         self._min = MinTree(self.storage.capacity)
         self._set_priorities(np.arange(len(self)), np.asarray(state["priorities"]))
         self._max_priority = float(np.asarray(state["max_priority"]))
+        if self._parts:
+            self._max_td = float(np.asarray(state["max_td"]))
+            for name, values in self._parts.items():
+                values[: len(self)] = state[f"part_{name}"]
+                self.mix.means[name].load(np.asarray(state[f"mean_{name}"]))
 
 
 def make_replay(
-    capacity: int, prioritized: bool, alpha: float = 0.6, beta: float = 0.4, seed: int | None = None
+    capacity: int, prioritized: bool, alpha: float = 0.6, beta: float = 0.4,
+    seed: int | np.random.Generator | None = None, priority: str = "td", rarity: RarityFn | None = None,
 ) -> UniformReplay | PrioritizedReplay:
     """The replay buffer a worker's config asks for."""
     if prioritized:
-        return PrioritizedReplay(capacity, alpha=alpha, beta=beta, rng=seed)
+        return PrioritizedReplay(capacity, alpha=alpha, beta=beta, rng=seed, priority=priority, rarity=rarity)
     return UniformReplay(capacity, seed)
