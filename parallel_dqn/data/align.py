@@ -69,23 +69,27 @@ def align_bars(bars: StockBars, clock: np.ndarray | None = None) -> MarketPanel:
     on_clock[on_clock] = clock[rows[on_clock]] == times[on_clock]
     if not on_clock.all():
         raise ValueError(f"bars of {symbols[stock[int(np.argmin(on_clock))]]} are not all on the given market clock")
-    shape = (clock.size, len(symbols))
-    tradeable = np.zeros(shape, dtype=bool)
-    tradeable[rows, stock] = True
-    # For each clock step and stock, the row (in ``bars``) of the stock's latest real bar at or before it;
-    # -1 before its first. Rows grow with time within a stock, so a running maximum down the clock finds it.
-    latest = np.full(shape, -1, dtype=np.int64)
-    latest[rows, stock] = np.arange(times.size)
-    np.maximum.accumulate(latest, axis=0, out=latest)
-    first_open = bars.open[bars.bounds[:-1]]
-    fill = np.where(latest >= 0, bars.close[np.maximum(latest, 0)], first_open[None, :])
+    # Built stock by stock (``[S, T]``, where every stock's bars land in ascending places), then turned to
+    # ``[T, S]``: writes in order, and the fill is a running count rather than a running maximum across stocks.
+    T, S = clock.size, len(symbols)
+    place = stock * T + rows
+    seen = np.zeros(S * T, dtype=bool)
+    seen[place] = True
+    # For each stock and clock step, the row (in ``bars``) of the stock's latest real bar at or before it: bars
+    # are stock after stock in time order, so that is the count of real bars up to there, less one; below the
+    # stock's first row (``bounds``) before its first bar
+    latest = np.cumsum(seen).reshape(S, T)
+    latest -= 1
+    fill = bars.close[np.maximum(latest, 0)]
+    np.copyto(fill, bars.open[bars.bounds[:-1]][:, None], where=latest < bars.bounds[:-1, None])
     del latest
     out = {}
     for name in BAR_FIELDS:
         # the prices start from the fill (close, the last of them, takes it over), the volume from 0
-        column = np.zeros(shape) if name == "volume" else fill if name == "close" else fill.copy()
-        column[rows, stock] = getattr(bars, name)
-        out[name] = column
+        column = np.zeros((S, T)) if name == "volume" else fill if name == "close" else fill.copy()
+        column.reshape(-1)[place] = getattr(bars, name)
+        out[name] = np.ascontiguousarray(column.T)
+    tradeable = np.ascontiguousarray(seen.reshape(S, T).T)
     return MarketPanel(
         symbols=tuple(symbols),
         timestamps=clock.view("datetime64[ns]"),
