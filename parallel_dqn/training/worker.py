@@ -28,12 +28,15 @@ from parallel_dqn.data.crosssection import CrossSection
 from parallel_dqn.market.step import FLAT, market_step
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.flat import clip_by_norm_, flat_gradient_buffer, flatten_parameters
+from parallel_dqn.model.precision import LossScaler, autocast, check_precision
 from parallel_dqn.model.qnet import QNetwork
+from parallel_dqn.rl.augment import Augmenter, FeatureScales
 from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
 from parallel_dqn.rl.nstep import NStepBuilder
 from parallel_dqn.rl.observations import Observations
-from parallel_dqn.rl.replay import make_replay, rng_state, set_rng_state
-from parallel_dqn.rl.schedules import LinearSchedule
+from parallel_dqn.rl.priorities import PriorityMix, Rarity
+from parallel_dqn.rl.replay import ReplaySample, make_replay, rng_state, set_rng_state
+from parallel_dqn.rl.schedules import GradientCadence, LinearSchedule
 
 EVAL_SPAN = 64  # bars per acting pass in evaluation (the parameters never change there): bounds its memory
 
@@ -82,8 +85,10 @@ class Worker:
         reward_scale: float,
         total_train_steps: int,
         obs: Observations | None = None,
+        scales: FeatureScales | None = None,
     ) -> None:
-        """``obs``: the process's view of the cross-section, shared by every worker it hosts (made if None)."""
+        """``obs``: the process's view of the cross-section, shared by every worker it hosts (made if None);
+        ``scales``: the training period's feature statistics that ``[augment]`` needs (None: no augmentation)."""
         self.id = worker_id
         self.cfg = cfg
         self.xs = xs
@@ -105,10 +110,16 @@ class Worker:
         q = cfg.dqn
         # batch and capacity are per stock of the shard: the replay ratio does not depend on how stocks are sharded
         self.batch_size = q.batch_size * len(self.stocks)
+        rare = cfg.replay.prioritized and "rare" in PriorityMix(cfg.replay.priority).parts
         self.replay = make_replay(
             cfg.replay.capacity * len(self.stocks), cfg.replay.prioritized, cfg.replay.alpha, cfg.replay.beta_start,
-            self.rng,
+            self.rng, cfg.replay.priority,
+            Rarity(xs.log_returns, self.stocks, cfg.market.window, cfg.market.graph_window) if rare else None,
         )
+        # pushes per learning opportunity (replay.ratio), each of optim.grad_accum micro-batches
+        self.cadence = GradientCadence(cfg.replay.ratio, q.batch_size, q.train_freq, cfg.optim.grad_accum)
+        check_precision(cfg.optim.precision, self.device)
+        self.scaler = LossScaler() if cfg.optim.precision == "fp16" else None
         self.epsilon = LinearSchedule(q.eps_start, q.eps_end, max(1, int(q.eps_fraction * total_train_steps)))
         self.beta = LinearSchedule(cfg.replay.beta_start, 1.0, max(1, total_train_steps))
         self.version = -1
@@ -118,13 +129,24 @@ class Worker:
         self.pull_due = True  # pull before the next step whatever the count (start of an episode)
         self.anchor = 0  # the bar acting spans are counted from: the first of the episode, or of the last pull
         self.attention_sum = np.zeros((len(self.stocks), S))
+        # training-only augmentation of the windows learning embeds (none, and no draws, when [augment] is off)
+        self.augment = Augmenter(cfg.augment, scales, cfg.run.seed, worker_id, self.device) if scales is not None else None
         self.begin_episode(0, "train", (0, 0))  # an empty episode until the driver begins the first one
 
     # ---- episode ------------------------------------------------------------------
-    def begin_episode(self, episode: int, phase: str, rows: tuple[int, int]) -> None:
-        """Start an episode over clock rows ``[start, stop)``: flat positions, empty n-step tails."""
+    def begin_episode(
+        self, episode: int, phase: str, rows: tuple[int, int], learn_rows: np.ndarray | None = None
+    ) -> None:
+        """Start an episode over clock rows ``[start, stop)``: flat positions, empty n-step tails.
+
+        ``learn_rows``: bool per clock row, the bars a training episode learns from (a curriculum stage's
+        days; None: all). On the others the worker acts greedily, stores no transition starting there and
+        neither learns nor counts the step (exploration and learning cadence advance on learned bars only).
+        """
         self.episode, self.phase = episode, phase
         self.training = phase == "train"
+        self.learn_rows = learn_rows if self.training else None
+        self.learning = False  # whether the bar acted last is learned from (set by act)
         self.last_t = rows[1] - 2  # the last bar has no next return: no decision there
         self.position = np.full(len(self.stocks), FLAT, dtype=np.int64)
         self.nstep = NStepBuilder(self.cfg.dqn.n_step, self.cfg.dqn.gamma, len(self.stocks))
@@ -185,8 +207,9 @@ class Worker:
         worker's parameters version) and record the outcome."""
         q = values.q[self.stocks, self.position]  # [own stocks, 3]: at the position each holds
         actions = q.argmax(axis=1)
-        eps = self.epsilon(self.train_steps) if self.training else 0.0
-        if self.training:
+        self.learning = self.training and (self.learn_rows is None or bool(self.learn_rows[t]))
+        eps = self.epsilon(self.train_steps) if self.learning else 0.0
+        if self.learning:
             explore = self.rng.random(len(actions)) < eps
             actions = np.where(explore, self.rng.integers(0, 3, len(actions)), actions)
         actions, raw = market_step(
@@ -196,9 +219,12 @@ class Worker:
         done = t >= self.last_t
         if self.training:
             batch = self.nstep.push(t, self.stocks, self.position, actions, raw * self.reward_scale, done)
+            if self.learn_rows is not None:  # a curriculum stage: only transitions that start on its days
+                batch = type(batch)(*(field[self.learn_rows[batch.t]] for field in batch))
             if len(batch.t):
                 self.replay.add(batch)
-            self.train_steps += 1
+            if self.learning:
+                self.train_steps += 1
         elif values.attention is not None:
             own = np.arange(len(self.stocks))[:, None]
             self.attention_sum[own, values.neighbours[self.stocks]] += values.attention[self.stocks]
@@ -209,44 +235,77 @@ class Worker:
             self.flush_records()
 
     def learn(self) -> None:
-        """Compute and push one gradient when due (training only)."""
+        """Compute and push the gradients due at this step (training only): one per ``dqn.train_freq`` steps by
+        default, as many as ``replay.ratio`` asks otherwise (:class:`GradientCadence`)."""
         q = self.cfg.dqn
         if not self.training or self.train_steps < q.learning_starts or self.train_steps % q.train_freq:
             return
-        B = self.batch_size
-        if len(self.replay) < B:
+        if len(self.replay) < self.batch_size:
             return
         self.replay.beta = self.beta(self.train_steps)
-        # whole bars of the shard (uniform replay): the batch needs the windows of batch_size bars only
-        s = self.replay.sample(B, group=len(self.stocks))
-        dev = self.device
+        for _ in range(self.cadence.pushes(self.train_steps // q.train_freq)):
+            self._push_gradient()
+
+    def _push_gradient(self) -> None:
+        """One gradient over ``optim.grad_accum`` micro-batches (their mean: the gradient of the concatenated
+        batch), clipped once and pushed unscaled; under fp16 a gradient with an inf or nan is skipped instead."""
+        accum = self.cfg.optim.grad_accum
+        self._grad.zero_()
+        losses, q_means, replayed = [], [], []
+        for _ in range(accum):
+            # whole bars of the shard (uniform replay): the batch needs the windows of batch_size bars only
+            s = self.replay.sample(self.batch_size, group=len(self.stocks))
+            loss, td, q_taken = self._loss(s)
+            # the mean over micro-batches, summed into the one buffer; scaled up under fp16 so it cannot underflow
+            if accum > 1:
+                loss = loss / accum
+            (loss * self.scaler.scale if self.scaler is not None else loss).backward()
+            losses.append(loss.detach())
+            q_means.append(q_taken.detach().mean())
+            replayed.append((s.indices, td))
+        if self.scaler is not None:
+            finite = self.scaler.unscale_(self._grad)
+            self.scaler.update(finite)
+            if not finite:  # the step is skipped (and counted); the next one runs at half the scale
+                return
+        clip_by_norm_(self._grad, self.cfg.dqn.grad_clip)  # one norm over the whole gradient, as clip_grad_norm_
+        # every micro-batch was drawn under the same priorities, as one batch of them all would be
+        for indices, td in replayed:
+            self.replay.update_priorities(indices, td.cpu().numpy())
+        grads = self._grad.cpu().numpy().copy()  # the message owns its copy: the buffer is reused
+        loss_value = float(losses[0]) if accum == 1 else float(torch.stack(losses).sum())
+        q_mean = float(q_means[0]) if accum == 1 else float(torch.stack(q_means).mean())
+        self.transport.push_gradient(GradientMessage(self.id, self.version, grads, loss_value, q_mean))
+        self.grad_steps += 1
+        self.grads_since_pull += 1
+
+    def _loss(self, s: ReplaySample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The double-DQN loss of the sampled batch ``s``, its TD errors and the Q-values of the actions taken:
+        the forward passes in ``optim.precision``, the loss in fp32."""
+        B, dev = len(s.t), self.device
         # Each transition's bar and the next one, in one batch: online Q at both (double DQN), target at the next.
         t = torch.from_numpy(np.concatenate([s.t, s.next_t]).astype(np.int64)).to(dev)
         stock = torch.from_numpy(np.concatenate([s.stock, s.stock]).astype(np.int64)).to(dev)
         pos = torch.from_numpy(np.concatenate([s.position, s.next_position]).astype(np.int64)).to(dev)
         # uniform replay draws whole bars of the shard, each in the shard's stock order (prioritized: single ones)
         inputs = self._sample_inputs(t, stock, whole_bars=not self.cfg.replay.prioritized)
+        if self.augment is not None:  # training only: a sample's s and s' augmented alike, its reward with them
+            s, inputs = self._augmented(s, inputs)
         now, following = slice(None, B), slice(B, None)
-        self._grad.zero_()
-        q_now = self._q(self.net, inputs, pos, now)  # the only pass the gradient flows through
-        with torch.no_grad():
-            q_next_online = self._q(self.net, inputs, pos, following)
-            q_next_target = self._q(self.target, inputs, pos, following)
+        with autocast(self.cfg.optim.precision, dev):  # fp32: no context at all
+            q_now = self._q(self.net, inputs, pos, now)  # the only pass the gradient flows through
+            with torch.no_grad():
+                q_next_online = self._q(self.net, inputs, pos, following)
+                q_next_target = self._q(self.target, inputs, pos, following)
         actions = torch.from_numpy(s.action.astype(np.int64))[:, None].to(dev)
-        q_taken = q_now.gather(1, actions)[:, 0]
+        q_taken = q_now.float().gather(1, actions)[:, 0]  # the loss in fp32 (.float() returns fp32 tensors as they are)
         # Double DQN: the online network picks the next action, the target network values it.
         targets = double_dqn_targets(
-            q_next_online, q_next_target, torch.from_numpy(s.reward).to(dev), torch.from_numpy(s.discount).to(dev)
+            q_next_online.float(), q_next_target.float(), torch.from_numpy(s.reward).to(dev),
+            torch.from_numpy(s.discount).to(dev),
         )
-        loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights).to(dev), q.huber_delta)
-        loss.backward()
-        clip_by_norm_(self._grad, q.grad_clip)  # one norm over the whole gradient, as clip_grad_norm_ takes it
-        self.replay.update_priorities(s.indices, td.cpu().numpy())
-        grads = self._grad.cpu().numpy().copy()  # the message owns its copy: the buffer is reused
-        msg = GradientMessage(self.id, self.version, grads, float(loss.detach()), float(q_taken.detach().mean()))
-        self.transport.push_gradient(msg)
-        self.grad_steps += 1
-        self.grads_since_pull += 1
+        loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights).to(dev), self.cfg.dqn.huber_delta)
+        return loss, td, q_taken
 
     def _sample_inputs(self, t: torch.Tensor, stock: torch.Tensor, whole_bars: bool) -> dict[str, torch.Tensor]:
         """What the networks need for the transitions at bars ``t [N]`` of ``stock [N]``; ``whole_bars``: the
@@ -271,30 +330,49 @@ class Worker:
         own_slot = (neighbours == stock[:, None]).int().argmax(dim=1)
         return {"t": t, "neighbours": neighbours, "edges": edges, "own_slot": own_slot}
 
+    def _augmented(
+        self, s: ReplaySample, inputs: dict[str, torch.Tensor]
+    ) -> tuple[ReplaySample, dict[str, torch.Tensor]]:
+        """``s`` and its :meth:`_sample_inputs` with the windows of both halves gathered and augmented
+        (:class:`Augmenter`: one draw per sample, or per bar when whole bars are embedded), and the rewards
+        rescaled by the units' scenario factors."""
+        stocks = None if "bars" in inputs else inputs["neighbours"]
+        windows = self.obs.windows(inputs["bars"]) if stocks is None else self.obs.windows(inputs["t"], stocks)
+        windows, factor = self.augment(windows, stocks)
+        if factor is not None:  # a bar's factor for each of its samples (whole bars: the shard's stocks in turn)
+            per_sample = factor.cpu().numpy().repeat(len(s.reward) // len(factor))
+            s = s._replace(reward=(s.reward * per_sample).astype(s.reward.dtype))
+        return s, {**inputs, "windows": windows}
+
     def _q(
         self, net: QNetwork, inputs: dict[str, torch.Tensor], positions: torch.Tensor, half: slice = slice(None)
     ) -> torch.Tensor:
         """``net``'s Q-values ``[N, 3]`` of the samples ``half`` of :meth:`_sample_inputs` at ``positions``."""
         if "bars" not in inputs:
-            windows = self.obs.windows(inputs["t"][half], inputs["neighbours"][half])
+            windows = inputs["windows"][half] if "windows" in inputs else None  # augmented ones, in training
+            if windows is None:
+                windows = self.obs.windows(inputs["t"][half], inputs["neighbours"][half])
             emb = net.embed(windows, inputs["neighbours"][half])
             return net.from_embeddings(emb, inputs["own_slot"][half], inputs["edges"][half], positions[half])[0]
         groups = slice(*(None if x is None else x // len(self.stocks) for x in (half.start, half.stop)))
-        own, ctx, _, _ = self._bar_context(net, inputs["bars"][groups], self._own_index)  # [G, own stocks, D]
+        windows = inputs["windows"][groups] if "windows" in inputs else None  # augmented ones, in training
+        own, ctx, _, _ = self._bar_context(net, inputs["bars"][groups], self._own_index, windows)  # [G, own, D]
         D = own.shape[-1]
         return net.q_head(own.reshape(-1, D), ctx.reshape(-1, D), positions[half])  # the samples, in their order
 
     def _bar_context(
-        self, net: QNetwork, bars: torch.Tensor, stocks: torch.Tensor | None = None
+        self, net: QNetwork, bars: torch.Tensor, stocks: torch.Tensor | None = None,
+        windows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``net``'s embeddings and cross-stock contexts ``[U, K, D]`` of ``stocks [K]`` (None: all) at
-        ``bars [U]``, their neighbours ``[U, K, k]`` and attention weights ``[U, H, K, k]``.
+        ``bars [U]``, their neighbours ``[U, K, k]`` and attention weights ``[U, H, K, k]``; ``windows``:
+        every stock's at those bars (None: the market's own, as acting sees them).
 
         Every stock of the market is embedded once per bar, then the asked stocks attend over their neighbours;
         each row is computed alone, so a stock gets the same values whichever others are asked with it.
         """
         everyone = torch.arange(self.obs.n_stocks, device=self.device)[None].expand(len(bars), -1)
-        emb = net.embed(self.obs.windows(bars), everyone)  # [U, S, D]
+        emb = net.embed(self.obs.windows(bars) if windows is None else windows, everyone)  # [U, S, D]
         neighbours, edges = self.obs.neighbours_at(bars)  # [U, S, k], [U, S, k, C]
         own = emb
         if stocks is not None and len(stocks) < self.obs.n_stocks:  # a shard: its own stocks ask
@@ -355,6 +433,9 @@ class Worker:
             "nstep": self.nstep.state_dict(),
             "steps": self.steps,
             "attention_sum": self.attention_sum.copy(),
+            **({"loss_scaler": self.scaler.state()} if self.scaler is not None else {}),  # fp16 only
+            **({"learn_rows": self.learn_rows.copy()} if self.learn_rows is not None else {}),
+            **({"augment": self.augment.state_dict()} if self.augment is not None else {}),
         }
 
     def restore_checkpoint(self, state: dict) -> None:
@@ -376,4 +457,9 @@ class Worker:
         self.nstep.load_state_dict(state["nstep"])
         self.steps = int(state["steps"])
         self.attention_sum[:] = state["attention_sum"]
+        if self.scaler is not None:
+            self.scaler.load(state["loss_scaler"])
+        self.learn_rows = state.get("learn_rows")
+        if self.augment is not None:
+            self.augment.load_state_dict(state["augment"])
         self._records = []
