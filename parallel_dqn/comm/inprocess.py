@@ -19,6 +19,8 @@ from parallel_dqn.comm.messages import (
     CheckpointFirst,
     CheckpointRequest,
     DecisionBlock,
+    DirectiveRequest,
+    EpisodeDirective,
     EpisodeDone,
     GradientMessage,
     ParamsMessage,
@@ -76,6 +78,11 @@ class InProcessTransport:
         self._send(worker, Pull(worker, min_version))
         answer = self._take(worker, (ParamsMessage, CheckpointFirst), f"worker {worker}'s pull of version {min_version}")
         return answer if isinstance(answer, ParamsMessage) else None
+
+    def episode_directive(self, worker: int, episode: int, after: tuple[int, str] | None) -> EpisodeDirective | None:
+        self._send(worker, DirectiveRequest(worker, episode, after))
+        answer = self._take(worker, (EpisodeDirective, CheckpointFirst), f"worker {worker}'s directive request")
+        return answer if isinstance(answer, EpisodeDirective) else None
 
     def poll_checkpoint(self, wait: bool = False) -> CheckpointRequest | None:
         self._route(self.endpoint.tick())

@@ -6,8 +6,9 @@ flat numeric buffer per message (:mod:`parallel_dqn.comm.mpi.wire`).
 
 From a worker to rank 0: :class:`SetupInfo` (worker 0, once), :class:`GradientMessage`,
 :class:`Pull`, :class:`DecisionBlock`, :class:`EpisodeDone`, :class:`CheckpointDone`,
-:class:`StopRequest`, :class:`WorkerStopped`. From rank 0 to a worker: :class:`ParamsMessage`,
-:class:`CheckpointFirst`, :class:`CheckpointRequest`, :class:`CheckpointEnd`.
+:class:`StopRequest`, :class:`WorkerStopped`, :class:`DirectiveRequest`. From rank 0 to a worker:
+:class:`ParamsMessage`, :class:`CheckpointFirst`, :class:`CheckpointRequest`, :class:`CheckpointEnd`,
+:class:`EpisodeDirective`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class DecisionBlock:
 
     worker: int
     episode: int
-    phase: str  # "train" or "eval"
+    phase: str  # "train", "valid" or "eval"
     t: np.ndarray  # int64 [n]
     stock: np.ndarray  # int64 [n]
     q: np.ndarray  # float32 [n, 3]
@@ -86,6 +87,7 @@ class SetupInfo:
     episodes: int
     structure: dict[str, Any] | None = None  # planted structure of a synthetic market, for the oracle
     extra: dict[str, Any] = field(default_factory=dict)
+    valid_rows: tuple[int, int] = (0, 0)  # the validation period's rows, held out of training (empty: none)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,11 @@ class CheckpointRequest:
 
 @dataclass(frozen=True)
 class CheckpointFirst:
-    """The answer to a pull that would wait: take checkpoint ``seq`` first, then pull again."""
+    """The answer to a pull (``directive``: a :class:`DirectiveRequest`) that would wait: take checkpoint ``seq``
+    first, then ask again."""
 
     seq: int
+    directive: bool = False
 
 
 @dataclass
@@ -150,7 +154,33 @@ class WorkerStopped:
     gradients_sent: int
 
 
+@dataclass(frozen=True)
+class DirectiveRequest:
+    """Worker ``worker`` is about to start training episode ``episode``: what does rank 0 direct?
+
+    ``after``: the schedule entry it finished last, ``(episode, phase)`` (None: none); rank 0 answers once it
+    has that entry's outcome, so its decision rests on every worker's complete records of it.
+    """
+
+    worker: int
+    episode: int
+    after: tuple[int, str] | None
+
+
+@dataclass(frozen=True)
+class EpisodeDirective:
+    """Rank 0's word for training episode ``episode``, the same to every worker: its curriculum ``stage``
+    (1 without a curriculum), or ``stop``: train no more, go to the evaluation."""
+
+    episode: int
+    stage: int = 1
+    stop: bool = False
+
+
 #: what a worker may send to rank 0
-ToServer = SetupInfo | GradientMessage | Pull | DecisionBlock | EpisodeDone | CheckpointDone | StopRequest | WorkerStopped
+ToServer = (
+    SetupInfo | GradientMessage | Pull | DecisionBlock | EpisodeDone | CheckpointDone | StopRequest | WorkerStopped
+    | DirectiveRequest
+)
 #: what rank 0 may send to a worker
-ToWorker = ParamsMessage | CheckpointFirst | CheckpointRequest | CheckpointEnd
+ToWorker = ParamsMessage | CheckpointFirst | CheckpointRequest | CheckpointEnd | EpisodeDirective

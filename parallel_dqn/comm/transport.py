@@ -18,6 +18,7 @@ import numpy as np
 from parallel_dqn.comm.messages import (
     CheckpointRequest,
     DecisionBlock,
+    EpisodeDirective,
     EpisodeDone,
     GradientMessage,
     ParamsMessage,
@@ -54,6 +55,13 @@ class Transport(Protocol):
 
     def close(self, sent: Mapping[int, int]) -> None:
         """No more messages from the workers hosted here; ``sent[w]`` counts the gradients worker w pushed."""
+
+    def episode_directive(self, worker: int, episode: int, after: tuple[int, str] | None) -> EpisodeDirective | None:
+        """Rank 0's word on training episode ``episode`` (``after``: the schedule entry ``worker`` finished last),
+        once rank 0 has that entry's outcome.
+
+        None when the server asks for a checkpoint first (:meth:`poll_checkpoint` then returns it).
+        """
 
     def poll_checkpoint(self, wait: bool = False) -> CheckpointRequest | None:
         """The checkpoint the server asks for, if any (called between clock steps); ``wait``: until one comes."""

@@ -18,6 +18,7 @@ from parallel_dqn.comm.messages import (
     CheckpointEnd,
     CheckpointFirst,
     CheckpointRequest,
+    EpisodeDirective,
     ParamsMessage,
     Pull,
     ToServer,
@@ -109,6 +110,11 @@ class ServerPump:
             rank = worker + 1
             if isinstance(msg, ParamsMessage):
                 buf, mpi_type, tag = self._params_buffer(msg), MPI.FLOAT, Tag.PARAMS
+            elif isinstance(msg, EpisodeDirective):
+                buf = np.array([msg.episode, msg.stage, int(msg.stop)], dtype=np.int64)
+                mpi_type, tag = MPI.INT64_T, Tag.DIRECTIVE
+            elif isinstance(msg, CheckpointFirst) and msg.directive:
+                buf, mpi_type, tag = np.array([-1, msg.seq, 0], dtype=np.int64), MPI.INT64_T, Tag.DIRECTIVE
             elif isinstance(msg, CheckpointFirst):
                 buf, mpi_type, tag = pack_checkpoint_first(msg.seq), MPI.FLOAT, Tag.PARAMS
             elif isinstance(msg, CheckpointRequest):

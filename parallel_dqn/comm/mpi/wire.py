@@ -12,11 +12,13 @@ tag                     buffer                                                 d
 ``STOP_REQUEST``
 ``CKPT_REQUEST``        int64 ``[seq, stop, episode]``                           server -> worker
 ``CKPT_END``            int64 ``[seq, go_on]``                                   server -> worker
+``DIRECTIVE_REQUEST``   pickled (once per training episode)                    worker -> server
+``DIRECTIVE``           int64 ``[episode, stage, stop]``                         server -> worker
 ======================  =====================================================  =====================
 
 ``worker, version`` are int32 values stored in the float32 slots' bits; a ``PARAMS`` answer with
 version -1 is :class:`~parallel_dqn.comm.messages.CheckpointFirst` ("take checkpoint ``seq``
-first, then ask again").
+first, then ask again"); a ``DIRECTIVE`` answer ``[-1, seq, 0]`` says the same to a directive request.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from parallel_dqn.comm.messages import (
     CheckpointDone,
     DecisionBlock,
+    DirectiveRequest,
     EpisodeDone,
     GradientMessage,
     ParamsMessage,
@@ -39,7 +42,7 @@ from parallel_dqn.comm.messages import (
 )
 
 SERVER = 0  # rank of the parameter server; worker w is rank w + 1
-PHASES = ("train", "eval")
+PHASES = ("train", "eval", "valid")
 DECISION_HEADER = 5
 CHECKPOINT_FIRST = -1  # the version of a PARAMS answer that asks for a checkpoint before the pull
 
@@ -56,6 +59,8 @@ class Tag(IntEnum):
     CKPT_DONE = 9
     CKPT_END = 10
     STOP_REQUEST = 11
+    DIRECTIVE_REQUEST = 12
+    DIRECTIVE = 13
 
 
 #: the tag of each pickled message a worker sends
@@ -65,6 +70,7 @@ PICKLED_TAGS: dict[type, Tag] = {
     WorkerStopped: Tag.STOP,
     CheckpointDone: Tag.CKPT_DONE,
     StopRequest: Tag.STOP_REQUEST,
+    DirectiveRequest: Tag.DIRECTIVE_REQUEST,
 }
 
 

@@ -13,6 +13,8 @@ from parallel_dqn.comm.messages import (
     CheckpointDone,
     CheckpointRequest,
     DecisionBlock,
+    DirectiveRequest,
+    EpisodeDirective,
     EpisodeDone,
     GradientMessage,
     ParamsMessage,
@@ -110,6 +112,19 @@ class MPIWorkerTransport:
             self._deferred = self._receive_request(block=True)
             return None
         return answer
+
+    def episode_directive(self, worker: int, episode: int, after: tuple[int, str] | None) -> EpisodeDirective | None:
+        self._send_object(DirectiveRequest(worker, episode, after))
+        wait_until(
+            lambda: self.comm.Iprobe(source=SERVER, tag=Tag.DIRECTIVE), self.timeout,
+            f"waiting for rank 0's word on training episode {episode}",
+        )
+        answer = np.empty(3, dtype=np.int64)
+        self.comm.Recv([answer, MPI.INT64_T], source=SERVER, tag=Tag.DIRECTIVE)
+        if int(answer[0]) == -1:  # checkpoint `answer[1]` first
+            self._deferred = self._receive_request(block=True)
+            return None
+        return EpisodeDirective(int(answer[0]), int(answer[1]), bool(answer[2]))
 
     def poll_checkpoint(self, wait: bool = False) -> CheckpointRequest | None:
         if self._deferred is not None:
