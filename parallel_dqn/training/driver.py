@@ -33,6 +33,7 @@ from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.store import Store
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.model.device import resolve_device
+from parallel_dqn.rl.augment import FeatureScales, augmenting
 from parallel_dqn.rl.observations import Observations
 from parallel_dqn.training.plan import RunPlan
 from parallel_dqn.training.worker import ActingPass, Worker
@@ -268,7 +269,9 @@ def run_workers(
     total_steps = plan.episodes * max(train_rows[1] - train_rows[0] - 1, 1)
     # the process's one view of the cross-section (no copy on the CPU), shared by every worker hosted here
     obs = Observations(xs, cfg.market.window, resolve_device(cfg.run.device))
-    workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps, obs) for s in shards]
+    # training-only augmentation: the training rows' feature statistics, measured once for every hosted worker
+    scales = FeatureScales.fit(xs.features, train_rows, stats) if augmenting(cfg.augment) and plan.episodes else None
+    workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps, obs, scales) for s in shards]
     schedule = Schedule(plan.episodes, train_rows, eval_rows)
     stepper = LockStep(workers, transport, CheckpointStore(Path(cfg.run.output) / CHECKPOINTS), stop_signal)
     point = stepper.restore(resume) if resume else ResumePoint(0, None)
