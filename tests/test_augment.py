@@ -5,7 +5,8 @@
   features and to the reward alike; the two halves of a batch (s and s') get one draw per unit;
 * off draws nothing and builds nothing: the worker's default path and checkpoint are those of before;
 * a single-mode run with every augmentation on trains differently from one without, and resuming any of its
-  checkpoints reproduces it exactly.
+  checkpoints reproduces it exactly; ``--sync`` under real ``mpiexec`` equals single mode with it on (each
+  worker draws from its own stream, seeded by the run's seed and its id, wherever it runs).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from parallel_dqn.run.single import train
 from parallel_dqn.training.driver import LocalShard, _rows, build_cross_section
 from parallel_dqn.training.plan import plan_training
 from parallel_dqn.training.worker import Worker
-from tests.helpers import assert_same_run, make_market, tiny_config, weights
+from tests.helpers import assert_same_run, make_market, mpiexec, tiny_config, train_args, weights
 
 F = N_FEATURES
 MEASURED = [j for j in range(F) if j not in FLAGS]
@@ -222,3 +223,16 @@ def test_a_run_with_every_augmentation_trains_differently_and_resumes_exactly(ma
         assert main(["train", "--resume", str(ckpt), "--output", str(out), "--no-progress"]) == 0
         assert_same_run(tmp_path / "full", out)
     assert math.isfinite(json.loads((tmp_path / "full" / "metrics.json").read_text())["eval"]["sharpe"])
+
+
+def test_sync_under_mpiexec_equals_single_mode_with_every_augmentation(market, tmp_path):
+    sets = [x for key, value in ALL_ON.items() for x in ("--set", f"{key}={value}")]
+    proc = mpiexec(4, *train_args(market, tmp_path / "parallel", "--sync", "--seed", "3", *sets))
+    assert proc.returncode == 0, proc.stderr
+    train(tiny_config(market, tmp_path / "single", **{**ALL_ON, "dist.sync": True, "dist.workers": 3, "run.seed": 3}))
+    wp, ws = weights(tmp_path / "parallel"), weights(tmp_path / "single")
+    for name in ws:
+        assert torch.allclose(wp[name], ws[name], rtol=0, atol=1e-6), name
+    parallel = json.loads((tmp_path / "parallel" / "metrics.json").read_text())
+    alone = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert parallel["counters"]["gradients_applied"] == alone["counters"]["gradients_applied"] > 0
