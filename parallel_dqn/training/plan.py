@@ -45,6 +45,8 @@ class RunPlan:
     return_std: float | None = None
     bars_per_day: float | None = None  # from a saved model, so an evaluation annualises as its training run did
     structure: dict[str, Any] | None = None
+    valid_start: dt.date | None = None  # validation.days held out at the end of the training period (None: none)
+    valid_end: dt.date | None = None
 
 
 def make_shards(n_stocks: int, workers: int) -> list[list[int]]:
@@ -119,6 +121,7 @@ def plan_training(cfg: Config, store: Store, structure: dict | None = None) -> R
     require_days(days, start, end, "--start_date", "--end_date")
     if eval_start is not None:
         require_days(days, eval_start, eval_end, "--eval_start", "--eval_end")
+    end, valid = hold_out_validation(days, start, end, cfg.validation.days)
     return RunPlan(
         symbols=symbols,
         shards=shards,
@@ -127,10 +130,32 @@ def plan_training(cfg: Config, store: Store, structure: dict | None = None) -> R
         eval_start=eval_start,
         eval_end=eval_end,
         load_start=start,
-        load_end=eval_end or end,
+        load_end=eval_end or (valid[1] if valid else end),
         episodes=cfg.dqn.episodes,
         structure=structure,
+        valid_start=valid[0] if valid else None,
+        valid_end=valid[1] if valid else None,
     )
+
+
+def hold_out_validation(
+    days: list[dt.date], start: dt.date, end: dt.date, n_days: int
+) -> tuple[dt.date, tuple[dt.date, dt.date] | None]:
+    """The training period's last day once ``n_days`` trading days are held out at its end for validation,
+    and the validation's first and last day (None when ``n_days`` is 0).
+
+    The held-out days are scored, never trained on, and the feature statistics are not fitted on them.
+    """
+    if not n_days:
+        return end, None
+    trading = [x for x in days if start <= x <= end]
+    if len(trading) <= n_days:
+        raise UserError(
+            f"validation.days = {n_days} leaves no training day: the training period {start}..{end} has "
+            f"{len(trading)} trading days",
+            f"set validation.days below {len(trading)}, or train on more days",
+        )
+    return trading[-n_days - 1], (trading[-n_days], trading[-1])
 
 
 def plan_evaluation(
