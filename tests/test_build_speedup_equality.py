@@ -147,9 +147,8 @@ def test_rolling_features_of_all_stocks_in_one_series_equal_the_frame_stock_by_s
             planes[:, slice(*train)], session
         )
         assert np.array_equal(fitted.mean, from_planes.mean) and np.array_equal(fitted.std, from_planes.std)
-        normalised = planes.copy()
-        from_planes.normalise_planes(normalised)
-        assert np.array_equal(np.moveaxis(normalised, 0, -1), fitted.normalise(raw).astype(np.float64))
+        normalised = from_planes.normalise_planes(planes, out=np.empty(planes.shape, dtype=np.float32))
+        assert np.array_equal(np.moveaxis(normalised, 0, -1), fitted.normalise(raw))
 
 
 def _graph_before(log_returns: np.ndarray, window: int, stamps: np.ndarray, k: int):

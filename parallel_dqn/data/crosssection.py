@@ -67,18 +67,17 @@ def shard_rows(
         cols = slice(lo, min(n, lo + block))
         part = panel.stocks(cols)
         # the block's rows feature by feature (contiguous planes), as local_rows computes them, then interleaved
-        # into the rows in one copy: no [T, k, F] float64 and float32 intermediates, no strided writes per feature
-        planes = np.empty((ROW_WIDTH, T, part.n_stocks))
-        feature_planes(part, session_seconds, out=planes[:N_FEATURES])
-        planes[N_FEATURES] = planes[0]  # the 1-bar log return, before it is normalised
-        planes[N_FEATURES + 1] = part.close
-        planes[N_FEATURES + 2] = part.tradeable
+        # into the rows: no [T, k, F] float64 and float32 intermediates, no strided writes feature by feature
+        planes = feature_planes(part, session_seconds)
         if given is not None:
             stats = FeatureStats(given.mean[hosted[cols]], given.std[hosted[cols]], session_seconds)
         else:
             stats = FeatureStats.fit_planes(planes[:, slice(*train_rows)], session_seconds)
-        stats.normalise_planes(planes)
-        rows[:, cols] = np.moveaxis(planes, 0, -1)
+        feats = stats.normalise_planes(planes, out=np.empty(planes.shape, dtype=np.float32))
+        rows[:, cols, :N_FEATURES] = np.moveaxis(feats, 0, -1)
+        del feats
+        extra = np.stack([planes[0], part.close, part.tradeable])  # planes[0]: the 1-bar log return
+        rows[:, cols, N_FEATURES:] = np.moveaxis(extra, 0, -1)
         mean[cols], std[cols] = stats.mean, stats.std
     bounds = np.cumsum([0] + [len(shard) for shard in shards])
     return [

@@ -72,15 +72,15 @@ def feature_planes(panel: MarketPanel, session_seconds: float | None = None, out
         out = np.empty((N_FEATURES, T, S))
     out[0] = r
     # every stock's column one after another in one series: one pass of pandas' rolling code over all stocks
-    rets = _stock_after_stock(r)
+    rets, places = _stock_after_stock(r), _StockWindows.places(T, S)
     for k, horizon in enumerate((5, 15, 60), start=1):
-        out[k] = _per_stock(rets.rolling(_StockWindows(horizon, T), min_periods=1).sum(), (T, S))
+        out[k] = _per_stock(rets.rolling(_StockWindows(horizon, places), min_periods=1).sum(), (T, S))
     for k, horizon in ((4, 15), (5, 60)):
-        out[k] = _per_stock(rets.rolling(_StockWindows(horizon, T), min_periods=2).std(), (T, S))
+        out[k] = _per_stock(rets.rolling(_StockWindows(horizon, places), min_periods=2).std(), (T, S))
         out[k][np.isnan(out[k])] = 0.0  # what fillna(0.0) did
     np.log(panel.high / panel.low, out=out[6])
     logv = np.log1p(panel.volume)
-    mean_logv = _stock_after_stock(logv).rolling(_StockWindows(60, T), min_periods=1).mean()
+    mean_logv = _stock_after_stock(logv).rolling(_StockWindows(60, places), min_periods=1).mean()
     np.subtract(logv, _per_stock(mean_logv, (T, S)), out=out[7])
 
     elapsed, first = _session_clock(panel.timestamps)
@@ -101,17 +101,22 @@ class _StockWindows(BaseIndexer):
     Each window is the one ``Series.rolling(window_size)`` gives within the stock's own column, and pandas'
     rolling code starts afresh at every stock's first row (a window that shares no row with the one before),
     so every value equals, bit for bit, that of ``DataFrame.rolling`` over the ``[T, S]`` frame (column by
-    column), in one call instead of one per stock.
+    column), in one call instead of one per stock. ``ends`` and ``firsts`` (each row's window end and its
+    stock's first row, :meth:`places`) are shared by the windows of every size.
     """
 
-    def __init__(self, window_size: int, length: int) -> None:
+    def __init__(self, window_size: int, places: tuple[np.ndarray, np.ndarray]) -> None:
         super().__init__(window_size=window_size)
-        self.length = length
+        self.ends, self.firsts = places
+
+    @staticmethod
+    def places(length: int, stocks: int) -> tuple[np.ndarray, np.ndarray]:
+        ends = np.arange(1, length * stocks + 1, dtype=np.int64)
+        firsts = np.repeat(np.arange(0, length * stocks, max(length, 1), dtype=np.int64), length)
+        return ends, firsts
 
     def get_window_bounds(self, num_values=0, min_periods=None, center=None, closed=None, step=None):
-        end = np.arange(1, num_values + 1, dtype=np.int64)
-        first_of_stock = (end - 1) // max(self.length, 1) * self.length
-        return np.maximum(end - self.window_size, first_of_stock), end
+        return np.maximum(self.ends - self.window_size, self.firsts), self.ends
 
 
 def _stock_after_stock(values: np.ndarray) -> pd.Series:
@@ -178,16 +183,17 @@ class FeatureStats:
         std = scaled.std(axis=1).T
         return cls(mean=mean, std=np.where(std > 1e-12, std, 1.0), session_seconds=session_seconds)
 
-    def normalise_planes(self, planes: np.ndarray) -> None:
-        """:meth:`normalise` in place on :func:`feature_planes` (``[F, T, S]``), left in float64: each value is
-        the float32 one of :meth:`normalise`, exactly."""
+    def normalise_planes(self, planes: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """:meth:`normalise` of :func:`feature_planes` (``[F, T, S]``) into ``out`` (float32 ``[F, T, S]``), the
+        same values; ``planes`` are left as they are."""
         for f in range(N_FEATURES):
-            plane = planes[f]
             if f < N_SCALED:
-                plane -= self.mean[:, f]
-                plane /= self.std[:, f]
-                np.clip(plane, -CLIP, CLIP, out=plane)
-            plane[...] = plane.astype(np.float32)
+                z = planes[f] - self.mean[:, f]
+                z /= self.std[:, f]
+                np.clip(z, -CLIP, CLIP, out=out[f])
+            else:
+                out[f] = planes[f]
+        return out
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """Z-score and clip the scaled features; float32 ``[T, S, F]``."""
