@@ -111,14 +111,15 @@ def build_portfolio(
 class EpisodeOutcome:
     """What an episode produced, as the parameter server hands it on (nothing here changes training)."""
 
-    episode: int  # 1, 2, ... for training episodes, 0 for the evaluation
-    phase: str  # "train" or "eval"
+    episode: int  # 1, 2, ... for training episodes (and their validations), 0 for the evaluation
+    phase: str  # "train", "valid" or "eval"
     book: EpisodeBook  # every worker's decisions
     weights: np.ndarray  # [n, S] signed capital weights from the meta-policy (or equal capital)
     summary: dict[str, Any]  # steps and gradient counters
     loss: float  # mean TD loss of the gradients received during the episode (NaN for the evaluation)
     meta_in_sample_sharpe: float | None  # the meta-policy's fit on this episode (training, meta-policy on)
     elapsed_s: float  # since the market was loaded
+    extra: dict[str, Any] = field(default_factory=dict)  # learning rate, convergence monitor (when on)
 
 
 @dataclass
@@ -153,6 +154,7 @@ def account_episode(outcome: EpisodeOutcome, info: SetupInfo, cost_bps: float) -
         line["epsilon"] = book.epsilon
         line["loss"] = outcome.loss
         line["meta_in_sample_sharpe"] = outcome.meta_in_sample_sharpe
+    line.update(outcome.extra)
     return EpisodeReport(outcome, pf, metrics, line, bpy)
 
 

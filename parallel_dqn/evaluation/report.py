@@ -59,7 +59,8 @@ RUN_PLOTS = {
 #: settings that always differ between runs and say nothing about the method
 IGNORED_SETTINGS = frozenset({"run.output", "run.progress"})
 #: training-curve columns shown in the table, when present
-CURVE_KEYS = ("episode", "total_reward", "total_return", "sharpe", "loss", "epsilon", "elapsed_s")
+CURVE_KEYS = ("episode", "stage", "total_reward", "total_return", "sharpe", "loss", "epsilon", "lr", "grad_norm",
+              "monitor", "elapsed_s")
 #: the first bytes of every PNG file
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: sections of metrics.json that are JSON objects (``None`` allowed: absent)
@@ -338,6 +339,7 @@ def run_html(run: Run) -> str:
         keys = [k for k in CURVE_KEYS if any(k in c for c in train)]
         if train:
             parts.append("<h3>Training curve</h3>" + table(keys, [[c.get(k) for k in keys] for c in train]))
+        parts.append(monitor_html(run.curve))
     parts.append(attention_html(m))
     try:
         weights_png = weights_plot(run.folder / outputs.PORTFOLIO_EVAL)
@@ -356,6 +358,23 @@ def run_html(run: Run) -> str:
     head = [f'<section class="run" id="run-{_e(run.name)}"><h2>Run {_e(run.name)}</h2>']
     head += [f'<p class="note">{_e(note)}</p>' for note in notes]
     return "\n".join(head + parts)
+
+
+def monitor_html(curve: Sequence[Mapping[str, Any]]) -> str:
+    """The validations after each training episode, and the convergence monitor's state and interventions."""
+    valid = [c for c in curve if c.get("phase") == "valid"]
+    judged = [c for c in curve if "monitor" in c]
+    out = ""
+    if valid:
+        out += "<h3>Validation (held-out end of the training period)</h3>" + table(
+            ["after episode", "sharpe", "total_return", "lr"],
+            [[c.get("episode"), c.get("sharpe"), c.get("total_return"), c.get("lr")] for c in valid])
+    if judged:
+        out += "<h3>Convergence monitor</h3>" + table(
+            ["episode", "state", "intervention", "lr", "why"],
+            [[c.get("episode"), c.get("monitor"), c.get("intervention"), c.get("lr"),
+              "; ".join(map(str, c.get("monitor_reasons") or []))] for c in judged])
+    return out
 
 
 def evaluation_table(metrics: Mapping[str, Any]) -> str:

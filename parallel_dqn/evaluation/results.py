@@ -51,6 +51,7 @@ class RunRecorder:
         self.output = output
         self.info: Any = None
         self.curve: list[dict[str, Any]] = []
+        self.valid: list[dict[str, Any]] = []  # the validation lines, one after each training episode's (if any)
         self.eval: dict[str, Any] | None = None
         self.eval_curves: dict[str, np.ndarray] = {}
         self.eval_timestamps: np.ndarray | None = None
@@ -73,6 +74,10 @@ class RunRecorder:
                 outcome.episode, line["total_reward"], line["total_return"], line["sharpe"], line["loss"],
                 line["epsilon"],
             )
+        elif outcome.phase == "valid":
+            self.valid.append(line)
+            log.info("validation after episode %d: return %.4f sharpe %.2f%s", outcome.episode, line["total_return"],
+                     line["sharpe"], f" ({line['monitor']})" if "monitor" in line else "")
         else:
             self._write_csv(pf, info.symbols, output_files.PORTFOLIO_EVAL)
             self._evaluate(info, outcome.book, pf, report.metrics, report.bars_per_year)
@@ -120,13 +125,19 @@ class RunRecorder:
     # ---- checkpoints --------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
         """The training curve so far and the run's start (a checkpoint never holds the evaluation)."""
-        return {"curve": self.curve, "started": self.started}
+        state: dict[str, Any] = {"curve": self.curve, "started": self.started}
+        if self.valid:
+            state["valid"] = self.valid
+        return state
 
     def restore_checkpoint(self, state: dict[str, Any]) -> None:
         """Continue a run: its curve, its start time, and ``metrics.jsonl`` cut back to the checkpoint."""
         self.curve[:] = state["curve"]
+        self.valid[:] = state.get("valid", [])
         self.started = float(state["started"])
-        lines = "".join(json.dumps(_jsonable(line)) + "\n" for line in self.curve)
+        validation = {line["episode"]: line for line in self.valid}
+        written = [x for line in self.curve for x in (line, validation.get(line["episode"])) if x is not None]
+        lines = "".join(json.dumps(_jsonable(line)) + "\n" for line in written)
         write_atomically(self.output / output_files.CURVE, lambda tmp: tmp.write_text(lines))
         self._jsonl_started = True
 
@@ -157,6 +168,8 @@ class RunRecorder:
         result: dict[str, Any] = {
             **(self.eval or {}),
             "train": self.curve[-1] if self.curve else None,
+            **({"validation": self.valid[-1], "monitor": monitor_table(self.curve + self.valid)} if self.valid
+               or any("monitor" in line for line in self.curve) else {}),
             "counters": {**server.counters.as_dict(), "per_worker": server.counters.per_worker_dict()},
             "symbols": list(info.symbols),
             "attention": attention.round(4).tolist() if attention is not None else None,
@@ -193,6 +206,16 @@ class RunRecorder:
         self._jsonl_started = True
         with open(self.output / output_files.CURVE, mode) as f:
             f.write(json.dumps(_jsonable(line)) + "\n")
+
+
+def monitor_table(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The convergence monitor's verdicts in episode order: episode, state, reasons, intervention, lr, score."""
+    rows = []
+    for line in sorted((x for x in lines if "monitor" in x), key=lambda x: x["episode"]):
+        rows.append({"episode": line["episode"], "state": line["monitor"], "reasons": line.get("monitor_reasons", []),
+                     "intervention": line.get("intervention"), "lr": line.get("lr"),
+                     "validation_sharpe": line["sharpe"] if line["phase"] == "valid" else None})
+    return rows
 
 
 def _days(timestamps: np.ndarray, rows: tuple[int, int]) -> list[str] | None:

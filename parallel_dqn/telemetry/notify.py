@@ -115,12 +115,20 @@ class Notifier:
             f"{episodes} episodes\noutput: {output}"
         )
 
-    def progress(self, episode: int, episodes: int, reward: float, loss: float, epsilon: float, steps_per_s: float) -> None:
+    def progress(
+        self, episode: int, episodes: int, reward: float, loss: float, epsilon: float, steps_per_s: float,
+        state: str | None = None,
+    ) -> None:
+        """``state``: the convergence monitor's word on the episode before it, when the monitor is on."""
         self._put(
             f"episode {episode}/{episodes}: reward {reward:.4f}, loss {loss:.4f}, epsilon {epsilon:.3f}, "
-            f"{steps_per_s:.0f} steps/s",
+            f"{steps_per_s:.0f} steps/s" + (f", monitor: {state}" if state else ""),
             kind="progress",
         )
+
+    def intervention(self, message: str) -> None:
+        """The convergence monitor acted, e.g. "plateau at episode 7: learning rate 0.0005 -> 0.00025"."""
+        self._put(f"convergence monitor: {message}")
 
     def complete(self, result: Mapping[str, Any]) -> None:
         """The final evaluation: the agent's Sharpe, return, max drawdown and the best baseline's Sharpe."""
@@ -272,6 +280,7 @@ class NotifyingObserver:
         self.every = every
         self.episodes = 0
         self._previous_elapsed = 0.0
+        self._state: str | None = None  # the convergence monitor's latest state (None: monitor off)
 
     def on_start(self, run: Any) -> None:
         self.episodes = run.episodes
@@ -279,13 +288,17 @@ class NotifyingObserver:
 
     def on_episode(self, report: Any) -> None:
         line = report.line
+        if "monitor_message" in line:  # an intervention is always told, whatever notify.every says
+            self.notifier.intervention(line["monitor_message"])
+        if "monitor" in line:
+            self._state = line["monitor"]
         if line["phase"] != "train":
             return
         seconds = max(line["elapsed_s"] - self._previous_elapsed, 1e-9)
         self._previous_elapsed = line["elapsed_s"]
         if self.every > 0 and line["episode"] % self.every == 0:
             self.notifier.progress(line["episode"], self.episodes, line["total_reward"], line["loss"],
-                                   line["epsilon"], line["steps"] / seconds)
+                                   line["epsilon"], line["steps"] / seconds, self._state)
 
     def on_checkpoint(self, checkpoint: Any, episodes_done: int, reason: str) -> None:
         self.notifier.checkpoint(checkpoint.path, episodes_done, reason)

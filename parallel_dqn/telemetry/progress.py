@@ -34,6 +34,7 @@ class Progress:
         self.episode = "1"
         self.episodes = 0
         self.loss = math.nan
+        self.monitor = ""  # the convergence monitor's latest state and learning rate (empty: off)
         self.transitions = 0
         self.started = time.monotonic()
 
@@ -45,9 +46,9 @@ class Progress:
     def on_market(self, info: Any) -> None:
         """The market is known: the bar's length is every clock step of every episode."""
         train, evaluation = info.train_rows, info.eval_rows
-        self.set_total(
-            info.episodes * max(train[1] - train[0] - 1, 0) + max(evaluation[1] - evaluation[0] - 1, 0), info.episodes
-        )
+        valid = getattr(info, "valid_rows", (0, 0))
+        per_episode = max(train[1] - train[0] - 1, 0) + max(valid[1] - valid[0] - 1, 0)
+        self.set_total(info.episodes * per_episode + max(evaluation[1] - evaluation[0] - 1, 0), info.episodes)
 
     def on_decisions(self, block: Any, counters: Any, loss: float) -> None:
         """A block of decisions arrived: worker 0's advance the clock (every worker steps the same clock)."""
@@ -88,18 +89,24 @@ class Progress:
             applies_s=f"{applied / elapsed:.1f}",
             stale=f"{staleness:.1f}",
             dropped=dropped,
+            **({"monitor": self.monitor} if self.monitor else {}),
             refresh=False,
         )
         self.bar.update(clock_steps)
 
     def episode_finished(self, line: dict[str, Any]) -> None:
+        if "monitor" in line:
+            self.monitor = line["monitor"] + (f" lr {line['lr']:.3g}" if "lr" in line else "")
         nxt = line["episode"] + 1
-        self.episode = str(nxt) if line["phase"] == "train" and nxt <= self.episodes else "eval"
+        if line["phase"] != "valid":  # a validation comes between training episodes: the next is known already
+            self.episode = str(nxt) if line["phase"] == "train" and nxt <= self.episodes else "eval"
         if self.bar.disable:
             return
+        stage = f" (curriculum stage {line['stage']})" if "stage" in line else ""
         self.bar.write(
-            f"{line['phase']} episode {line['episode']}: reward {line['total_reward']:.4f} "
+            f"{line['phase']} episode {line['episode']}{stage}: reward {line['total_reward']:.4f} "
             f"return {line['total_return']:.4f} sharpe {line['sharpe']:.2f}"
+            + (f" [{line['monitor_message']}]" if "monitor_message" in line else "")
         )
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """The training curve as TensorBoard scalars (``OUT/tensorboard``; view with ``tensorboard --logdir runs/``).
 
 Rank 0 logs every number of every ``metrics.jsonl`` line: ``train/<metric>`` at the training
-episode, ``eval/<metric>`` at the number of training episodes. A resumed run starts its event file
+episode (with the learning rate ``lr``, the gradient norm ``grad_norm`` and the convergence monitor's
+``monitor_code``: 0 improving, 1 plateau, 2 diverging, when they are on), ``valid/<metric>`` at the
+training episode it follows, ``eval/<metric>`` at the number of training episodes. A resumed run starts its event file
 with ``purge_step`` = the first episode it will log again, so TensorBoard discards what the
 interrupted run logged after its checkpoint and the curve has no duplicate or stale points.
 """
@@ -54,6 +56,8 @@ class ScalarLog:
         if line["phase"] == "train":
             self._episodes = line["episode"]
             self.log("train", line["episode"], line)
+        elif line["phase"] == "valid":  # the validation after a training episode: at that episode
+            self.log("valid", line["episode"], line)
         else:
             self.log("eval", self._episodes, line)
 
