@@ -236,7 +236,8 @@ class RankZero:
                  c.sent, c.received, c.applied, c.dropped_stale)
         if not c.balanced():
             raise RuntimeError(f"gradient accounting does not add up: {c.as_dict()}, per worker {c.per_worker_dict()}")
-        extra = {"wall_seconds": round(time.perf_counter() - self.started, 2), "mode": self.mode, **(extra or {})}
+        extra = {"wall_seconds": round(time.perf_counter() - self.started, 2), "mode": self.mode,
+                 **self.server.director.result(), **(extra or {})}  # early_stop: where training stopped, and why
         result = self.recorder.finish(self.server, self._record(), extra)
         self.observers.on_finish(result)
         log.info("outputs written to %s", self.output)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from parallel_dqn.checkpoint.format import CHECKPOINTS, CheckpointStore, worker_file, write_state
-from parallel_dqn.comm.messages import CheckpointRequest, SetupInfo
+from parallel_dqn.comm.messages import CheckpointRequest, EpisodeDirective, SetupInfo
 from parallel_dqn.comm.transport import Transport
 from parallel_dqn.config import Config
 from parallel_dqn.data.align import align_bars
@@ -35,6 +35,8 @@ from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.rl.augment import FeatureScales, augmenting
 from parallel_dqn.rl.observations import Observations
+from parallel_dqn.training.curriculum import Curriculum
+from parallel_dqn.training.directive import needs_directive
 from parallel_dqn.training.plan import RunPlan
 from parallel_dqn.training.worker import ActingPass, Worker
 
@@ -180,26 +182,31 @@ def _rows(clock: np.ndarray, start, end) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """One entry of the run's schedule: a training episode (1, 2, ...) or the evaluation (0)."""
+    """One entry of the run's schedule: a training episode (1, 2, ...), its validation, or the evaluation (0)."""
 
     episode: int
-    phase: str  # "train" or "eval"
+    phase: str  # "train", "valid" (greedy, on the held-out end of the training period) or "eval"
     rows: tuple[int, int]  # clock rows [start, stop)
 
 
 class Schedule(Sequence[EpisodeSpec]):
-    """The run's episodes in order: training episodes 1..E over the training rows, then the evaluation.
+    """The run's episodes in order: training episodes 1..E over the training rows, each followed by its
+    validation when there is a validation period, then the evaluation.
 
     Entries are made when asked for, so a schedule of any length costs nothing up front.
     """
 
-    def __init__(self, episodes: int, train_rows: tuple[int, int], eval_rows: tuple[int, int]) -> None:
+    def __init__(
+        self, episodes: int, train_rows: tuple[int, int], eval_rows: tuple[int, int],
+        valid_rows: tuple[int, int] = (0, 0),
+    ) -> None:
         self.episodes = episodes
-        self.train_rows, self.eval_rows = train_rows, eval_rows
+        self.train_rows, self.eval_rows, self.valid_rows = train_rows, eval_rows, valid_rows
         self.evaluates = eval_rows[1] - eval_rows[0] >= 2
+        self.per_episode = 2 if valid_rows[1] - valid_rows[0] >= 2 else 1  # entries per training episode
 
     def __len__(self) -> int:
-        return self.episodes + int(self.evaluates)
+        return self.episodes * self.per_episode + int(self.evaluates)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
@@ -208,8 +215,9 @@ class Schedule(Sequence[EpisodeSpec]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        if index < self.episodes:
-            return EpisodeSpec(index + 1, "train", self.train_rows)
+        if index < self.episodes * self.per_episode:
+            episode, part = divmod(index, self.per_episode)
+            return EpisodeSpec(episode + 1, *(("train", self.train_rows), ("valid", self.valid_rows))[part])
         return EpisodeSpec(0, "eval", self.eval_rows)
 
 
@@ -239,6 +247,7 @@ def run_workers(
     xs, stats = build_cross_section(shards, plan, store, transport, cfg)
     train_rows = _rows(xs.timestamps, plan.train_start, plan.train_end)
     eval_rows = _rows(xs.timestamps, plan.eval_start, plan.eval_end)
+    valid_rows = _rows(xs.timestamps, plan.valid_start, plan.valid_end)
     if plan.reward_scale is not None:
         reward_scale, return_std = plan.reward_scale, plan.return_std
     else:
@@ -246,6 +255,7 @@ def run_workers(
         return_std = float(train_returns.std()) or 1.0
         reward_scale = 1.0 / return_std
     _check_period(train_rows, eval_rows, plan, cfg)
+    _check_validation(valid_rows, plan)
     if any(s.worker_id == 0 for s in shards):
         transport.send_setup(
             SetupInfo(
@@ -264,6 +274,7 @@ def run_workers(
                 shards=plan.shards,
                 episodes=plan.episodes,
                 structure=plan.structure,
+                valid_rows=valid_rows,
             )
         )
     total_steps = plan.episodes * max(train_rows[1] - train_rows[0] - 1, 1)
@@ -272,14 +283,32 @@ def run_workers(
     # training-only augmentation: the training rows' feature statistics, measured once for every hosted worker
     scales = FeatureScales.fit(xs.features, train_rows, stats) if augmenting(cfg.augment) and plan.episodes else None
     workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps, obs, scales) for s in shards]
-    schedule = Schedule(plan.episodes, train_rows, eval_rows)
+    schedule = Schedule(plan.episodes, train_rows, eval_rows, valid_rows)
     stepper = LockStep(workers, transport, CheckpointStore(Path(cfg.run.output) / CHECKPOINTS), stop_signal)
     point = stepper.restore(resume) if resume else ResumePoint(0, None)
     log.debug("first clock step")  # bench/cache.py measures the time to this line
     episode_end = cfg.checkpoint.episode_end
+    directed = needs_directive(cfg)  # else no worker waits for rank 0's word between episodes
+    cur = cfg.curriculum
+    curriculum = Curriculum.of(xs.timestamps, xs.log_returns, train_rows, cur.stages, cur.by) if cur.enabled else None
+    stopped = False
     for index in range(point.index, len(schedule)):
         spec = schedule[index]
-        stepper.run_episode(index, spec, point.t if index == point.index else None)
+        resume_t = point.t if index == point.index else None
+        if stopped and spec.phase != "eval":
+            continue  # rank 0 stopped training early: no more training episodes or their validations
+        learn_rows = None
+        if directed and spec.phase == "train" and resume_t is None:  # a begun episode holds its stage's rows
+            directive = stepper.directive(index, spec.episode, schedule[index - 1] if index else None)
+            if directive.stop:
+                log.info("rank 0 stops training before episode %d: on to the evaluation", spec.episode)
+                stopped = True
+                continue
+            if curriculum is not None:
+                learn_rows = curriculum.learn_rows(directive.stage, len(xs.timestamps))
+                log.info("training episode %d at curriculum stage %d of %d (%d of %d days)", spec.episode,
+                         directive.stage, cur.stages, len(curriculum.days(directive.stage)), len(curriculum.order))
+        stepper.run_episode(index, spec, resume_t, learn_rows)
         if index + 1 < len(schedule):  # none after the last: the evaluation's results are not checkpointed
             stepper.boundary(index + 1, None, episode=spec.episode if episode_end and spec.phase == "train" else 0)
     transport.close({w.id: w.grad_steps for w in workers})
@@ -305,11 +334,14 @@ class LockStep:
         self._turn = 0  # rotates the learning order after each step in which gradients were pushed
         self._passes: dict[tuple, ActingPass] = {}  # the acting passes in use, by (version, training, start, stop)
 
-    def run_episode(self, index: int, spec: EpisodeSpec, resume_t: int | None = None) -> None:
-        """Schedule entry ``index``: clock rows ``[start, stop)``, from ``resume_t`` if it was begun already."""
+    def run_episode(
+        self, index: int, spec: EpisodeSpec, resume_t: int | None = None, learn_rows: np.ndarray | None = None
+    ) -> None:
+        """Schedule entry ``index``: clock rows ``[start, stop)``, from ``resume_t`` if it was begun already;
+        ``learn_rows``: the rows a training episode learns from (None: all)."""
         if resume_t is None:
             for w in self.workers:
-                w.begin_episode(spec.episode, spec.phase, spec.rows)
+                w.begin_episode(spec.episode, spec.phase, spec.rows, learn_rows)
         for t in range(spec.rows[0] if resume_t is None else resume_t, spec.rows[1] - 1):
             for w in self.workers:
                 while not w.sync_params(t):  # the server wants a checkpoint before it answers
@@ -340,6 +372,19 @@ class LockStep:
             self.workers[(self._turn + i) % n].learn()
         if sum(w.grad_steps for w in self.workers) > pushed:
             self._turn += 1
+
+    def directive(self, index: int, episode: int, after: EpisodeSpec | None) -> EpisodeDirective:
+        """Rank 0's word on training episode ``episode`` (schedule entry ``index``; ``after``: the entry before
+        it), the same for every hosted worker; checkpoints asked for meanwhile are taken here, before the episode."""
+        last = (after.episode, after.phase) if after is not None else None
+        answers = set()
+        for w in self.workers:
+            while (answer := self.transport.episode_directive(w.id, episode, last)) is None:
+                self._checkpoint(index, None, self.transport.poll_checkpoint())
+            answers.add(answer)
+        if len(answers) != 1:
+            raise RuntimeError(f"rank 0 gave the hosted workers different directives: {sorted(map(str, answers))}")
+        return answers.pop()
 
     def boundary(self, index: int, t: int | None, episode: int = 0) -> None:
         """Between two steps: pass on a stop signal; take the checkpoint the server asks for, if any.
@@ -393,10 +438,19 @@ def _check_period(train_rows: tuple[int, int], eval_rows: tuple[int, int], plan:
     if plan.episodes and train_rows[1] - train_rows[0] < max(cfg.dqn.batch_size, 3):
         raise UserError(
             f"the training period {plan.train_start}..{plan.train_end} has only {train_rows[1] - train_rows[0]} bars",
-            "choose a longer --start_date/--end_date range",
+            "choose a longer --start_date/--end_date range"
+            + (f" or hold out fewer validation.days (the days from {plan.valid_start} on)" if plan.valid_start else ""),
         )
     if plan.eval_start is not None and eval_rows[1] - eval_rows[0] < 2:
         raise UserError(
             f"the evaluation period {plan.eval_start}..{plan.eval_end} has fewer than 2 bars",
             "choose --eval_start/--eval_end days that have data",
+        )
+
+
+def _check_validation(valid_rows: tuple[int, int], plan: RunPlan) -> None:
+    if plan.valid_start is not None and plan.episodes and valid_rows[1] - valid_rows[0] < 2:
+        raise UserError(
+            f"the validation period {plan.valid_start}..{plan.valid_end} has fewer than 2 bars",
+            "set validation.days higher, or 0 for no validation",
         )

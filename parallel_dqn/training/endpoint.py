@@ -18,6 +18,10 @@ directly and hands the replies to the workers it hosts. The rules therefore hold
   checkpoint, and the caller ends the run with
   :class:`~parallel_dqn.errors.StoppedAfterCheckpoint` after sending the replies). A checkpoint
   still pending when a worker finishes is given up, and the workers waiting for it go on.
+* **Directives.** A :class:`DirectiveRequest` (a worker about to start a training episode, when a
+  setting needs rank 0's word: :mod:`parallel_dqn.training.directive`) is answered with the server's
+  :class:`EpisodeDirective` once it has the outcome of the entry the worker finished; while a checkpoint
+  is being taken, one that would wait is answered with :class:`CheckpointFirst`, as a pull is.
 * **The end.** :attr:`finished` once every worker has sent :class:`WorkerStopped`.
 """
 
@@ -33,6 +37,7 @@ from parallel_dqn.comm.messages import (
     CheckpointEnd,
     CheckpointFirst,
     DecisionBlock,
+    DirectiveRequest,
     EpisodeDone,
     GradientMessage,
     Pull,
@@ -49,7 +54,8 @@ log = logging.getLogger(__name__)
 Reply = tuple[int, ToWorker]
 
 #: messages the server can handle only once it knows the market (worker 0's set-up)
-NEEDS_SETUP = (GradientMessage, DecisionBlock, EpisodeDone, CheckpointDone)
+#: (a directive request too: a resumed server's past decisions are restored at the set-up)
+NEEDS_SETUP = (GradientMessage, DecisionBlock, EpisodeDone, CheckpointDone, DirectiveRequest)
 
 
 class ServerEndpoint:
@@ -64,6 +70,7 @@ class ServerEndpoint:
         self.stopped_by: Checkpoint | None = None  # a checkpoint taken for a stop signal: the run ends
         self._early: list[tuple[int, Any]] = []
         self._pulls: list[Pull] = []
+        self._directive_requests: list[DirectiveRequest] = []
         self._stopped: set[int] = set()
 
     @property
@@ -94,12 +101,13 @@ class ServerEndpoint:
         if request is not None:
             replies += [(w, request) for w in range(self.n_workers)]
         replies += self._answer_pulls()
+        replies += self._answer_directive_requests()
         return replies
 
     def check_finished(self) -> None:
         """At the end of the run: nothing may be left waiting."""
-        if self._pulls:
-            raise RuntimeError(f"workers stopped with pulls unanswered: {self._pulls}")
+        if self._pulls or self._directive_requests:
+            raise RuntimeError(f"workers stopped with requests unanswered: {self._pulls + self._directive_requests}")
         if self._early:
             raise RuntimeError(f"{len(self._early)} messages arrived before the set-up, which never came")
 
@@ -110,6 +118,8 @@ class ServerEndpoint:
             server.on_gradient(msg)
         elif isinstance(msg, Pull):
             self._pulls.append(msg)
+        elif isinstance(msg, DirectiveRequest):
+            self._directive_requests.append(msg)
         elif isinstance(msg, DecisionBlock):
             server.on_decisions(msg)
         elif isinstance(msg, EpisodeDone):
@@ -149,11 +159,27 @@ class ServerEndpoint:
         replies: list[Reply] = []
         waiting = []
         for pull in self._pulls:
-            if self.server.params_ready(pull.min_version):
+            if self.server.params_ready(pull.min_version, pull.worker):
                 replies.append((pull.worker, self.server.params()))
             elif pending is not None:  # a waiting pull would keep its worker from the checkpoint
                 replies.append((pull.worker, CheckpointFirst(pending.seq)))
             else:
                 waiting.append(pull)
         self._pulls = waiting
+        return replies
+
+    def _answer_directive_requests(self) -> list[Reply]:
+        """Answer the directive requests that can be; while a checkpoint is being taken, send the others to it."""
+        pending = self.checkpoints.pending if self.checkpoints is not None else None
+        replies: list[Reply] = []
+        waiting = []
+        for request in self._directive_requests:
+            directive = self.server.director.directive(request)
+            if directive is not None:
+                replies.append((request.worker, directive))
+            elif pending is not None:  # a waiting worker would keep the checkpoint from completing
+                replies.append((request.worker, CheckpointFirst(pending.seq, directive=True)))
+            else:
+                waiting.append(request)
+        self._directive_requests = waiting
         return replies

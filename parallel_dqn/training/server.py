@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import torch
 from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
 from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
-from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeOutcome
+from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeOutcome, account_episode
 from parallel_dqn.market.step import POSITIONS
 from parallel_dqn.model.adamw import FlatAdamW
 from parallel_dqn.model.device import resolve_device
@@ -46,6 +47,9 @@ from parallel_dqn.model.flat import flatten_parameters, get_flat_params
 from parallel_dqn.model.meta_policy import MetaPolicy, decision_features
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.model.saved import load_model
+from parallel_dqn.training.directive import EpisodeDirector
+from parallel_dqn.training.lr_schedule import LearningRate
+from parallel_dqn.training.monitor import STATE_CODES, ConvergenceMonitor, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,11 @@ class ParameterServer:
         self._done: dict[tuple[int, str], list[EpisodeDone]] = {}
         self.attention: np.ndarray | None = None
         self.loss_window: list[float] = []
+        self.director = EpisodeDirector(cfg)  # the word to the workers before each training episode
+        self.lr = LearningRate(cfg.dqn.lr, cfg.optim)  # the schedule (constant by default: dqn.lr)
+        self.monitor = ConvergenceMonitor(cfg.monitor) if cfg.monitor.enabled else None
+        self.monitor_stop_requested = False  # the monitor's `stop`: train no more (the director carries it out)
+        self._best: dict[str, Any] | None = None  # the best episode's weights and optimizer state (restore_best)
 
     # ---- setup --------------------------------------------------------------------
     def setup(self, info: SetupInfo) -> None:
@@ -154,6 +163,9 @@ class ParameterServer:
         self._flat = flatten_parameters(self.qnet)
         self.optimizer = FlatAdamW(self._flat.data, lr=self.cfg.dqn.lr, weight_decay=self.cfg.dqn.weight_decay)
         self.market_digest = market_digest(info)
+        self.validates = info.valid_rows[1] - info.valid_rows[0] >= 2
+        if self.monitor is not None:
+            self.monitor.q_bound = q_bound(info, self.cfg)
         if self.resume_state is not None:
             self._restore(self.resume_state)
         self._online_flat = get_flat_params(self.qnet)
@@ -169,6 +181,8 @@ class ParameterServer:
         c.q_sum += msg.q_mean
         self.loss_window.append(msg.loss)
         self.loss_ema = msg.loss if self.loss_ema != self.loss_ema else 0.98 * self.loss_ema + 0.02 * msg.loss
+        if self.monitor is not None:  # gradient health: one pass over the gradient, on rank 0
+            self.monitor.observe(float(np.linalg.norm(msg.grad)), msg.loss, msg.q_mean)
         if self.cfg.dist.sync:
             self._pending.setdefault(msg.worker, deque()).append(msg)
             while len(self._pending) == self.n_workers and all(self._pending.values()):
@@ -190,7 +204,10 @@ class ParameterServer:
 
     def _apply(self, grad: np.ndarray) -> None:
         assert self.qnet is not None
+        # The schedule's learning rate for this apply (dqn.lr itself when it is constant), then it moves on.
+        self.optimizer.lr = self.lr.value
         self.optimizer.step(torch.from_numpy(np.asarray(grad, dtype=np.float32)).to(self.device))
+        self.lr.after_apply()
         self.version += 1
         self._online_flat = self._flat.detach().cpu().numpy().copy()
         if self.version % self.cfg.dqn.target_update == 0:
@@ -198,9 +215,23 @@ class ParameterServer:
             self._target_flat = self._online_flat.copy()
             self.target_version = self.version
 
-    def params_ready(self, min_version: int) -> bool:
-        """Whether a pull that needs ``min_version`` can be answered now (never before the set-up)."""
-        return self.qnet is not None and self.version >= min_version
+    def params_ready(self, min_version: int, worker: int | None = None) -> bool:
+        """Whether a pull that needs ``min_version`` can be answered now (never before the set-up).
+
+        A pull of ``worker`` that has finished an episode after which rank 0 decides (a validation; a
+        training episode when the monitor judges it without one) waits until every worker has finished it:
+        what the decision changes (restored weights) reaches every worker at the same point, under MPI too.
+        """
+        if self.qnet is None or self.version < min_version:
+            return False
+        return worker is None or not any(
+            self._decides_after(phase) and any(d.worker == worker for d in dones)
+            for (_, phase), dones in self._done.items()
+        )
+
+    def _decides_after(self, phase: str) -> bool:
+        """Whether rank 0 decides something once every worker has finished an episode of ``phase``."""
+        return phase == "valid" or (phase == "train" and self.monitor is not None and not self.validates)
 
     def params(self) -> ParamsMessage:
         return ParamsMessage(self.version, self.target_version, self._online_flat, self._target_flat)
@@ -214,7 +245,8 @@ class ParameterServer:
         key = (episode, phase)
         if key not in self._books:
             assert self.info is not None
-            start, stop = self.info.train_rows if phase == "train" else self.info.eval_rows
+            rows = {"train": self.info.train_rows, "valid": self.info.valid_rows, "eval": self.info.eval_rows}
+            start, stop = rows[phase]
             self._books[key] = EpisodeBook(start, stop - 1, len(self.info.symbols))
         return self._books[key]
 
@@ -234,8 +266,12 @@ class ParameterServer:
         # gradients_sent grows only when a worker stops (its WorkerStopped), which under MPI may arrive before or
         # after this episode's last EpisodeDone: it is a final figure (metrics.json's counters), not an episode's
         counters = {k: v for k, v in self.counters.as_dict().items() if k != "gradients_sent"}
-        summary = {"steps": sum(d.steps for d in dones), **counters}
-        self.listener.on_episode(self._outcome(msg.episode, msg.phase, book, summary))
+        summary = {"steps": sum(d.steps for d in dones), **counters, **self.director.line(msg.episode, msg.phase)}
+        outcome = self._outcome(msg.episode, msg.phase, book, summary)
+        if msg.phase != "eval":
+            outcome.extra.update(self._control(outcome))
+        self.listener.on_episode(outcome)
+        self.director.on_outcome(outcome, self.info)
 
     def _outcome(self, episode: int, phase: str, book: EpisodeBook, summary: dict) -> EpisodeOutcome:
         """Capital weights for the episode's decisions; after a training episode, the meta-policy learns from it."""
@@ -259,6 +295,83 @@ class ParameterServer:
         return EpisodeOutcome(episode, phase, book, weights, summary, loss, meta_sharpe,
                               time.perf_counter() - self.setup_time)
 
+    # ---- learning rate and convergence monitor ------------------------------------
+    def _control(self, outcome: EpisodeOutcome) -> dict[str, Any]:
+        """After a training episode or its validation: step the plateau schedule, judge the episode, intervene.
+
+        Returns what the episode's line of the training curve adds (nothing with every component off).
+        """
+        line: dict[str, Any] = {}
+        monitor = self.monitor
+        if outcome.phase == "train" and monitor is not None:
+            line.update(monitor.end_training().line())
+        score = None
+        if outcome.phase == "valid":
+            assert self.info is not None
+            score = account_episode(outcome, self.info, self.cfg.market.cost_bps).metrics["sharpe"]
+            self.lr.after_validation(score)
+        elif monitor is not None and not self.validates:  # without validation, a falling loss is progress
+            score = -outcome.loss
+        if monitor is not None and score is not None:
+            verdict = monitor.verdict(outcome.episode, score)
+            if verdict.best and self._keeps_best():
+                self._best = self._snapshot(outcome.episode)
+            line.update(monitor=verdict.state, monitor_code=STATE_CODES[verdict.state], monitor_reasons=verdict.reasons)
+            action = self._intervene(verdict)
+            if action is not None:
+                line["intervention"], line["monitor_message"] = action
+        if self.lr.changes or monitor is not None:
+            line["lr"] = self.lr.value
+        return line
+
+    def _intervene(self, verdict: Verdict) -> tuple[str, str] | None:
+        """Carry out the verdict's intervention: (what was done, in short; the sentence a notification says)."""
+        if verdict.action is None:
+            return None
+        if verdict.action == "reduce_lr":
+            before, after = self.lr.cut(self.cfg.optim.plateau_factor)
+            done, said = f"reduce_lr {before:.3g} -> {after:.3g}", f"learning rate {before:.3g} -> {after:.3g}"
+        elif verdict.action == "restore_best":
+            best = self._best["episode"] if self._best is not None else None
+            if best is not None:
+                self._restore_best()
+            done = f"restore_best {best}" if best is not None else "restore_best: no earlier best, weights kept"
+            said = f"weights of episode {best} restored" if best is not None else "no earlier best to restore"
+        elif verdict.action == "stop":
+            self.monitor_stop_requested = True
+            self.request_early_stop(f"{verdict.state} at episode {verdict.episode}")
+            done, said = "stop", "training stops; on to the evaluation"
+        else:
+            done, said = "warn", "; ".join(verdict.reasons)
+        message = f"{verdict.state} at episode {verdict.episode}: {said}"
+        log.warning("%s (%s)", message, "; ".join(verdict.reasons))
+        return done, message
+
+    def _keeps_best(self) -> bool:
+        """Whether an intervention may restore the best episode's weights (only then are they kept)."""
+        m = self.cfg.monitor
+        return "restore_best" in (m.on_plateau, m.on_diverge)
+
+    def _snapshot(self, episode: int) -> dict[str, Any]:
+        """The weights (online, target) and optimizer state after training episode ``episode``."""
+        assert self.qnet is not None
+        return {
+            "episode": episode,
+            "q_state": {k: v.detach().clone() for k, v in self.qnet.state_dict().items()},
+            "target_state": {k: v.detach().clone() for k, v in self.target.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def _restore_best(self) -> None:
+        """Back to the best episode's weights and optimizer moments; the version goes on (the workers' next
+        pull brings them; the meta-policy and the learning rate stay as they are)."""
+        assert self.qnet is not None and self._best is not None
+        self.qnet.load_state_dict(self._best["q_state"])  # copies into the flat vector the parameters view
+        self.target.load_state_dict(self._best["target_state"])
+        self.optimizer.load_state_dict(self._best["optimizer"])
+        self._online_flat = get_flat_params(self.qnet)
+        self._target_flat = get_flat_params(self.target)
+
     def _gather_attention(self, dones: list[EpisodeDone]) -> np.ndarray | None:
         assert self.info is not None
         S = len(self.info.symbols)
@@ -268,6 +381,11 @@ class ParameterServer:
         for d in dones:
             att[d.stocks] = d.attention
         return att
+
+    def request_early_stop(self, reason: str) -> None:
+        """Train no more (the convergence monitor's ``stop``): the workers skip to the evaluation before the next
+        training episode (:mod:`parallel_dqn.training.directive`; they ask only when a setting can stop)."""
+        self.director.request_stop(reason)
 
     def on_worker_stopped(self, worker: int, gradients_sent: int) -> None:
         """A worker finished; count what it says it sent, to check nothing was lost."""
@@ -306,6 +424,11 @@ class ParameterServer:
             "done": [(key, [dataclasses.asdict(d) for d in dones]) for key, dones in self._done.items()],
             "attention": self.attention,
             "torch_rng": torch.get_rng_state(),
+            "director": self.director.state_dict(),
+            "lr": self.lr.state_dict(),
+            "monitor": self.monitor.state_dict() if self.monitor is not None else None,
+            "monitor_stop_requested": self.monitor_stop_requested,
+            "best": self._best,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -331,6 +454,13 @@ class ParameterServer:
         self._done = {tuple(key): [EpisodeDone(**d) for d in dones] for key, dones in state["done"]}
         self.attention = state["attention"]
         torch.set_rng_state(state["torch_rng"])
+        self.director.load_state_dict(state.get("director"))
+        if "lr" in state:  # checkpoints from before the schedules have none of these
+            self.lr.load_state_dict(state["lr"])
+            if self.monitor is not None and state["monitor"] is not None:
+                self.monitor.load_state_dict(state["monitor"])
+            self.monitor_stop_requested = bool(state["monitor_stop_requested"])
+            self._best = state["best"]
         log.info("resumed the server at version %d (%d gradients applied)", self.version, self.counters.applied)
 
 
@@ -338,7 +468,21 @@ def market_digest(info: SetupInfo) -> str:
     """A fingerprint of the market a run trains on: a checkpoint resumes only on the same one."""
     digest = hashlib.sha256()
     digest.update(" ".join(info.symbols).encode())
-    digest.update(repr((info.train_rows, info.eval_rows, info.episodes)).encode())
+    periods: tuple = (info.train_rows, info.eval_rows, info.episodes)
+    if info.valid_rows[1] > info.valid_rows[0]:  # without validation, the digest of the runs before it
+        periods += (info.valid_rows,)
+    digest.update(repr(periods).encode())
     for array in (info.timestamps, info.close, info.tradeable):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def q_bound(info: SetupInfo, cfg: Config) -> float:
+    """The largest Q-value any policy can have on the training period: the largest scaled reward (a full
+    position on the largest move, plus the cost of a reversal) over 1 - gamma. A mean Q-value beyond it
+    is divergence, not learning."""
+    rows = slice(info.train_rows[0] + 1, info.train_rows[1])
+    moves = np.abs(info.log_returns[rows])
+    largest = float(moves.max()) if moves.size else 0.0
+    reward = info.reward_scale * (largest + 2 * cfg.market.cost_bps * 1e-4)
+    return reward / (1 - cfg.dqn.gamma) if cfg.dqn.gamma < 1 else math.inf
