@@ -181,17 +181,17 @@ class ParameterServer:
         c.q_sum += msg.q_mean
         self.loss_window.append(msg.loss)
         self.loss_ema = msg.loss if self.loss_ema != self.loss_ema else 0.98 * self.loss_ema + 0.02 * msg.loss
-        if self.monitor is not None:  # gradient health: one pass over the gradient, on rank 0
-            self.monitor.observe(float(np.linalg.norm(msg.grad)), msg.loss, msg.q_mean)
         if self.cfg.dist.sync:
             self._pending.setdefault(msg.worker, deque()).append(msg)
             while len(self._pending) == self.n_workers and all(self._pending.values()):
-                grads = [self._pending[w].popleft().grad for w in sorted(self._pending)]
-                self._apply(np.mean(np.stack(grads), axis=0))
+                round_ = [self._pending[w].popleft() for w in sorted(self._pending)]
+                self._observe(round_)  # in worker order: the monitor's figures do not depend on arrival order
+                self._apply(np.mean(np.stack([m.grad for m in round_]), axis=0))
                 c.applied += self.n_workers
                 for w in self._pending:
                     c.count(w, "applied")
             return
+        self._observe([msg])
         staleness = self.version - msg.version
         c.staleness_sum += staleness
         if staleness > self.cfg.dist.staleness_bound * self.n_workers:  # the bound is in rounds of N gradients
@@ -201,6 +201,12 @@ class ParameterServer:
         self._apply(msg.grad)
         c.applied += 1
         c.count(msg.worker, "applied")
+
+    def _observe(self, messages: list[GradientMessage]) -> None:
+        """Gradient health for the convergence monitor (when on): one pass over each gradient, on rank 0."""
+        if self.monitor is not None:
+            for m in messages:
+                self.monitor.observe(float(np.linalg.norm(m.grad)), m.loss, m.q_mean)
 
     def _apply(self, grad: np.ndarray) -> None:
         assert self.qnet is not None
