@@ -178,9 +178,17 @@ class FeatureStats:
         inner loop; with one stock the rows would be, and numpy would sum them pairwise, so it goes as :meth:`fit`)."""
         if planes_train.shape[2] == 1:
             return cls.fit(np.ascontiguousarray(np.moveaxis(planes_train[:N_SCALED], 0, -1)), session_seconds)
-        scaled = planes_train[:N_SCALED]
-        mean = scaled.mean(axis=1).T
-        std = scaled.std(axis=1).T
+        T, S = planes_train.shape[1:]
+        mean, std = np.empty((N_SCALED, S)), np.empty((N_SCALED, S))
+        for f in range(N_SCALED):  # np.mean and np.std's steps, the sum of the rows done once for both
+            np.add.reduce(planes_train[f], axis=0, out=mean[f])
+            np.true_divide(mean[f], T, out=mean[f])
+            deviation = planes_train[f] - mean[f]
+            np.square(deviation, out=deviation)
+            np.add.reduce(deviation, axis=0, out=std[f])
+            np.true_divide(std[f], T, out=std[f])
+            np.sqrt(std[f], out=std[f])
+        mean, std = mean.T, std.T
         return cls(mean=mean, std=np.where(std > 1e-12, std, 1.0), session_seconds=session_seconds)
 
     def normalise_planes(self, planes: np.ndarray, out: np.ndarray) -> np.ndarray:
