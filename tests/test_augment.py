@@ -6,7 +6,8 @@
 * off draws nothing and builds nothing: the worker's default path and checkpoint are those of before;
 * a single-mode run with every augmentation on trains differently from one without, and resuming any of its
   checkpoints reproduces it exactly; ``--sync`` under real ``mpiexec`` equals single mode with it on (each
-  worker draws from its own stream, seeded by the run's seed and its id, wherever it runs).
+  worker draws from its own stream, seeded by the run's seed and its id, wherever it runs), and resumes exactly
+  from a mid-run checkpoint there too.
 """
 
 from __future__ import annotations
@@ -236,3 +237,18 @@ def test_sync_under_mpiexec_equals_single_mode_with_every_augmentation(market, t
     parallel = json.loads((tmp_path / "parallel" / "metrics.json").read_text())
     alone = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert parallel["counters"]["gradients_applied"] == alone["counters"]["gradients_applied"] > 0
+
+
+def test_under_mpiexec_a_run_with_every_augmentation_resumes_exactly(market, tmp_path):
+    sets = [x for key, value in ALL_ON.items() for x in ("--set", f"{key}={value}")]
+    args = ["--sync", "--set", "checkpoint.every_applies=40", "--set", "checkpoint.keep=20", *sets]
+    proc = mpiexec(4, *train_args(market, tmp_path / "full", *args))
+    assert proc.returncode == 0, proc.stderr
+    checkpoints = CheckpointStore(tmp_path / "full" / "checkpoints").committed()
+    reasons = [json.loads((c / "manifest.json").read_text())["reason"] for c in checkpoints]
+    middle = checkpoints[len(checkpoints) // 2]
+    assert len(checkpoints) >= 3 and any("gradient applies" in r for r in reasons), reasons
+    resumed = mpiexec(4, "-m", "parallel_dqn", "train", "--resume", str(middle), "--output", str(tmp_path / "resumed"),
+                      "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "full", tmp_path / "resumed")
