@@ -228,7 +228,10 @@ def read_files_fast(paths: Sequence[Path], days: Sequence[date]) -> FileBars | N
         values[col] = table.column(col).to_numpy().astype(np.float64, copy=False)
     if any(not np.isfinite(v).all() for v in values.values()):
         return None
-    if (np.minimum.reduce([values[c] for c in PRICE_COLUMNS]) <= 0).any() or (values["volume"] < 0).any():
+    lowest = np.minimum(values["open"], values["high"])
+    for col in ("low", "close"):
+        np.minimum(lowest, values[col], out=lowest)
+    if (lowest <= 0).any() or (values["volume"] < 0).any():
         return None
     if (values["high"] < values["low"]).any():
         return None
@@ -241,7 +244,8 @@ def read_files_fast(paths: Sequence[Path], days: Sequence[date]) -> FileBars | N
         return None
     # the file's day, as ns since the epoch: a bar is on its day when it lies in [day, day + 1 day)
     day_ns = np.asarray(days, dtype="datetime64[D]").astype("datetime64[ns]").view(np.int64)
-    if ((ns - np.repeat(day_ns, counts)) // _DAY_NS != 0).any():
+    # (as unsigned, a bar before its day is a huge offset, so one comparison checks both ends)
+    if ((ns - np.repeat(day_ns, counts)).view(np.uint64) >= _DAY_NS).any():
         return None
     return FileBars(timestamps=ns, values=values, counts=counts)
 
