@@ -126,7 +126,7 @@ def main() -> None:
     rows = []
     for name, settings in (("learning step, default network", {}), ("learning step, wide network", WIDE)):
         w = learning_worker(config(data, end, eval_day, settings))
-        r = side_by_side(lambda p: step_rate(w, p, args.steps), args.repeats)
+        r = side_by_side(lambda p, w=w: step_rate(w, p, args.steps), args.repeats)
         rows.append((name, "gradients/s", r))
         print(name, r, flush=True)
     r = side_by_side(lambda p: training_rate(data, end, eval_day, args.out / "run", args.stocks, p), args.repeats)
