@@ -3,7 +3,9 @@
 * markets and configs: :func:`make_market`, :func:`tiny_config`, :func:`perturb_after`, :func:`weights`;
 * the real CLI: :func:`run_cli` (``python -m parallel_dqn ...``), :func:`user_error` (its one error line),
   :func:`hash_tree` (to check that a failed command changed nothing);
-* MPI: :data:`MPIEXEC`, :func:`mpiexec`, :func:`train_args` (a parallel-mode command line equal to tiny_config);
+* MPI: :data:`MPIEXEC`, :func:`mpiexec`, :func:`train_args` (a parallel-mode command line equal to tiny_config),
+  :func:`start_job` (mpiexec -n 4 as one process group, to kill), :func:`wait_for_checkpoint_after`;
+* rank 0 alone: :func:`market`, :func:`config`, :func:`endpoint`, :func:`gradient` (scripted messages to it);
 * runs: :func:`curve`, :func:`assert_same_run` (two runs ended with the same weights, evaluation and curve);
 * :class:`LoopbackJSONServer`: a real HTTP server on 127.0.0.1 standing in for a web API.
 """
@@ -18,15 +20,27 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
+from parallel_dqn.checkpoint.coordinator import make_coordinator
+from parallel_dqn.checkpoint.format import CheckpointStore
+from parallel_dqn.comm.messages import GradientMessage, SetupInfo
 from parallel_dqn.config import Config
+from parallel_dqn.data.features import N_FEATURES
 from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
+from parallel_dqn.evaluation.results import RunRecorder
+from parallel_dqn.model.flat import n_params
+from parallel_dqn.model.qnet import QNetwork
+from parallel_dqn.training.endpoint import ServerEndpoint
+from parallel_dqn.training.observers import Observers
+from parallel_dqn.training.server import ParameterServer
 
 STOCKS = ["LEAD", "FOLW", "MOMO"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +183,68 @@ def train_args(market: Path, out: Path, *extra: str) -> list[str]:
         "--eval_end", cfg.data.eval_end, "--episodes", str(cfg.dqn.episodes), "--output", str(out), "--no-progress",
         *[x for s in sets for x in ("--set", s)], *extra,
     ]
+
+
+def start_job(args: list[str]) -> subprocess.Popen[str]:
+    """mpiexec -n 4 in its own session, so that the whole job can be killed as one process group."""
+    return subprocess.Popen([MPIEXEC, "-n", "4", sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_checkpoint_after(store: CheckpointStore, seq: int, job: subprocess.Popen[str], timeout: float = 120) -> int:
+    """Wait until a checkpoint numbered above ``seq`` is committed; return the newest number."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        committed = store.committed()
+        if committed and int(committed[0].name.split("-")[1]) > seq:
+            return int(committed[0].name.split("-")[1])
+        assert job.poll() is None, f"the job ended early: {job.communicate()[1][-3000:]}"
+        time.sleep(0.05)
+    pytest.fail("no new checkpoint within the timeout")
+
+
+# ---- rank 0 without a transport (scripted messages to its endpoint) ----------------------------------
+T, S = 40, 2  # bars and stocks of market()
+
+
+def market() -> SetupInfo:
+    """A 2-stock market of T bars: training rows [0, 30), evaluation [30, 40)."""
+    rng = np.random.default_rng(0)
+    log_returns = rng.normal(0, 1e-3, (T, S))
+    return SetupInfo(
+        symbols=("AAA", "BBB"), timestamps=np.arange(T).astype("datetime64[m]").astype("datetime64[ns]"),
+        close=100 * np.exp(np.cumsum(log_returns, axis=0)), log_returns=log_returns, tradeable=np.ones((T, S), bool),
+        train_rows=(0, 30), eval_rows=(30, 40), bars_per_day=390.0, reward_scale=1.0, return_std=1e-3,
+        n_features=N_FEATURES, feature_stats={}, shards=[[0], [1]], episodes=1,
+    )
+
+
+def config(sync: bool = False, **settings) -> Config:
+    cfg = Config()
+    cfg.set("dist.sync", sync)
+    for key, value in settings.items():
+        cfg.set(key, value)
+    return cfg
+
+
+def endpoint(cfg: Config, tmp_path: Path | None = None, episodes: list | None = None) -> ServerEndpoint:
+    """The endpoint of a 2-worker run; with ``tmp_path``, checkpoints are on (written there)."""
+    observers = Observers(cfg.market.cost_bps)
+    server = ParameterServer(cfg, 2, observers)
+    coordinator = None
+    if tmp_path is not None:
+        cfg.set("run.output", str(tmp_path))
+        recorder = RunRecorder(cfg, tmp_path)
+        observers.register(recorder)
+        coordinator = make_coordinator(cfg, tmp_path, server, recorder, 2, lambda: None, None, None)
+    if episodes is not None:
+        observers.register(type("Collect", (), {"on_episode": lambda self, report: episodes.append(report)})())
+    return ServerEndpoint(server, 2, coordinator)
+
+
+def gradient(worker: int, version: int, value: float = 1e-3) -> GradientMessage:
+    P = n_params(QNetwork(S, N_FEATURES, Config().market.window, Config().model))
+    return GradientMessage(worker, version, np.full(P, value, np.float32), 0.5, 0.1)
 
 
 # ---- stand-ins for web services --------------------------------------------------------------------

@@ -8,12 +8,9 @@ a stop checkpoint ends the run, and a worker that finishes gives up a pending ch
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from parallel_dqn.checkpoint.coordinator import make_coordinator
 from parallel_dqn.comm.messages import (
     CheckpointDone,
     CheckpointEnd,
@@ -21,62 +18,12 @@ from parallel_dqn.comm.messages import (
     CheckpointRequest,
     DecisionBlock,
     EpisodeDone,
-    GradientMessage,
     ParamsMessage,
     Pull,
-    SetupInfo,
     StopRequest,
     WorkerStopped,
 )
-from parallel_dqn.config import Config
-from parallel_dqn.data.features import N_FEATURES
-from parallel_dqn.evaluation.results import RunRecorder
-from parallel_dqn.model.flat import n_params
-from parallel_dqn.model.qnet import QNetwork
-from parallel_dqn.training.endpoint import ServerEndpoint
-from parallel_dqn.training.observers import Observers
-from parallel_dqn.training.server import ParameterServer
-
-T, S = 40, 2
-
-
-def market() -> SetupInfo:
-    rng = np.random.default_rng(0)
-    log_returns = rng.normal(0, 1e-3, (T, S))
-    return SetupInfo(
-        symbols=("AAA", "BBB"), timestamps=np.arange(T).astype("datetime64[m]").astype("datetime64[ns]"),
-        close=100 * np.exp(np.cumsum(log_returns, axis=0)), log_returns=log_returns, tradeable=np.ones((T, S), bool),
-        train_rows=(0, 30), eval_rows=(30, 40), bars_per_day=390.0, reward_scale=1.0, return_std=1e-3,
-        n_features=N_FEATURES, feature_stats={}, shards=[[0], [1]], episodes=1,
-    )
-
-
-def config(sync: bool = False, **settings) -> Config:
-    cfg = Config()
-    cfg.set("dist.sync", sync)
-    for key, value in settings.items():
-        cfg.set(key, value)
-    return cfg
-
-
-def endpoint(cfg: Config, tmp_path: Path | None = None, episodes: list | None = None) -> ServerEndpoint:
-    """The endpoint of a 2-worker run; with ``tmp_path``, checkpoints are on (written there)."""
-    observers = Observers(cfg.market.cost_bps)
-    server = ParameterServer(cfg, 2, observers)
-    coordinator = None
-    if tmp_path is not None:
-        cfg.set("run.output", str(tmp_path))
-        recorder = RunRecorder(cfg, tmp_path)
-        observers.register(recorder)
-        coordinator = make_coordinator(cfg, tmp_path, server, recorder, 2, lambda: None, None, None)
-    if episodes is not None:
-        observers.register(type("Collect", (), {"on_episode": lambda self, report: episodes.append(report)})())
-    return ServerEndpoint(server, 2, coordinator)
-
-
-def gradient(worker: int, version: int, value: float = 1e-3) -> GradientMessage:
-    P = n_params(QNetwork(S, N_FEATURES, Config().market.window, Config().model))
-    return GradientMessage(worker, version, np.full(P, value, np.float32), 0.5, 0.1)
+from tests.helpers import config, endpoint, gradient, market
 
 
 def decisions(worker: int, rows: range, phase: str = "train", episode: int = 1) -> DecisionBlock:

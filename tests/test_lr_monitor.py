@@ -32,8 +32,7 @@ from parallel_dqn.training.driver import Schedule
 from parallel_dqn.training.lr_schedule import LearningRate
 from parallel_dqn.training.monitor import ConvergenceMonitor, loss_slope
 from parallel_dqn.training.plan import hold_out_validation
-from tests.helpers import assert_same_run, make_market, tiny_config
-from tests.test_endpoint import config, endpoint, gradient, market
+from tests.helpers import assert_same_run, config, endpoint, gradient, make_market, market, tiny_config
 
 LR = 5e-4
 

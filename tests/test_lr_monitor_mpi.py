@@ -12,8 +12,7 @@ import time
 import pytest
 
 from parallel_dqn.checkpoint.format import CheckpointStore
-from tests.helpers import assert_same_run, curve, make_market, mpiexec, train_args
-from tests.test_resume_mpi import start_job, wait_for_checkpoint_after
+from tests.helpers import assert_same_run, curve, make_market, mpiexec, start_job, train_args, wait_for_checkpoint_after
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 

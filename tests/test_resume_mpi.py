@@ -16,7 +16,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 
 from parallel_dqn.checkpoint.format import CheckpointStore
 from parallel_dqn.run.signals import EXIT_PREEMPTED
-from tests.helpers import MPIEXEC, ROOT, assert_same_run, make_market, mpiexec, train_args
+from tests.helpers import assert_same_run, make_market, mpiexec, start_job, train_args, wait_for_checkpoint_after
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # every test starts mpiexec or a parallel run
 
@@ -32,24 +31,6 @@ pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # every test starts mpiexec or
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
     return make_market(tmp_path_factory.mktemp("resume_mpi_market"))
-
-
-def start_job(args: list[str]) -> subprocess.Popen[str]:
-    """mpiexec -n 4 in its own session, so that the whole job can be killed as one process group."""
-    return subprocess.Popen([MPIEXEC, "-n", "4", sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def wait_for_checkpoint_after(store: CheckpointStore, seq: int, job: subprocess.Popen[str], timeout: float = 120) -> int:
-    """Wait until a checkpoint numbered above ``seq`` is committed; return the newest number."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        committed = store.committed()
-        if committed and int(committed[0].name.split("-")[1]) > seq:
-            return int(committed[0].name.split("-")[1])
-        assert job.poll() is None, f"the job ended early: {job.communicate()[1][-3000:]}"
-        time.sleep(0.05)
-    pytest.fail("no new checkpoint within the timeout")
 
 
 def test_kill_9_at_random_moments_then_resume_auto_finishes_the_same_run(market, tmp_path):
