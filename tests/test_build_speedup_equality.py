@@ -93,15 +93,18 @@ def test_loading_many_stocks_in_one_pass_equals_one_stock_at_a_time(tiny_market)
     _panels_equal(align_bars(StockBars.from_frames(frames, TINY_STOCKS)), align_bars(bars))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("given", [False, True])
-def test_shards_featurised_in_groups_equal_shards_featurised_alone(monkeypatch, given):
+def test_shards_featurised_in_groups_equal_shards_featurised_alone(monkeypatch, given, threads):
     frames = _frames(9)
     symbols = list(frames)
     panel = align(frames, symbols)
     shards = [[0, 1], [2], [3, 4, 5], [6], [7, 8]]
     session, train = session_length(panel.timestamps[:150]), (0, 150)
     saved = FeatureStats(np.arange(9 * 8.0).reshape(9, 8), np.linspace(1, 2, 72).reshape(9, 8), session)
-    monkeypatch.setattr(crosssection, "GROUP_CELLS", 3 * panel.n_steps)  # groups of up to 3 stocks
+    monkeypatch.setattr(crosssection, "GROUP_CELLS", 3 * threads * panel.n_steps)  # groups of up to 3 stocks
+    monkeypatch.setattr(crosssection, "THREADS", threads)  # featurised side by side
+    monkeypatch.setattr(crosssection, "THREAD_CELLS", 1)
     grouped = shard_rows(panel, shards, session, train, saved if given else None)
     for shard, (stats, rows) in zip(shards, grouped):
         alone = align(frames, [symbols[i] for i in shard], clock=panel.timestamps)

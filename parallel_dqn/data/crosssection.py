@@ -9,7 +9,9 @@ step, and no row carries information from after its own bar.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,11 @@ ROW_WIDTH = N_FEATURES + len(EXTRA)
 #: stocks x clock steps featurised at once by :func:`shard_rows`: big enough that per-call overheads vanish,
 #: small enough that the ``[T, stocks, F]`` temporaries stay at about 100 MB
 GROUP_CELLS = 2**20
+#: blocks of stocks featurised side by side by :func:`shard_rows` (numpy's array operations and pandas' rolling
+#: windows release the GIL), for panels of at least :data:`THREAD_CELLS` stock-steps; the blocks then hold
+#: GROUP_CELLS / THREADS stock-steps, so the temporaries stay as big in all
+THREADS = min(2, os.cpu_count() or 1)
+THREAD_CELLS = 2**16
 
 
 def local_rows(panel: MarketPanel, stats: FeatureStats, raw: np.ndarray | None = None) -> np.ndarray:
@@ -56,14 +63,17 @@ def shard_rows(
     stock's are fitted on clock rows ``[train_rows)``. The stocks are featurised in blocks of about
     :data:`GROUP_CELLS` stock-steps, across shard boundaries: one array operation over many stocks instead
     of one per shard, and bounded temporaries however big a shard is (every feature and statistic is per
-    stock, so blocking changes no value). A shard's rows are a view into one array of all of them.
+    stock, so blocking changes no value); big panels' blocks go :data:`THREADS` at a time. A shard's rows are a
+    view into one array of all of them.
     """
     T, n = panel.n_steps, panel.n_stocks
-    block = max(1, GROUP_CELLS // max(T, 1))
+    threads = THREADS if n * T >= THREAD_CELLS and n > 1 else 1
+    block = max(1, min(GROUP_CELLS // threads // max(T, 1), -(-n // threads)))
     rows = np.empty((T, n, ROW_WIDTH))
     mean, std = np.empty((n, N_SCALED)), np.empty((n, N_SCALED))
     hosted = np.concatenate([np.zeros(0, dtype=np.int64), *[np.asarray(s, dtype=np.int64) for s in shards]])
-    for lo in range(0, n, block):
+
+    def featurise(lo: int) -> None:
         cols = slice(lo, min(n, lo + block))
         part = panel.stocks(cols)
         # the block's rows feature by feature (contiguous planes), as local_rows computes them, then interleaved
@@ -79,6 +89,13 @@ def shard_rows(
         extra = np.stack([planes[0], part.close, part.tradeable])  # planes[0]: the 1-bar log return
         rows[:, cols, N_FEATURES:] = np.moveaxis(extra, 0, -1)
         mean[cols], std[cols] = stats.mean, stats.std
+
+    if threads > 1:  # each block writes its own stocks' rows and statistics
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(featurise, range(0, n, block)))
+    else:
+        for lo in range(0, n, block):
+            featurise(lo)
     bounds = np.cumsum([0] + [len(shard) for shard in shards])
     return [
         (FeatureStats(mean[a:b], std[a:b], session_seconds), rows[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])
