@@ -147,6 +147,7 @@ class CurriculumConfig:
     stages: int = 3
     by: str = "volatility"  # volatility | trend (its clarity, inverted) | noise | mixed
     threshold: float = 0.0  # validation Sharpe that passes a stage (needs validation.days)
+    patience: int = 2  # training episodes at one stage after which the run moves up anyway (0: by threshold only)
 
 
 @dataclass
@@ -379,6 +380,7 @@ class Config:
             _check(action in INTERVENTIONS, f"monitor.{name} must be one of {', '.join(INTERVENTIONS)}, not {action!r}")
         _check(0 <= mon.vanish_norm < mon.explode_norm, "need 0 <= monitor.vanish_norm < monitor.explode_norm")
         _check(cur.stages >= 1, f"curriculum.stages must be >= 1, not {cur.stages}")
+        _check(cur.patience >= 0, f"curriculum.patience must be >= 0 (0: move up by the threshold only), not {cur.patience}")
         _check(cur.by in CURRICULUM_MEASURES, f"curriculum.by must be one of {', '.join(CURRICULUM_MEASURES)}, not {cur.by!r}")
         if cur.enabled and not v.days:
             raise UserError("curriculum.enabled needs a validation period to decide progression", "set validation.days, e.g. 2")

@@ -90,6 +90,14 @@ def test_one_stage_up_when_the_validation_reaches_the_threshold():
     assert next_stage(2, 3, None, 0.5) == 2 and next_stage(2, 3, float("nan"), -1.0) == 2
 
 
+def test_patience_moves_the_stage_up_without_a_passing_validation():
+    assert next_stage(1, 3, -9.0, 0.5, episodes_at_stage=1, patience=2) == 1
+    assert next_stage(1, 3, -9.0, 0.5, episodes_at_stage=2, patience=2) == 2
+    assert next_stage(2, 3, None, 0.5, episodes_at_stage=2, patience=2) == 3  # no score: patience still counts
+    assert next_stage(3, 3, -9.0, 0.5, episodes_at_stage=5, patience=2) == 3
+    assert next_stage(1, 3, -9.0, 0.5, episodes_at_stage=9, patience=0) == 1  # 0: the threshold only
+
+
 def test_bars_after_the_training_rows_change_no_stage():
     """The validation and evaluation periods lie after the training rows: perturbing them changes nothing."""
     r = returns(WILD, CALM, MILD, NOISE, STRAIGHT, ZIGZAG)

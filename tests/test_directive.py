@@ -33,7 +33,7 @@ from tests.helpers import curve, make_market, tiny_config
 def curriculum_config(stages: int = 3, threshold: float = 0.5) -> Config:
     cfg = Config()
     for key, value in {"curriculum.enabled": True, "curriculum.stages": stages, "curriculum.threshold": threshold,
-                       "validation.days": 1}.items():
+                       "curriculum.patience": 0, "validation.days": 1}.items():
         cfg.set(key, value)
     return cfg
 
@@ -65,6 +65,18 @@ def test_the_stage_moves_up_on_a_passing_validation_and_stops_at_the_last():
         stages.append(ask(d, episode + 1).stage)
     assert stages == [1, 1, 2, 3, 3]
     assert d.line(3, "train") == {"stage": 2} and d.line(3, "valid") == {}
+
+
+def test_the_stage_moves_up_after_patience_episodes_even_when_the_threshold_is_never_reached():
+    cfg = curriculum_config(stages=3, threshold=1e9)
+    cfg.set("curriculum.patience", 2)
+    d = EpisodeDirector(cfg)
+    stages = [ask(d, 1).stage]
+    for episode in range(1, 7):
+        d.complete(episode, "train")
+        d.complete(episode, "valid", -5.0)
+        stages.append(ask(d, episode + 1).stage)
+    assert stages == [1, 1, 2, 2, 3, 3, 3]
 
 
 def test_a_requested_stop_is_the_next_training_episodes_directive_and_is_reported():
@@ -167,7 +179,7 @@ def test_a_curriculum_logs_each_training_episodes_stage_and_moves_up_on_passing_
 ):
     out = tmp_path / "curriculum"
     settings = {"dqn.episodes": 3, "validation.days": 1, "curriculum.enabled": True, "curriculum.stages": 3,
-                "curriculum.threshold": threshold, "dist.sync": True}
+                "curriculum.threshold": threshold, "curriculum.patience": 0, "dist.sync": True}
     result = train(tiny_config(market, out, **settings))
     lines = curve(out)
     assert [x["stage"] for x in lines if x["phase"] == "train"] == stages

@@ -60,6 +60,7 @@ EVERYTHING_ON: dict[str, object] = {
     "curriculum.stages": 2,
     "curriculum.by": "mixed",
     "curriculum.threshold": -1e9,  # every validation passes: the stages move on within a short run
+    "curriculum.patience": 1,
     "replay.prioritized": True,
     "replay.priority": "td:0.4,pnl:0.3,rare:0.3",
     "replay.ratio": 3.0,

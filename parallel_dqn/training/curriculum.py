@@ -104,11 +104,20 @@ class Curriculum:
             mask[lo:hi] = True
         return mask
 
-def next_stage(stage: int, stages: int, validation_sharpe: float | None, threshold: float) -> int:
-    """The stage of the next training episode: one up when the last validation passed the threshold.
+def next_stage(
+    stage: int, stages: int, validation_sharpe: float | None, threshold: float, episodes_at_stage: int = 0,
+    patience: int = 0,
+) -> int:
+    """The stage of the next training episode: one up when the last validation passed the threshold, or when the
+    run has trained ``patience`` (> 0) episodes at this stage without passing it (so a threshold the validation
+    never reaches cannot keep the run on the easiest days to the end).
 
-    No validation score (none was taken, or its Sharpe is undefined): the stage stays.
+    No validation score (none was taken, or its Sharpe is undefined): the stage stays, unless patience has run out.
     """
-    if validation_sharpe is None or not math.isfinite(validation_sharpe) or stage >= stages:
+    if stage >= stages:
+        return stage
+    if patience > 0 and episodes_at_stage >= patience:
+        return stage + 1
+    if validation_sharpe is None or not math.isfinite(validation_sharpe):
         return stage
     return stage + 1 if validation_sharpe >= threshold else stage

@@ -73,15 +73,26 @@ class EpisodeDirector:
             log.info("training stops early after episode %d (%s): on to the evaluation", episode - 1, self.stop_reason)
         else:
             before = self.decided.get(episode - 1)
+            cur = self.cfg.curriculum
             stage = 1 if before is None else next_stage(
-                before.stage, self.stages, self.validation.get(episode - 1), self.cfg.curriculum.threshold
+                before.stage, self.stages, self.validation.get(episode - 1), cur.threshold,
+                self._episodes_at(before.stage, episode - 1), cur.patience,
             )
             if before is not None and stage > before.stage:
-                log.info("curriculum: stage %d of %d from episode %d (validation Sharpe %.3f >= %g)", stage,
-                         self.stages, episode, self.validation[episode - 1], self.cfg.curriculum.threshold)
+                log.info("curriculum: stage %d of %d from episode %d (validation Sharpe %s, threshold %g, "
+                         "%d episodes at stage %d)", stage, self.stages, episode,
+                         f"{self.validation.get(episode - 1, float('nan')):.3f}", cur.threshold,
+                         self._episodes_at(before.stage, episode - 1), before.stage)
             decision = EpisodeDirective(episode, stage)
         self.decided[episode] = decision
         return decision
+
+    def _episodes_at(self, stage: int, last: int) -> int:
+        """How many training episodes up to ``last`` in a row ran at ``stage``."""
+        count = 0
+        while last in self.decided and self.decided[last].stage == stage and not self.decided[last].stop:
+            count, last = count + 1, last - 1
+        return count
 
     def stage_of(self, episode: int) -> int | None:
         """The curriculum stage training episode ``episode`` ran at (None: not decided)."""
