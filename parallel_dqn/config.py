@@ -161,6 +161,16 @@ class AugmentConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """K Q-heads on the one shared encoder and attention, trained in one run (bootstrapped DQN); 1: off."""
+
+    members: int = 1  # Q-heads (each with its own target head); 1: one head, no ensemble
+    combine: str = "mean"  # how the members act together: mean (Q) | vote (majority) | confidence (agreement-weighted Q)
+    bootstrap: float = 0.5  # probability that a head learns from a replayed transition (1.0: every head from every one)
+    size_down: bool = True  # capital weights times the share of members that agree with the ensemble's action
+
+
+@dataclass
 class DistConfig:
     """Parameter server and workers."""
 
@@ -235,6 +245,7 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -333,6 +344,10 @@ class Config:
         if r.priority != "td" and not r.prioritized:
             raise UserError(f"replay.priority = {r.priority} needs prioritized replay", "set replay.prioritized = true")
         self._check_optimisation()
+        e = self.ensemble
+        _check(1 <= e.members <= 64, f"ensemble.members must be in [1, 64] (1: off), not {e.members}")
+        _check(e.combine in COMBINE_RULES, f"ensemble.combine must be one of {', '.join(COMBINE_RULES)}, not {e.combine!r}")
+        _check(0 < e.bootstrap <= 1, f"ensemble.bootstrap must be in (0, 1] (1: no masks), not {e.bootstrap}")
         self._check_memory()
         _check(r.capacity >= q.batch_size, "replay.capacity must be >= dqn.batch_size")
         _check(self.dist.mode in ("single", "parallel"), "--mode must be 'single' or 'parallel'")
@@ -459,6 +474,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 PRIORITY_PARTS = ("td", "pnl", "rare")
 INTERVENTIONS = ("warn", "reduce_lr", "restore_best", "stop")
 CURRICULUM_MEASURES = ("volatility", "trend", "noise", "mixed")
+COMBINE_RULES = ("mean", "vote", "confidence")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 #: lower bounds of the memory check: copies of the network's parameters (online, target, gradient, two optimizer
 #: moments), Q-values per stock

@@ -53,6 +53,9 @@ class DecisionBlock:
     action: np.ndarray  # int64 [n]
     reward: np.ndarray  # float64 [n], raw (unscaled) reward
     epsilon: float = 0.0
+    # float32 [n, E] with an ensemble (parallel_dqn.model.ensemble.record_columns): the members' agreement, and in
+    # the evaluation each member's own action, reward and Q-values; None without one
+    ensemble: np.ndarray | None = None
 
 
 @dataclass
@@ -65,6 +68,7 @@ class EpisodeDone:
     steps: int
     attention: np.ndarray | None = None  # [k, S] mean attention of its stocks (eval only)
     stocks: np.ndarray | None = None  # its stock indices, rows of ``attention``
+    diversity: np.ndarray | None = None  # an ensemble's DiversityStats sums over the episode (None without one)
 
 
 @dataclass

@@ -33,6 +33,7 @@ class EpisodeBook:
         self.actions = np.full((n, n_stocks), -1, dtype=np.int64)
         self.rewards = np.zeros((n, n_stocks))
         self.epsilon = 0.0
+        self.ensemble: np.ndarray | None = None  # [n, S, E] an ensemble's record columns (made by the first block)
 
     def add(self, block: DecisionBlock) -> None:
         rows = block.t - self.start
@@ -42,6 +43,10 @@ class EpisodeBook:
         self.actions[rows, block.stock] = block.action
         self.rewards[rows, block.stock] = block.reward
         self.epsilon = block.epsilon
+        if block.ensemble is not None:
+            if self.ensemble is None:
+                self.ensemble = np.zeros((*self.actions.shape, block.ensemble.shape[1]), dtype=np.float32)
+            self.ensemble[rows, block.stock] = block.ensemble
 
     def missing(self) -> int:
         """How many (step, stock) decisions have not arrived."""
@@ -50,13 +55,16 @@ class EpisodeBook:
     def state_dict(self) -> dict:
         """The records so far (for a checkpoint taken in the middle of an episode)."""
         return {"start": self.start, "stop": self.stop, "q": self.q.copy(), "actions": self.actions.copy(),
-                "rewards": self.rewards.copy(), "epsilon": self.epsilon}
+                "rewards": self.rewards.copy(), "epsilon": self.epsilon,
+                **({"ensemble": self.ensemble.copy()} if self.ensemble is not None else {})}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> EpisodeBook:
         book = cls(int(state["start"]), int(state["stop"]), state["actions"].shape[1])
         book.q[:], book.actions[:], book.rewards[:] = state["q"], state["actions"], state["rewards"]
         book.epsilon = float(state["epsilon"])
+        if "ensemble" in state:
+            book.ensemble = np.asarray(state["ensemble"], dtype=np.float32).copy()
         return book
 
 

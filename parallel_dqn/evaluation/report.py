@@ -340,6 +340,7 @@ def run_html(run: Run) -> str:
         if train:
             parts.append("<h3>Training curve</h3>" + table(keys, [[c.get(k) for k in keys] for c in train]))
         parts.append(monitor_html(run.curve))
+    parts.append(ensemble_html(m, run.curve))
     parts.append(attention_html(m))
     try:
         weights_png = weights_plot(run.folder / outputs.PORTFOLIO_EVAL)
@@ -374,6 +375,24 @@ def monitor_html(curve: Sequence[Mapping[str, Any]]) -> str:
             ["episode", "state", "intervention", "lr", "why"],
             [[c.get("episode"), c.get("monitor"), c.get("intervention"), c.get("lr"),
               "; ".join(map(str, c.get("monitor_reasons") or []))] for c in judged])
+    return out
+
+
+def ensemble_html(metrics: Mapping[str, Any], curve: Sequence[Mapping[str, Any]]) -> str:
+    """An ensemble's members, each acting alone, beside the ensemble on the evaluation; its diversity per episode."""
+    out = ""
+    members = _mapping(metrics.get("ensemble")).get("members")
+    if isinstance(members, list) and members:
+        rows = [m for m in members if isinstance(m, Mapping)]
+        keys = [k for k in rows[0] if k != "member"] if rows else []
+        out += "<h3>Ensemble: each member alone vs the ensemble (evaluation)</h3>" + table(
+            ["member", *keys], [[m.get("member"), *(m.get(k) for k in keys)] for m in rows])
+    lines = [c for c in curve if "ensemble_disagreement" in c]
+    if lines:
+        keys = ["disagreement", "agreement", "q_correlation", "advantage_correlation"]
+        out += "<h3>Ensemble diversity per episode</h3>" + table(
+            ["phase", "episode", *keys], [[c.get("phase"), c.get("episode"), *(c.get(f"ensemble_{k}") for k in keys)]
+                                          for c in lines])
     return out
 
 

@@ -81,6 +81,9 @@ class RunRecorder:
         else:
             self._write_csv(pf, info.symbols, output_files.PORTFOLIO_EVAL)
             self._evaluate(info, outcome.book, pf, report.metrics, report.bars_per_year)
+            if "ensemble_members" in line:  # an ensemble: its diversity and every member's result beside its own
+                self.eval["ensemble"] = {k.removeprefix("ensemble_"): v for k, v in line.items()
+                                         if k.startswith("ensemble_")}
             log.info("evaluation: return %.4f sharpe %.2f", line["total_return"], line["sharpe"])
         self._append_jsonl(line)
 

@@ -78,23 +78,30 @@ class MetaPolicy(nn.Module):
         p = min(max(1.0 / (n_stocks * cfg.max_weight), 1e-3), 1 - 1e-3)
         self.stock_bias = nn.Parameter(torch.full((n_stocks,), float(np.log(p / (1 - p)))))
 
-    def forward(self, feats: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Signed weights ``[T, S]`` from features ``[T, S, 5]`` and positions in {-1, 0, 1}."""
+    def forward(self, feats: torch.Tensor, positions: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """Signed weights ``[T, S]`` from features ``[T, S, 5]`` and positions in {-1, 0, 1}; ``sizes`` ``[T, S]``
+        in [0, 1] scale them down after the caps (an ensemble's agreement: the caps still hold)."""
         score = self.scorer(feats)[..., 0] + self.stock_bias
         mag = self.cfg.max_weight * torch.sigmoid(score) * positions.abs()
         gross = mag.sum(dim=-1, keepdim=True)
         mag = mag / torch.clamp(gross, min=1.0)
-        return mag * positions
+        return mag * positions if sizes is None else mag * positions * sizes
 
     @torch.no_grad()
-    def weights(self, feats: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def weights(self, feats: np.ndarray, actions: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
         """Numpy convenience: signed weights ``[T, S]``."""
-        w = self(torch.from_numpy(feats), torch.from_numpy(POSITIONS[actions]).float())
+        size = None if sizes is None else torch.from_numpy(np.asarray(sizes, dtype=np.float32))
+        w = self(torch.from_numpy(feats), torch.from_numpy(POSITIONS[actions]).float(), size)
         return w.numpy().astype(np.float64)
 
-    def fit(self, feats: np.ndarray, actions: np.ndarray, log_returns: np.ndarray, cost_bps: float) -> float:
-        """Train on one episode's realised outcomes; returns the final in-sample Sharpe (per step)."""
+    def fit(
+        self, feats: np.ndarray, actions: np.ndarray, log_returns: np.ndarray, cost_bps: float,
+        sizes: np.ndarray | None = None,
+    ) -> float:
+        """Train on one episode's realised outcomes (weights scaled by ``sizes`` as :meth:`forward`); returns the
+        final in-sample Sharpe (per step)."""
         x = torch.from_numpy(feats)
+        size = None if sizes is None else torch.from_numpy(np.asarray(sizes, dtype=np.float32))
         pos = torch.from_numpy(POSITIONS[actions]).float()
         growth = torch.from_numpy(np.expm1(log_returns[1:])).float()  # simple return of step t -> t+1
         params = list(self.parameters())
@@ -103,7 +110,7 @@ class MetaPolicy(nn.Module):
         opts = [FlatAdamW(p.data, lr=self.cfg.lr) for p in params]
         sharpe = 0.0
         for _ in range(self.cfg.epochs):
-            w = self(x, pos)
+            w = self(x, pos, size)
             ret = portfolio_step_returns(w, growth, cost_bps)
             objective = ret.mean() / (ret.std() + 1e-8)
             self.zero_grad(set_to_none=True)

@@ -103,16 +103,38 @@ class DuelingHead(nn.Module):
         return self.value(h) + a - a.mean(dim=-1, keepdim=True)
 
 
-class QNetwork(nn.Module):
-    """Q-values of stocks from their own window and their neighbours' windows at a bar."""
+class EnsembleHead(nn.Module):
+    """K dueling heads on one input vector: ``[..., in] -> [..., K, 3]`` (the members of an ensemble).
 
-    def __init__(self, n_stocks: int, n_features: int, window: int, cfg: ModelConfig) -> None:
+    Each head starts from its own random weights and has its own target head (the target network is a copy
+    of the whole network), so the members differ by initialisation and by the replay samples they learn from
+    (:mod:`parallel_dqn.rl.bootstrap`) while sharing the encoder and the attention.
+    """
+
+    def __init__(self, members: int, in_dim: int, hidden: int, n_actions: int = N_ACTIONS) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(DuelingHead(in_dim, hidden, n_actions) for _ in range(members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([head(x) for head in self.members], dim=-2)
+
+
+class QNetwork(nn.Module):
+    """Q-values of stocks from their own window and their neighbours' windows at a bar.
+
+    With ``members`` > 1 the dueling head is an :class:`EnsembleHead`: every Q-value output gains a member
+    axis before the action axis (``[..., K, 3]``); the encoder and attention run once for all members.
+    """
+
+    def __init__(self, n_stocks: int, n_features: int, window: int, cfg: ModelConfig, members: int = 1) -> None:
         super().__init__()
         self.n_stocks = n_stocks
         self.encoder = StockEncoder(window, n_features, cfg.hidden, cfg.embed_dim)
         self.stock_embedding = nn.Embedding(n_stocks, cfg.embed_dim) if cfg.stock_embeddings else None
         self.attention = CrossStockAttention(cfg.embed_dim, cfg.heads) if cfg.cross_attention else None
-        self.head = DuelingHead(2 * cfg.embed_dim + N_ACTIONS, cfg.hidden)
+        in_dim = 2 * cfg.embed_dim + N_ACTIONS
+        self.members = members
+        self.head = DuelingHead(in_dim, cfg.hidden) if members == 1 else EnsembleHead(members, in_dim, cfg.hidden)
         self.embed_dim = cfg.embed_dim
 
     def forward(

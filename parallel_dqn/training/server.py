@@ -47,6 +47,7 @@ from parallel_dqn.model.flat import flatten_parameters, get_flat_params
 from parallel_dqn.model.meta_policy import MetaPolicy, decision_features
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.model.saved import load_model
+from parallel_dqn.training import ensemble
 from parallel_dqn.training.directive import EpisodeDirector
 from parallel_dqn.training.lr_schedule import LearningRate
 from parallel_dqn.training.monitor import STATE_CODES, ConvergenceMonitor, Verdict
@@ -150,7 +151,7 @@ class ParameterServer:
             state = load_model(self.cfg.run.warm_start)
         torch.manual_seed(self.cfg.run.seed)
         S = len(info.symbols)
-        self.qnet = QNetwork(S, info.n_features, self.cfg.market.window, self.cfg.model)
+        self.qnet = QNetwork(S, info.n_features, self.cfg.market.window, self.cfg.model, self.cfg.ensemble.members)
         self.meta = MetaPolicy(S, self.cfg.meta)
         if state is not None:
             self.qnet.load_state_dict(state["q_state"])
@@ -274,6 +275,8 @@ class ParameterServer:
         counters = {k: v for k, v in self.counters.as_dict().items() if k != "gradients_sent"}
         summary = {"steps": sum(d.steps for d in dones), **counters, **self.director.line(msg.episode, msg.phase)}
         outcome = self._outcome(msg.episode, msg.phase, book, summary)
+        if self.cfg.ensemble.members > 1:  # diversity; in the evaluation every member's own result
+            outcome.extra.update(ensemble.episode_line(dones, book, self.info, self.meta, self.cfg, outcome.weights))
         if msg.phase != "eval":
             outcome.extra.update(self._control(outcome))
         self.listener.on_episode(outcome)
@@ -286,16 +289,18 @@ class ParameterServer:
         log_returns = info.log_returns[book.start : book.stop]
         # The meta-policy sees, per stock and bar, only the decision and that stock's decisions' trailing record.
         feats = decision_features(book.q, book.actions, log_returns, meta_cfg.perf_halflife, info.return_std)
+        sizes = ensemble.sizes(book, self.cfg)  # an ensemble's agreement (None: full size)
         # The episode's portfolio uses the weights as they were during the episode (before it is learned from).
         if meta_cfg.enabled:
-            weights = self.meta.weights(feats, book.actions)
+            weights = self.meta.weights(feats, book.actions, sizes)
         else:
             weights = POSITIONS[book.actions] / len(info.symbols)
+            weights = weights if sizes is None else weights * sizes
         meta_sharpe = None
         if phase == "train":
             loss = self.recent_loss()
             if meta_cfg.enabled:  # learn capital allocation from the realised outcome of this episode
-                meta_sharpe = self.meta.fit(feats, book.actions, log_returns, self.cfg.market.cost_bps)
+                meta_sharpe = self.meta.fit(feats, book.actions, log_returns, self.cfg.market.cost_bps, sizes)
         else:
             loss = float("nan")
         return EpisodeOutcome(episode, phase, book, weights, summary, loss, meta_sharpe,

@@ -27,10 +27,12 @@ from parallel_dqn.config import Config
 from parallel_dqn.data.crosssection import CrossSection
 from parallel_dqn.market.step import FLAT, market_step
 from parallel_dqn.model.device import resolve_device
+from parallel_dqn.model.ensemble import DiversityStats, combine, record_columns
 from parallel_dqn.model.flat import clip_by_norm_, flat_gradient_buffer, flatten_parameters
 from parallel_dqn.model.precision import LossScaler, autocast, check_precision
 from parallel_dqn.model.qnet import QNetwork
 from parallel_dqn.rl.augment import Augmenter, FeatureScales
+from parallel_dqn.rl.bootstrap import bootstrap_masks, masked_td_loss
 from parallel_dqn.rl.dqn import double_dqn_targets, td_loss
 from parallel_dqn.rl.nstep import NStepBuilder
 from parallel_dqn.rl.observations import Observations
@@ -48,6 +50,7 @@ class ActingValues:
     q: np.ndarray  # [S, 3, 3] Q-values of every stock for each position it could hold (position, action)
     neighbours: np.ndarray  # [S, k] the stocks each stock attended over
     attention: np.ndarray | None  # [S, k] its attention weights, averaged over heads (None without attention)
+    members: np.ndarray | None = None  # [S, 3, K, 3] an ensemble's members' Q-values (None without one)
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,13 @@ class ActingPass:
     q: np.ndarray  # [n, S, 3, 3]
     neighbours: np.ndarray  # [n, S, k]
     attention: np.ndarray | None  # [n, S, k]
+    members: np.ndarray | None = None  # [n, S, 3, K, 3] an ensemble's members' Q-values (``q``: their mean)
 
     def at(self, t: int) -> ActingValues:
         """The values at bar ``t`` (``start <= t < stop``)."""
         i = t - self.start
-        return ActingValues(self.q[i], self.neighbours[i], None if self.attention is None else self.attention[i])
+        return ActingValues(self.q[i], self.neighbours[i], None if self.attention is None else self.attention[i],
+                            None if self.members is None else self.members[i])
 
 
 class Worker:
@@ -99,8 +104,9 @@ class Worker:
         S, F = xs.n_stocks, xs.features.shape[2]
         self.device = obs.device if obs is not None else resolve_device(cfg.run.device)
         # Local copies; their weights come from the server with the first pull.
-        self.net = QNetwork(S, F, cfg.market.window, cfg.model).to(self.device)
-        self.target = QNetwork(S, F, cfg.market.window, cfg.model).requires_grad_(False).to(self.device)
+        K = self.members = cfg.ensemble.members  # Q-heads of the ensemble (1: none)
+        self.net = QNetwork(S, F, cfg.market.window, cfg.model, K).to(self.device)
+        self.target = QNetwork(S, F, cfg.market.window, cfg.model, K).requires_grad_(False).to(self.device)
         # each network's weights in one flat vector (its parameters are views): a pull is one copy per network
         self._online = flatten_parameters(self.net).data
         self._target = flatten_parameters(self.target).data
@@ -129,6 +135,7 @@ class Worker:
         self.pull_due = True  # pull before the next step whatever the count (start of an episode)
         self.anchor = 0  # the bar acting spans are counted from: the first of the episode, or of the last pull
         self.attention_sum = np.zeros((len(self.stocks), S))
+        self.diversity = DiversityStats(K) if K > 1 else None  # the episode's member diversity (ensemble only)
         # training-only augmentation of the windows learning embeds (none, and no draws, when [augment] is off)
         self.augment = Augmenter(cfg.augment, scales, cfg.run.seed, worker_id, self.device) if scales is not None else None
         self.begin_episode(0, "train", (0, 0))  # an empty episode until the driver begins the first one
@@ -152,6 +159,10 @@ class Worker:
         self.nstep = NStepBuilder(self.cfg.dqn.n_step, self.cfg.dqn.gamma, len(self.stocks))
         self.steps = 0
         self.attention_sum[:] = 0.0
+        if self.diversity is not None:
+            self.diversity.reset()
+        # in the evaluation each member also acts alone, from flat: its own positions [K, own stocks]
+        self.member_position = np.full((self.members, len(self.stocks)), FLAT, dtype=np.int64)
         self._records: list[tuple] = []
         self.pull_due = True
         self.anchor = rows[0]
@@ -200,13 +211,26 @@ class Worker:
             own, ctx, neighbours, weights = self._bar_context(self.net, torch.arange(start, stop, device=self.device))
             q = self.net.q_every_position(own, ctx)
         attention = weights.mean(dim=1).cpu().numpy() if weights is not None and not self.training else None
-        return ActingPass(self.version, start, stop, q.cpu().numpy(), neighbours.cpu().numpy(), attention)
+        members = None
+        if self.members > 1:  # [n, S, 3, K, 3]: each member's; the pass's q is their mean
+            members = q.cpu().numpy()
+            q = q.mean(dim=-2)
+        return ActingPass(self.version, start, stop, q.cpu().numpy(), neighbours.cpu().numpy(), attention, members)
 
     def act(self, t: int, values: ActingValues) -> None:
         """Choose positions for all own stocks at bar ``t`` from ``values`` (an :class:`ActingPass` at this
         worker's parameters version) and record the outcome."""
         q = values.q[self.stocks, self.position]  # [own stocks, 3]: at the position each holds
-        actions = q.argmax(axis=1)
+        ensemble = None
+        if values.members is not None:  # an ensemble: its combination rule decides, the agreement is recorded
+            member_q = values.members[self.stocks, self.position]  # [own stocks, K, 3]
+            combined = combine(member_q, self.cfg.ensemble.combine)
+            q, actions = combined.q, combined.action
+            self.diversity.add(member_q)
+            alone = self._members_alone(t, values.members) if self.phase == "eval" else None
+            ensemble = record_columns(combined.agreement, alone)
+        else:
+            actions = q.argmax(axis=1)
         self.learning = self.training and (self.learn_rows is None or bool(self.learn_rows[t]))
         eps = self.epsilon(self.train_steps) if self.learning else 0.0
         if self.learning:
@@ -228,11 +252,24 @@ class Worker:
         elif values.attention is not None:
             own = np.arange(len(self.stocks))[:, None]
             self.attention_sum[own, values.neighbours[self.stocks]] += values.attention[self.stocks]
-        self._records.append((t, q, actions, raw, eps))
+        self._records.append((t, q, actions, raw, eps, ensemble))
         self.position = actions
         self.steps += 1
         if len(self._records) >= self.cfg.dist.record_block or done:
             self.flush_records()
+
+    def _members_alone(self, t: int, members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each member acting alone at bar ``t`` (evaluation): greedy on its own Q-values at its own positions,
+        stepped by the market's rule; its actions and raw rewards ``[own stocks, K]``, Q-values ``[own, K, 3]``."""
+        K, n = self.members, len(self.stocks)
+        q = members[self.stocks[None, :], self.member_position, np.arange(K)[:, None]]  # [K, own, 3]
+        actions, raw = market_step(
+            self.member_position.reshape(-1), q.argmax(axis=-1).reshape(-1),
+            np.tile(self.xs.tradeable[t, self.stocks], K), np.tile(self.xs.log_returns[t + 1, self.stocks], K),
+            self.cfg.market.cost_bps,
+        )
+        self.member_position = actions.reshape(K, n)
+        return actions.reshape(K, n).T, raw.reshape(K, n).T, q.transpose(1, 0, 2)
 
     def learn(self) -> None:
         """Compute and push the gradients due at this step (training only): one per ``dqn.train_freq`` steps by
@@ -298,6 +335,8 @@ class Worker:
                 q_next_online = self._q(self.net, inputs, pos, following)
                 q_next_target = self._q(self.target, inputs, pos, following)
         actions = torch.from_numpy(s.action.astype(np.int64))[:, None].to(dev)
+        if self.members > 1:  # [B, K, 3]: every head its own double-DQN target from its own target head
+            return self._ensemble_loss(s, q_now.float(), q_next_online.float(), q_next_target.float(), actions)
         q_taken = q_now.float().gather(1, actions)[:, 0]  # the loss in fp32 (.float() returns fp32 tensors as they are)
         # Double DQN: the online network picks the next action, the target network values it.
         targets = double_dqn_targets(
@@ -305,6 +344,25 @@ class Worker:
             torch.from_numpy(s.discount).to(dev),
         )
         loss, td = td_loss(q_taken, targets, torch.from_numpy(s.weights).to(dev), self.cfg.dqn.huber_delta)
+        return loss, td, q_taken
+
+    def _ensemble_loss(
+        self, s: ReplaySample, q_now: torch.Tensor, q_next_online: torch.Tensor, q_next_target: torch.Tensor,
+        actions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_loss` of an ensemble's heads (Q-values ``[B, K, 3]``): each head's double-DQN loss on the
+        samples its bootstrap mask keeps (:mod:`parallel_dqn.rl.bootstrap`); the TD errors are the heads' mean."""
+        dev, K = self.device, self.members
+        q_taken = q_now.gather(2, actions[:, :, None].expand(-1, K, 1))[..., 0]  # [B, K]
+        targets = double_dqn_targets(
+            q_next_online, q_next_target, torch.from_numpy(s.reward).to(dev)[:, None],
+            torch.from_numpy(s.discount).to(dev)[:, None],
+        )
+        masks = bootstrap_masks(s.indices, K, self.cfg.ensemble.bootstrap, self.cfg.run.seed, self.id)
+        loss, td = masked_td_loss(
+            q_taken, targets, torch.from_numpy(s.weights).to(dev), torch.from_numpy(masks).to(dev),
+            self.cfg.dqn.huber_delta,
+        )
         return loss, td, q_taken
 
     def _sample_inputs(self, t: torch.Tensor, stock: torch.Tensor, whole_bars: bool) -> dict[str, torch.Tensor]:
@@ -384,8 +442,9 @@ class Worker:
         """Send the last records and the episode summary."""
         self.flush_records()
         attention = self.attention_sum / max(self.steps, 1) if self.phase == "eval" and self.net.attention else None
+        diversity = self.diversity.sums.copy() if self.diversity is not None else None
         self.transport.episode_done(
-            EpisodeDone(self.id, self.episode, self.phase, self.steps, attention, self.stocks.copy())
+            EpisodeDone(self.id, self.episode, self.phase, self.steps, attention, self.stocks.copy(), diversity)
         )
 
     def flush_records(self) -> None:
@@ -404,6 +463,7 @@ class Worker:
             action=np.concatenate([r[2] for r in self._records]).astype(np.int64),
             reward=np.concatenate([r[3] for r in self._records]).astype(np.float64),
             epsilon=float(self._records[-1][4]),
+            ensemble=np.concatenate([r[5] for r in self._records]) if self.members > 1 else None,
         )
         self._records.clear()
         self.transport.send_decisions(block)
@@ -436,6 +496,8 @@ class Worker:
             **({"loss_scaler": self.scaler.state()} if self.scaler is not None else {}),  # fp16 only
             **({"learn_rows": self.learn_rows.copy()} if self.learn_rows is not None else {}),
             **({"augment": self.augment.state_dict()} if self.augment is not None else {}),
+            **({"diversity": self.diversity.sums.copy(), "member_position": self.member_position.copy()}
+               if self.diversity is not None else {}),  # an ensemble's
         }
 
     def restore_checkpoint(self, state: dict) -> None:
@@ -462,4 +524,7 @@ class Worker:
         self.learn_rows = state.get("learn_rows")
         if self.augment is not None:
             self.augment.load_state_dict(state["augment"])
+        if self.diversity is not None:
+            self.diversity.sums[:] = state["diversity"]
+            self.member_position = np.asarray(state["member_position"], dtype=np.int64).copy()
         self._records = []

@@ -6,7 +6,7 @@ tag                     buffer                                                 d
 ``GRADIENT``            float32 ``[worker, version | loss, q_mean, grad...]``    worker -> server
 ``PULL``                int64 ``[worker, min_version]``                          worker -> server
 ``PARAMS``              float32 ``[version, target_version | online, target]``   server -> worker
-``DECISIONS``           float64 ``[header(5) | t, stock, q(3), action, reward]``    worker -> server
+``DECISIONS``           float64 ``[header(5) | t, stock, q(3), action, reward | ensemble]``  worker -> server
 ``SETUP``, ``DONE``,    pickled messages (once per run / per episode)          worker -> server
 ``STOP``, ``CKPT_DONE``,
 ``STOP_REQUEST``
@@ -135,7 +135,8 @@ def unpack_params(buf: np.ndarray) -> ParamsMessage | int:
 def pack_decisions(b: DecisionBlock) -> np.ndarray:
     n = b.t.size
     header = [b.worker, b.episode, PHASES.index(b.phase), n, b.epsilon]
-    return np.concatenate([header, b.t, b.stock, b.q.reshape(-1), b.action, b.reward]).astype(np.float64)
+    ensemble = [] if b.ensemble is None else [b.ensemble.reshape(-1)]  # after the fixed columns, if any
+    return np.concatenate([header, b.t, b.stock, b.q.reshape(-1), b.action, b.reward, *ensemble]).astype(np.float64)
 
 
 def unpack_decisions(buf: np.ndarray) -> DecisionBlock:
@@ -144,7 +145,9 @@ def unpack_decisions(buf: np.ndarray) -> DecisionBlock:
     t, stock = body[:n], body[n : 2 * n]
     q = body[2 * n : 5 * n].reshape(n, 3)
     action, reward = body[5 * n : 6 * n], body[6 * n : 7 * n]
+    extra = body[7 * n :]
+    ensemble = extra.reshape(n, -1).astype(np.float32) if extra.size else None
     return DecisionBlock(
         worker, episode, PHASES[phase], t.astype(np.int64), stock.astype(np.int64), q.astype(np.float32),
-        action.astype(np.int64), reward.copy(), float(buf[4]),
+        action.astype(np.int64), reward.copy(), float(buf[4]), ensemble,
     )
