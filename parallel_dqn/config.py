@@ -171,6 +171,20 @@ class EnsembleConfig:
 
 
 @dataclass
+class RegimeConfig:
+    """Market regimes: a causal HMM detector fitted on the training rows, as features and as adaptive settings."""
+
+    enabled: bool = False  # detect regimes (filtered probabilities per bar, logged and plotted)
+    states: int = 2  # HMM states, sorted by volatility: 0 is the calmest
+    window: int = 60  # bars of the trailing windows of the detector's inputs (volatility, trend, correlation)
+    features: bool = True  # the regime probabilities as model features (appended to every stock's row)
+    adaptive: bool = True  # the tables below, indexed by the most likely regime at t
+    epsilon_scale: list[float] = field(default_factory=lambda: [1.0, 2.0])  # exploration: epsilon times this
+    position_cap: list[float] = field(default_factory=lambda: [1.0, 0.5])  # capital weights times this (<= 1)
+    lr_scale: list[float] = field(default_factory=lambda: [1.0, 0.5])  # learning rate (after the schedule) times this
+
+
+@dataclass
 class DistConfig:
     """Parameter server and workers."""
 
@@ -246,6 +260,7 @@ class Config:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -348,6 +363,7 @@ class Config:
         _check(1 <= e.members <= 64, f"ensemble.members must be in [1, 64] (1: off), not {e.members}")
         _check(e.combine in COMBINE_RULES, f"ensemble.combine must be one of {', '.join(COMBINE_RULES)}, not {e.combine!r}")
         _check(0 < e.bootstrap <= 1, f"ensemble.bootstrap must be in (0, 1] (1: no masks), not {e.bootstrap}")
+        self._check_regime()
         self._check_memory()
         _check(r.capacity >= q.batch_size, "replay.capacity must be >= dqn.batch_size")
         _check(self.dist.mode in ("single", "parallel"), "--mode must be 'single' or 'parallel'")
@@ -403,6 +419,24 @@ class Config:
             value = getattr(aug, name)
             limit = 1.0 if name != "noise" else 10.0
             _check(0 <= value <= limit, f"augment.{name} must be in [0, {limit:g}], not {value}")
+
+    def _check_regime(self) -> None:
+        """[regime]: the detector's size and window, and one entry per state in each table."""
+        g = self.regime
+        _check(2 <= g.states <= 8, f"regime.states must be in [2, 8], not {g.states}")
+        # the evaluation of a saved model loads graph_window bars of warm-up before its first day, at least
+        _check(2 <= g.window <= (self.market.graph_window if g.enabled else 10**9),
+               f"regime.window must be in [2, market.graph_window = {self.market.graph_window}], not {g.window}")
+        bounds = {"epsilon_scale": (0.0, 100.0), "position_cap": (0.0, 1.0), "lr_scale": (1e-6, 100.0)}
+        for name, (lo, hi) in bounds.items():
+            table = getattr(g, name)
+            _check(len(table) == g.states, f"regime.{name} needs one value per regime state ({g.states}), not {table}")
+            _check(all(math.isfinite(x) and lo <= x <= hi for x in table),
+                   f"regime.{name} values must lie in [{lo:g}, {hi:g}], not {table}")
+        augments = any(getattr(self.augment, k) for k in ("noise", "feature_dropout", "time_warp", "scenarios"))
+        if g.enabled and g.features and augments:
+            raise UserError("regime.features adds inputs that [augment] does not know how to augment",
+                            "set regime.features = false, or switch [augment] off")
 
     def _check_cache(self) -> None:
         """data.cache: auto, off, or a folder (made when first used) that is not a file."""
@@ -570,7 +604,7 @@ def parse_date(value: str, name: str) -> dt.date:
 
 
 def _convert(value: Any, typ: Any, where: str) -> Any:
-    """Convert a TOML or CLI value to a field type (bool, int, float, str, list[str])."""
+    """Convert a TOML or CLI value to a field type (bool, int, float, str, list[str], list[float])."""
     try:
         if typ in (bool, "bool"):
             if isinstance(value, str):
@@ -596,6 +630,10 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
         if typing.get_origin(typ) is list:
             if isinstance(value, str):
                 value = value.replace(",", " ").split()
+            if typing.get_args(typ) == (float,):  # a table of numbers, e.g. regime.lr_scale = [1.0, 0.5]
+                if any(isinstance(v, bool) for v in value):
+                    raise ValueError(value)
+                return [float(v) for v in value]
             return [str(v) for v in value]
     except (TypeError, ValueError):
         pass

@@ -28,6 +28,7 @@ class GradientMessage:
     grad: np.ndarray  # float32 [P]
     loss: float
     q_mean: float
+    lr_scale: float = 1.0  # the learning rate's factor for this gradient ([regime] lr_scale at the worker's bar)
 
 
 @dataclass

@@ -16,7 +16,8 @@ Roles, by position in the symbol list, cycling through :data:`ROLES`; ``eps`` is
 
     leader, random_walk  r(t) = sigma_t * eps
     follower             r(t) = beta * r_leader(t - lag) + sigma_t * sqrt(1 - beta^2) * eps
-                         (the leader is the nearest preceding leader in the list)
+                         (the leader is the nearest preceding leader in the list); with ``regime_flip``
+                         the loading is +beta in the calm state and -beta in the turbulent one
     momentum             r(t) = phi * r(t-1) + sigma_t * sqrt(1 - phi^2) * eps,  phi = momentum_phi > 0
     mean_reversion       same AR(1) with phi = reversion_phi < 0
 
@@ -74,6 +75,9 @@ class SyntheticSpec:
         volume_base: median volume of a 1-minute bar at the session's quietest time.
         volume_noise: std of the lognormal volume noise.
         volume_return_boost: log-volume added per standard deviation of |r|.
+        regime_flip: the follower's loading changes sign with the hidden regime (+beta calm, -beta turbulent),
+            a planted relation that only a regime-aware agent can use fully; ``structure.json`` then records
+            the regime path (first state, switch times) for the oracle.
     """
 
     bar_minutes: int = 1
@@ -93,6 +97,7 @@ class SyntheticSpec:
     volume_base: float = 2000.0
     volume_noise: float = 0.4
     volume_return_boost: float = 0.3
+    regime_flip: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -146,8 +151,9 @@ def generate_market(
     roles = {s: ROLES[i % len(ROLES)] for i, s in enumerate(symbols)}
     leaders = _leaders(symbols, roles)
 
-    sigma = _regime_sigma(rng, len(clock), spec)
-    returns = _returns(rng, sigma, symbols, roles, leaders, spec)
+    state = _regime_states(rng, len(clock), spec)
+    sigma = spec.bar_vol() * np.asarray(spec.regime_multipliers)[state]
+    returns = _returns(rng, sigma, symbols, roles, leaders, spec, state if spec.regime_flip else None)
     start_prices = rng.uniform(spec.price_min, spec.price_max, size=len(symbols))
     frames = {
         s: _bars(rng, clock, returns[:, j], sigma, start_prices[j], spec) for j, s in enumerate(symbols)
@@ -164,6 +170,13 @@ def generate_market(
         "start_prices": {s: float(p) for s, p in zip(symbols, start_prices)},
         "spec": asdict(spec),
     }
+    if spec.regime_flip:
+        switches = np.flatnonzero(np.diff(state)) + 1
+        structure["regime_flip"] = True
+        structure["regime_path"] = {
+            "first": int(state[0]),
+            "switches": [clock[i].isoformat() for i in switches],  # bars whose state differs from the bar before
+        }
     return SyntheticMarket(frames=frames, structure=structure)
 
 
@@ -200,13 +213,12 @@ def _coefficients(role: str, spec: SyntheticSpec) -> dict[str, float]:
     return {}
 
 
-def _regime_sigma(rng: np.random.Generator, n: int, spec: SyntheticSpec) -> np.ndarray:
-    """Per-bar volatility ``[T]`` from the market-wide two-state regime chain (start state drawn 50/50)."""
+def _regime_states(rng: np.random.Generator, n: int, spec: SyntheticSpec) -> np.ndarray:
+    """The market-wide two-state regime chain ``[T]`` (0 calm, 1 turbulent; start state drawn 50/50)."""
     first = rng.integers(0, 2)
     switches = rng.random(n) < spec.regime_switch_prob
     switches[0] = False
-    state = (first + np.cumsum(switches)) % 2
-    return spec.bar_vol() * np.asarray(spec.regime_multipliers)[state]
+    return (first + np.cumsum(switches)) % 2
 
 
 def _returns(
@@ -216,8 +228,10 @@ def _returns(
     roles: dict[str, str],
     leaders: dict[str, str],
     spec: SyntheticSpec,
+    flip_states: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-bar log returns ``[T, S]`` of every role (see the module docstring)."""
+    """Per-bar log returns ``[T, S]`` of every role (see the module docstring); ``flip_states``: the regime
+    per bar when the follower's loading changes sign with it."""
     noise = rng.standard_normal((sigma.size, len(symbols))) * sigma[:, None]
     r = np.empty_like(noise)
     col = {s: j for j, s in enumerate(symbols)}
@@ -229,7 +243,8 @@ def _returns(
             beta, lag = spec.follower_beta, spec.follower_lag
             lagged = np.zeros(sigma.size)
             lagged[lag:] = r[:-lag, col[leaders[s]]]
-            r[:, j] = beta * lagged + math.sqrt(1 - beta**2) * noise[:, j]
+            loading = beta if flip_states is None else np.where(flip_states == 0, beta, -beta)
+            r[:, j] = loading * lagged + math.sqrt(1 - beta**2) * noise[:, j]
     for phi, role in ((spec.momentum_phi, "momentum"), (spec.reversion_phi, "mean_reversion")):
         cols = [j for j, s in enumerate(symbols) if roles[s] == role]
         if cols:
@@ -300,11 +315,23 @@ def load_structure(data_dir: Path | str) -> dict[str, Any] | None:
         raise UserError(f"{path}: cannot read the synthetic market structure: {exc}", "regenerate the data") from exc
 
 
-def oracle_expected_returns(log_returns: np.ndarray, symbols: Sequence[str], structure: dict) -> np.ndarray:
+def regime_states(structure: dict, timestamps: np.ndarray) -> np.ndarray:
+    """The hidden regime (0 calm, 1 turbulent) at each of ``timestamps`` of a ``regime_flip`` market."""
+    path = structure["regime_path"]
+    switches = pd.to_datetime(path["switches"], utc=True).tz_localize(None).to_numpy().astype("datetime64[ns]")
+    stamps = np.asarray(timestamps).astype("datetime64[ns]")
+    return (int(path["first"]) + np.searchsorted(switches, stamps, side="right")) % 2
+
+
+def oracle_expected_returns(
+    log_returns: np.ndarray, symbols: Sequence[str], structure: dict, timestamps: np.ndarray | None = None
+) -> np.ndarray:
     """The planted ``E[r[t+1] | returns up to t]``, shape ``[T, S]`` like ``log_returns``.
 
     follower: ``beta * r_leader[t+1-lag]``; momentum / mean_reversion: ``phi * r[t]``; others 0.
-    A follower whose leader is not among ``symbols`` gets 0 (its only signal is unobserved).
+    A follower whose leader is not among ``symbols`` gets 0 (its only signal is unobserved). On a
+    ``regime_flip`` market the follower's beta takes the sign of the true hidden regime at t (``timestamps``,
+    the rows' bar times, are then needed): the oracle knows the state, which no agent does.
     """
     r = np.asarray(log_returns, dtype=np.float64)
     if r.ndim != 2 or r.shape[1] != len(symbols):
@@ -323,4 +350,8 @@ def oracle_expected_returns(log_returns: np.ndarray, symbols: Sequence[str], str
             if shift < r.shape[0]:
                 leader = r[:, col[structure["leaders"][s]]]
                 out[shift:, j] = coef["beta"] * leader[: r.shape[0] - shift]
+                if structure.get("regime_flip"):
+                    if timestamps is None:
+                        raise ValueError("a regime_flip market's oracle needs the rows' timestamps")
+                    out[:, j] *= np.where(regime_states(structure, timestamps) == 0, 1.0, -1.0)
     return out

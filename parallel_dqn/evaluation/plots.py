@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -65,9 +66,27 @@ def plot_equity(
     timestamps: np.ndarray | None,
     path: str | Path,
     highlight: str = AGENT,
+    regimes: np.ndarray | None = None,
 ) -> Path:
-    """Equity curves (one value per bar, e.g. from ``equity_curve``) of the agent and the baselines."""
-    return _save(_plot_curves(curves, timestamps, highlight, "portfolio value", "Equity"), path)
+    """Equity curves (one value per bar, e.g. from ``equity_curve``) of the agent and the baselines; ``regimes``:
+    the most likely regime per bar (0 calm), drawn as shaded bands, darker for more turbulent regimes."""
+    fig = _plot_curves(curves, timestamps, highlight, "portfolio value", "Equity")
+    if regimes is not None:
+        _regime_bands(fig.axes[0], _x_axis(timestamps, len(regimes)), np.asarray(regimes))
+    return _save(fig, path)
+
+
+def _regime_bands(ax: Axes, x: np.ndarray, regimes: np.ndarray) -> None:
+    """Shade each run of bars in a regime above 0; a band spans from its first bar to the next run's first."""
+    top = max(int(regimes.max()), 1)
+    starts = np.r_[0, np.flatnonzero(np.diff(regimes)) + 1]
+    ends = np.r_[starts[1:], len(regimes) - 1]
+    for lo, hi in zip(starts, ends):
+        state = int(regimes[lo])
+        if state > 0:
+            ax.axvspan(x[lo], x[hi], color="tab:red", alpha=0.08 + 0.17 * state / top, lw=0, zorder=1,
+                       label=f"regime {state}" if lo == starts[regimes[starts] == state][0] else None)
+    ax.legend(loc="best", fontsize="small")
 
 
 def plot_drawdown(

@@ -55,6 +55,7 @@ class RunRecorder:
         self.eval: dict[str, Any] | None = None
         self.eval_curves: dict[str, np.ndarray] = {}
         self.eval_timestamps: np.ndarray | None = None
+        self.eval_rows: slice | None = None  # the evaluation's clock rows (its bars and the one after)
         self._jsonl_started = False
         self.started = time.time()  # wall-clock start, for the run record
 
@@ -67,7 +68,7 @@ class RunRecorder:
         outcome, pf, line = report.outcome, report.portfolio, report.line
         info = self.info
         if outcome.phase == "train":
-            self._write_csv(pf, info.symbols, output_files.portfolio_episode(outcome.episode))
+            self._write_csv(pf, info, output_files.portfolio_episode(outcome.episode), outcome.book)
             self.curve.append(line)
             log.info(
                 "episode %d: reward %.4f return %.4f sharpe %.2f loss %.4f eps %.3f",
@@ -79,7 +80,7 @@ class RunRecorder:
             log.info("validation after episode %d: return %.4f sharpe %.2f%s", outcome.episode, line["total_return"],
                      line["sharpe"], f" ({line['monitor']})" if "monitor" in line else "")
         else:
-            self._write_csv(pf, info.symbols, output_files.PORTFOLIO_EVAL)
+            self._write_csv(pf, info, output_files.PORTFOLIO_EVAL, outcome.book)
             self._evaluate(info, outcome.book, pf, report.metrics, report.bars_per_year)
             if "ensemble_members" in line:  # an ensemble: its diversity and every member's result beside its own
                 self.eval["ensemble"] = {k.removeprefix("ensemble_"): v for k, v in line.items()
@@ -92,7 +93,7 @@ class RunRecorder:
         ext = slice(book.start, book.stop + 1)
         expected = None
         if info.structure is not None:
-            expected = oracle_expected_returns(info.log_returns, info.symbols, info.structure)[ext]
+            expected = oracle_expected_returns(info.log_returns, info.symbols, info.structure, info.timestamps)[ext]
         baselines = run_baselines(
             info.close[ext], info.log_returns[ext], info.tradeable[ext], self.cfg.market.cost_bps, bpy,
             self.cfg.run.seed, expected_next_returns=expected,
@@ -118,6 +119,7 @@ class RunRecorder:
             "annualisation": {"bars_per_day": info.bars_per_day, "bars_per_year": bpy},
         }
         self.eval_timestamps = info.timestamps[ext]
+        self.eval_rows = ext
         self.eval_curves = {"agent": pf.returns, **base_returns}
         if oracle_returns is not None:
             self.eval_curves["oracle"] = oracle_returns
@@ -166,6 +168,7 @@ class RunRecorder:
                 "bars_per_day": info.bars_per_day,
                 "attention": torch.from_numpy(attention) if attention is not None else None,
                 "train_days": _days(info.timestamps, info.train_rows),
+                **({"regime": info.extra["regime"]["model"]} if "regime" in info.extra else {}),
             },
         )
         result: dict[str, Any] = {
@@ -191,7 +194,9 @@ class RunRecorder:
 
         if self.eval_curves and self.eval_timestamps is not None:
             equity = {k: np.r_[1.0, np.cumprod(1.0 + v)] for k, v in self.eval_curves.items()}
-            plots.plot_equity(equity, self.eval_timestamps, self.output / output_files.EQUITY_PLOT)
+            probs = _regime_probs(info, self.eval_rows) if self.eval_rows is not None else None
+            regimes = None if probs is None else probs.argmax(axis=1)
+            plots.plot_equity(equity, self.eval_timestamps, self.output / output_files.EQUITY_PLOT, regimes=regimes)
             plots.plot_drawdown(equity, self.eval_timestamps, self.output / output_files.DRAWDOWN_PLOT)
         if attention is not None:
             plots.plot_attention(
@@ -201,14 +206,28 @@ class RunRecorder:
             keys = [k for k in ("total_reward", "sharpe", "loss", "epsilon") if k in self.curve[0]]
             plots.plot_training_curve(self.curve, keys, self.output / output_files.CURVE_PLOT)
 
-    def _write_csv(self, pf: Portfolio, symbols: tuple[str, ...], name: str) -> None:
-        write_atomically(self.output / name, lambda tmp: pf.table(symbols).to_csv(tmp, index=False))
+    def _write_csv(self, pf: Portfolio, info: Any, name: str, book: EpisodeBook) -> None:
+        """The portfolio per step; with ``[regime]`` on, the most likely regime and each regime's filtered
+        probability at the step's bar too."""
+        table = pf.table(info.symbols)
+        probs = _regime_probs(info, slice(book.start, book.stop))
+        if probs is not None:
+            table["regime"] = probs.argmax(axis=1)
+            for k in range(probs.shape[1]):
+                table[f"regime_p{k}"] = probs[:, k].round(6)
+        write_atomically(self.output / name, lambda tmp: table.to_csv(tmp, index=False))
 
     def _append_jsonl(self, line: dict[str, Any]) -> None:
         mode = "a" if self._jsonl_started else "w"  # a new run starts the file afresh
         self._jsonl_started = True
         with open(self.output / output_files.CURVE, mode) as f:
             f.write(json.dumps(_jsonable(line)) + "\n")
+
+
+def _regime_probs(info: Any, rows: slice) -> np.ndarray | None:
+    """The regime detector's filtered probabilities ``[n, K]`` at clock ``rows`` (None without ``[regime]``)."""
+    regime = getattr(info, "extra", {}).get("regime")
+    return None if regime is None else np.asarray(regime["probs"])[rows]
 
 
 def monitor_table(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from parallel_dqn.data.crosssection import CrossSection, shard_rows
 from parallel_dqn.data.features import N_FEATURES, FeatureStats, graph_stamps, session_length
 from parallel_dqn.data.loader import load_stock_bars
 from parallel_dqn.data.panel import bars_per_day
+from parallel_dqn.data.regimes import RegimeModel, RegimePath, detect, with_regime_features
 from parallel_dqn.data.store import Store
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.model.device import resolve_device
@@ -180,6 +181,30 @@ def _rows(clock: np.ndarray, start, end) -> tuple[int, int]:
     return lo, hi
 
 
+def _regimes(
+    xs: CrossSection, plan: RunPlan, cfg: Config, train_rows: tuple[int, int], eval_rows: tuple[int, int]
+) -> tuple[CrossSection, RegimePath | None, dict | None]:
+    """With ``[regime]`` on: the detector (fitted on the training rows, or a saved model's), its filtered path over
+    the clock (restarted at the evaluation's first bar), the cross-section with the regime probabilities as
+    features when ``regime.features``, and what rank 0 gets of it (the model and the probabilities).
+
+    Every worker computes the same from the same cross-section (no message): the fit is deterministic.
+    """
+    g = cfg.regime
+    if not g.enabled:
+        return xs, None, None
+    saved = RegimeModel.from_dict(plan.regime) if plan.regime is not None else None
+    restarts = (eval_rows[0],) if eval_rows[1] > eval_rows[0] else ()
+    started = time.perf_counter()
+    model, path = detect(xs.log_returns, train_rows, restarts, g.states, g.window, cfg.run.seed, saved)
+    shares = np.bincount(path.labels[slice(*train_rows)], minlength=g.states) / max(train_rows[1] - train_rows[0], 1)
+    log.info("regimes: %d states in %.2f s, training bars per state %s", g.states, time.perf_counter() - started,
+             " ".join(f"{x:.2f}" for x in shares))
+    if g.features:
+        xs = dataclasses.replace(xs, features=with_regime_features(xs.features, path))
+    return xs, path, {"model": model.to_dict(), "probs": path.probs}
+
+
 @dataclass(frozen=True)
 class EpisodeSpec:
     """One entry of the run's schedule: a training episode (1, 2, ...), its validation, or the evaluation (0)."""
@@ -248,6 +273,7 @@ def run_workers(
     train_rows = _rows(xs.timestamps, plan.train_start, plan.train_end)
     eval_rows = _rows(xs.timestamps, plan.eval_start, plan.eval_end)
     valid_rows = _rows(xs.timestamps, plan.valid_start, plan.valid_end)
+    xs, regime, regime_info = _regimes(xs, plan, cfg, train_rows, eval_rows)
     if plan.reward_scale is not None:
         reward_scale, return_std = plan.reward_scale, plan.return_std
     else:
@@ -275,6 +301,7 @@ def run_workers(
                 episodes=plan.episodes,
                 structure=plan.structure,
                 valid_rows=valid_rows,
+                **({"extra": {"regime": regime_info}} if regime_info is not None else {}),
             )
         )
     total_steps = plan.episodes * max(train_rows[1] - train_rows[0] - 1, 1)
@@ -282,7 +309,9 @@ def run_workers(
     obs = Observations(xs, cfg.market.window, resolve_device(cfg.run.device))
     # training-only augmentation: the training rows' feature statistics, measured once for every hosted worker
     scales = FeatureScales.fit(xs.features, train_rows, stats) if augmenting(cfg.augment) and plan.episodes else None
-    workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps, obs, scales) for s in shards]
+    adaptive = regime if cfg.regime.adaptive else None
+    workers = [Worker(s.worker_id, s.stocks, cfg, xs, transport, reward_scale, total_steps, obs, scales, adaptive)
+               for s in shards]
     schedule = Schedule(plan.episodes, train_rows, eval_rows, valid_rows)
     stepper = LockStep(workers, transport, CheckpointStore(Path(cfg.run.output) / CHECKPOINTS), stop_signal)
     point = stepper.restore(resume) if resume else ResumePoint(0, None)

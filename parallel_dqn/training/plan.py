@@ -47,6 +47,7 @@ class RunPlan:
     structure: dict[str, Any] | None = None
     valid_start: dt.date | None = None  # validation.days held out at the end of the training period (None: none)
     valid_end: dt.date | None = None
+    regime: dict[str, Any] | None = None  # a saved model's regime detector ([regime]); None: fitted on training days
 
 
 def make_shards(n_stocks: int, workers: int) -> list[list[int]]:
@@ -192,4 +193,5 @@ def plan_evaluation(
         return_std=saved["return_std"],
         bars_per_day=saved["bars_per_day"],
         structure=structure,
+        regime=saved.get("regime"),
     )

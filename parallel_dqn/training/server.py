@@ -38,6 +38,7 @@ import torch
 
 from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessage, ParamsMessage, SetupInfo
 from parallel_dqn.config import Config
+from parallel_dqn.data.regimes import RegimePath
 from parallel_dqn.errors import UserError
 from parallel_dqn.evaluation.episode import EpisodeBook, EpisodeOutcome, account_episode
 from parallel_dqn.market.step import POSITIONS
@@ -187,7 +188,7 @@ class ParameterServer:
             while len(self._pending) == self.n_workers and all(self._pending.values()):
                 round_ = [self._pending[w].popleft() for w in sorted(self._pending)]
                 self._observe(round_)  # in worker order: the monitor's figures do not depend on arrival order
-                self._apply(np.mean(np.stack([m.grad for m in round_]), axis=0))
+                self._apply(np.mean(np.stack([m.grad for m in round_]), axis=0), _round_scale(round_))
                 c.applied += self.n_workers
                 for w in self._pending:
                     c.count(w, "applied")
@@ -199,7 +200,7 @@ class ParameterServer:
             c.dropped_stale += 1
             c.count(msg.worker, "dropped_stale")
             return
-        self._apply(msg.grad)
+        self._apply(msg.grad, msg.lr_scale)
         c.applied += 1
         c.count(msg.worker, "applied")
 
@@ -209,10 +210,11 @@ class ParameterServer:
             for m in messages:
                 self.monitor.observe(float(np.linalg.norm(m.grad)), m.loss, m.q_mean)
 
-    def _apply(self, grad: np.ndarray) -> None:
+    def _apply(self, grad: np.ndarray, lr_scale: float = 1.0) -> None:
         assert self.qnet is not None
-        # The schedule's learning rate for this apply (dqn.lr itself when it is constant), then it moves on.
-        self.optimizer.lr = self.lr.value
+        # The schedule's learning rate for this apply (dqn.lr itself when it is constant), then it moves on;
+        # times the gradient's regime factor ([regime] lr_scale; 1 without regimes: the rate as it is)
+        self.optimizer.lr = self.lr.value if lr_scale == 1.0 else self.lr.value * lr_scale
         self.optimizer.step(torch.from_numpy(np.asarray(grad, dtype=np.float32)).to(self.device))
         self.lr.after_apply()
         self.version += 1
@@ -296,6 +298,10 @@ class ParameterServer:
         else:
             weights = POSITIONS[book.actions] / len(info.symbols)
             weights = weights if sizes is None else weights * sizes
+        regime = info.extra.get("regime")
+        if regime is not None and self.cfg.regime.adaptive:  # [regime] position_cap of the most likely regime at t
+            labels = RegimePath.of(regime["probs"][book.start : book.stop]).labels
+            weights = weights * np.asarray(self.cfg.regime.position_cap)[labels][:, None]
         meta_sharpe = None
         if phase == "train":
             loss = self.recent_loss()
@@ -473,6 +479,13 @@ class ParameterServer:
             self.monitor_stop_requested = bool(state["monitor_stop_requested"])
             self._best = state["best"]
         log.info("resumed the server at version %d (%d gradients applied)", self.version, self.counters.applied)
+
+
+def _round_scale(round_: list[GradientMessage]) -> float:
+    """The learning-rate factor of a ``--sync`` round: its gradients' mean (the workers share one clock bar, so
+    one regime: every factor is the same)."""
+    scales = [m.lr_scale for m in round_]
+    return scales[0] if all(x == scales[0] for x in scales) else float(np.mean(scales))
 
 
 def market_digest(info: SetupInfo) -> str:

@@ -25,6 +25,7 @@ from parallel_dqn.comm.messages import DecisionBlock, EpisodeDone, GradientMessa
 from parallel_dqn.comm.transport import Transport
 from parallel_dqn.config import Config
 from parallel_dqn.data.crosssection import CrossSection
+from parallel_dqn.data.regimes import RegimePath
 from parallel_dqn.market.step import FLAT, market_step
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.ensemble import DiversityStats, combine, record_columns
@@ -91,6 +92,7 @@ class Worker:
         total_train_steps: int,
         obs: Observations | None = None,
         scales: FeatureScales | None = None,
+        regime: RegimePath | None = None,
     ) -> None:
         """``obs``: the process's view of the cross-section, shared by every worker it hosts (made if None);
         ``scales``: the training period's feature statistics that ``[augment]`` needs (None: no augmentation)."""
@@ -138,6 +140,9 @@ class Worker:
         self.diversity = DiversityStats(K) if K > 1 else None  # the episode's member diversity (ensemble only)
         # training-only augmentation of the windows learning embeds (none, and no draws, when [augment] is off)
         self.augment = Augmenter(cfg.augment, scales, cfg.run.seed, worker_id, self.device) if scales is not None else None
+        # [regime] adaptive settings: epsilon and learning-rate factors of the most likely regime at the bar (None: off)
+        self.regime = regime
+        self.bar = 0  # the bar acted last: its regime sets the factor of the gradients learned at the step
         self.begin_episode(0, "train", (0, 0))  # an empty episode until the driver begins the first one
 
     # ---- episode ------------------------------------------------------------------
@@ -233,6 +238,9 @@ class Worker:
             actions = q.argmax(axis=1)
         self.learning = self.training and (self.learn_rows is None or bool(self.learn_rows[t]))
         eps = self.epsilon(self.train_steps) if self.learning else 0.0
+        self.bar = t
+        if self.regime is not None and self.learning:
+            eps = min(1.0, eps * self.regime.scale(self.cfg.regime.epsilon_scale, t))
         if self.learning:
             explore = self.rng.random(len(actions)) < eps
             actions = np.where(explore, self.rng.integers(0, 3, len(actions)), actions)
@@ -312,7 +320,9 @@ class Worker:
         grads = self._grad.cpu().numpy().copy()  # the message owns its copy: the buffer is reused
         loss_value = float(losses[0]) if accum == 1 else float(torch.stack(losses).sum())
         q_mean = float(q_means[0]) if accum == 1 else float(torch.stack(q_means).mean())
-        self.transport.push_gradient(GradientMessage(self.id, self.version, grads, loss_value, q_mean))
+        # float32, as the MPI wire carries it: single mode applies the same rate
+        lr_scale = 1.0 if self.regime is None else float(np.float32(self.regime.scale(self.cfg.regime.lr_scale, self.bar)))
+        self.transport.push_gradient(GradientMessage(self.id, self.version, grads, loss_value, q_mean, lr_scale))
         self.grad_steps += 1
         self.grads_since_pull += 1
 

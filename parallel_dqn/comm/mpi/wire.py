@@ -3,7 +3,7 @@
 ======================  =====================================================  =====================
 tag                     buffer                                                 direction
 ======================  =====================================================  =====================
-``GRADIENT``            float32 ``[worker, version | loss, q_mean, grad...]``    worker -> server
+``GRADIENT``            float32 ``[worker, version | loss, q_mean, lr_scale, grad...]``  worker -> server
 ``PULL``                int64 ``[worker, min_version]``                          worker -> server
 ``PARAMS``              float32 ``[version, target_version | online, target]``   server -> worker
 ``DECISIONS``           float64 ``[header(5) | t, stock, q(3), action, reward | ensemble]``  worker -> server
@@ -95,16 +95,16 @@ def wait_until(ready: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def pack_gradient(msg: GradientMessage) -> np.ndarray:
-    buf = np.empty(4 + msg.grad.size, dtype=np.float32)
+    buf = np.empty(5 + msg.grad.size, dtype=np.float32)
     buf[:2].view(np.int32)[:] = (msg.worker, msg.version)
-    buf[2:4] = (msg.loss, msg.q_mean)
-    buf[4:] = msg.grad
+    buf[2:5] = (msg.loss, msg.q_mean, msg.lr_scale)
+    buf[5:] = msg.grad
     return buf
 
 
 def unpack_gradient(buf: np.ndarray) -> GradientMessage:
     worker, version = (int(x) for x in buf[:2].view(np.int32))
-    return GradientMessage(worker, version, buf[4:], float(buf[2]), float(buf[3]))
+    return GradientMessage(worker, version, buf[5:], float(buf[2]), float(buf[3]), float(buf[4]))
 
 
 def pack_params(msg: ParamsMessage) -> np.ndarray:

@@ -1,0 +1,145 @@
+"""Market regimes: regime features and regime-adaptive settings against the regime-blind agent.
+
+* **regime market** (``data generate --regime_change``: the follower follows its leader in calm regimes and moves
+  against it in turbulent ones; 5 stocks of 1-minute bars, 9 training days, 3 held out, cost 1 bp), ``--seeds``
+  market seeds: out-of-sample Sharpe, agent / oracle (the oracle knows the hidden regime), wall time. A row
+  "helps" only when its mean gain over the regime-blind row exceeds the seed-to-seed spread (the larger of the
+  two rows' standard deviations).
+* **real** (``--real``: backtesting.py's EURUSD hourly bars, imported by ``bench/real_data.sh``): walk-forward (60
+  training days, 20 test days, 1 day of embargo, 1 bp) with and without each use of the regimes: the joined
+  out-of-sample Sharpe, its 95% block-bootstrap interval, the p-value against buy-and-hold.
+
+Usage:  python bench/regimes.py [--seeds 1 2 3] [--episodes 4] [--real_episodes 5] [--jobs 2] [--real]
+                                [--out bench/out/regimes]
+Prints markdown tables (pasted into the README) and writes them to OUT/regimes.md, every run's figures to
+OUT/regimes.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+STOCKS = ["LEAD", "FOLW", "MOMO", "MREV", "RWLK"]
+#: row name -> settings over the defaults
+ROWS: dict[str, list[str]] = {
+    "regime-blind (defaults)": [],
+    "regime features": ["regime.enabled=true", "regime.features=true", "regime.adaptive=false"],
+    "adaptive settings": ["regime.enabled=true", "regime.features=false", "regime.adaptive=true"],
+    "features + adaptive": ["regime.enabled=true", "regime.features=true", "regime.adaptive=true"],
+}
+BLIND = "regime-blind (defaults)"
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "parallel_dqn", *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def sets(settings: list[str]) -> list[str]:
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
+def run_market(data: Path, out: Path, episodes: int, settings: list[str]) -> dict:
+    started = time.perf_counter()
+    cli("train", "--mode", "single", "--data", str(data), "--start_date", "2024-01-02", "--end_date", "2024-01-12",
+        "--eval_start", "2024-01-15", "--eval_end", "2024-01-17", "--episodes", str(episodes), "--output", str(out),
+        "--cost_bps", "1", "--overwrite", "--no_progress", *sets(settings))
+    metrics = json.loads((out / "metrics.json").read_text())
+    sharpe = metrics["eval"]["sharpe"]
+    return {"sharpe": sharpe, "oracle_fraction": sharpe / metrics["oracle"]["sharpe"],
+            "seconds": time.perf_counter() - started}
+
+
+def run_real(data: Path, out: Path, episodes: int, settings: list[str]) -> dict:
+    started = time.perf_counter()
+    cli("walk-forward", "--data", str(data), "--train_days", "60", "--test_days", "20", "--embargo_days", "1",
+        "--episodes", str(episodes), "--cost_bps", "1", "--output", str(out), "--jobs", "1", "--no_progress",
+        *sets(settings))
+    result = json.loads((out / "walk_forward.json").read_text())
+    oos, sig = result["oos"], result["significance"]
+    return {"sharpe": oos["sharpe"], "interval": sig.get("sharpe_ci"), "p_vs_bnh": sig.get("p_value_vs_buy_and_hold"),
+            "buy_and_hold": result["baselines"]["buy_and_hold"]["sharpe"], "seconds": time.perf_counter() - started}
+
+
+def spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def market_table(seeds: list[int], runs: dict) -> list[str]:
+    head = ["row", *[f"seed {s}" for s in seeds], "mean ± sd", "agent / oracle", "wall s", "gain vs blind / spread",
+            "helps"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = [runs[(BLIND, s)]["sharpe"] for s in seeds]
+    for row in ROWS:
+        rs = [runs[(row, s)] for s in seeds]
+        sharpe = [r["sharpe"] for r in rs]
+        gain = statistics.mean(sharpe) - statistics.mean(base)
+        noise = max(spread(sharpe), spread(base)) or float("nan")
+        cells = [row, *[f"{x:.2f}" for x in sharpe], f"{statistics.mean(sharpe):.2f} ± {spread(sharpe):.2f}",
+                 f"{statistics.mean(r['oracle_fraction'] for r in rs):.2f}",
+                 f"{statistics.mean(r['seconds'] for r in rs):.0f}", f"{gain:+.2f} / {noise:.2f}",
+                 "yes" if row != BLIND and gain > noise else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def real_table(runs: dict) -> list[str]:
+    head = ["row", "OOS Sharpe", "95% interval", "p vs buy-and-hold", "buy-and-hold", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, r in runs.items():
+        ci = r["interval"]
+        interval = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
+        p = f"{r['p_vs_bnh']:.2f}" if r["p_vs_bnh"] is not None else "-"
+        lines.append(f"| {row} | {r['sharpe']:.2f} | {interval} | {p} | {r['buy_and_hold']:.2f} | {r['seconds']:.0f} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--episodes", type=int, default=4)
+    ap.add_argument("--real_episodes", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--real", action="store_true", help="also walk forward on EURUSD (bench/real_data.sh's import)")
+    ap.add_argument("--real_data", type=Path, default=Path("bench/out/real/eurusd"))
+    ap.add_argument("--out", type=Path, default=Path("bench/out/regimes"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        data = args.out / f"market{seed}"
+        if not (data / "stocks_intraday").exists():
+            cli("data", "generate", "--output", str(data), "--stocks", *STOCKS, "--start", "2024-01-02",
+                "--days", "12", "--seed", str(seed), "--regime_change")
+    slug = {row: row.split(" (")[0].replace(" + ", "_and_").replace(" ", "_").replace("-", "_") for row in ROWS}
+    jobs = [(row, seed) for seed in args.seeds for row in ROWS]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = dict(zip(jobs, pool.map(
+            lambda job: run_market(args.out / f"market{job[1]}", args.out / f"seed{job[1]}_{slug[job[0]]}",
+                                   args.episodes, ROWS[job[0]]), jobs)))
+    text = [f"### Regime-change market: out of sample, cost 1 bp, seeds {' '.join(map(str, args.seeds))}, "
+            f"{args.episodes} episodes", "", *market_table(args.seeds, runs)]
+    real: dict[str, dict] = {}
+    if args.real:
+        if not (args.real_data / "stocks_intraday").exists():
+            sys.exit(f"no imported EURUSD bars at {args.real_data}: run bash bench/real_data.sh first")
+        with ThreadPoolExecutor(args.jobs) as pool:
+            real = dict(zip(ROWS, pool.map(
+                lambda row: run_real(args.real_data, args.out / f"wf_{slug[row]}", args.real_episodes, ROWS[row]),
+                ROWS)))
+        text += ["", f"### Real data: EURUSD hourly, walk-forward (60 / 20 days, 1 day embargo, 1 bp, "
+                 f"{args.real_episodes} episodes per fold)", "", *real_table(real)]
+    print("\n".join(text))
+    (args.out / "regimes.md").write_text("\n".join(text) + "\n")
+    (args.out / "regimes.json").write_text(json.dumps(
+        {"market": {f"{row} | seed {seed}": r for (row, seed), r in runs.items()}, "real": real}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
