@@ -177,6 +177,7 @@ def test_regime_settings_parse_tables_and_refuse_bad_ones_in_one_line():
         ("regime.states", 1, "regime.states must be in"),
     ):
         bad = Config()
+        bad.set("regime.enabled", True)
         bad.set(key, value)
         with pytest.raises(UserError, match=message):
             bad.validate()
