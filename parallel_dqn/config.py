@@ -154,10 +154,10 @@ class CurriculumConfig:
 class AugmentConfig:
     """Training-only changes to replayed samples (never to acting, validation or evaluation)."""
 
-    noise: float = 0.0  # Gaussian noise, as a fraction of each feature's spread over the training period
-    feature_dropout: float = 0.0  # probability that a feature is zeroed in a sample's window
-    time_warp: float = 0.0  # probability that a sample's window is resampled in time (past bars only)
-    scenarios: float = 0.0  # share of samples from a volatility-rescaled scenario (window and reward rescaled)
+    noise: float = 0.1  # Gaussian noise, as a fraction of each feature's spread over the training period
+    feature_dropout: float = 0.05  # probability that a feature is zeroed in a sample's window
+    time_warp: float = 0.2  # probability that a sample's window is resampled in time (past bars only)
+    scenarios: float = 0.2  # share of samples from a volatility-rescaled scenario (window and reward rescaled)
 
 
 @dataclass
@@ -433,10 +433,6 @@ class Config:
             _check(len(table) == g.states, f"regime.{name} needs one value per regime state ({g.states}), not {table}")
             _check(all(math.isfinite(x) and lo <= x <= hi for x in table),
                    f"regime.{name} values must lie in [{lo:g}, {hi:g}], not {table}")
-        augments = any(getattr(self.augment, k) for k in ("noise", "feature_dropout", "time_warp", "scenarios"))
-        if g.enabled and g.features and augments:
-            raise UserError("regime.features adds inputs that [augment] does not know how to augment",
-                            "set regime.features = false, or switch [augment] off")
 
     def _check_cache(self) -> None:
         """data.cache: auto, off, or a folder (made when first used) that is not a file."""

@@ -56,6 +56,13 @@ def make_market(out: Path, days: int = 5, seed: int = 11, bar_minutes: int = 5) 
     return out
 
 
+#: the training-optimisation components that are on by default (augmentation), switched off: what a run did
+#: before them
+OPTIMISATION_OFF: dict[str, object] = {
+    "augment.noise": 0.0, "augment.feature_dropout": 0.0, "augment.time_warp": 0.0, "augment.scenarios": 0.0,
+}
+
+
 def tiny_config(data: Path, output: Path, **overrides) -> Config:
     cfg = Config()
     settings = {

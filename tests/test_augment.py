@@ -48,8 +48,12 @@ def scales(S: int, seed: int = 0) -> FeatureScales:
     return FeatureScales(spread, offset)
 
 
+#: every augmentation off (the defaults switch some on): each test turns on only what it checks
+OFF = {"noise": 0.0, "feature_dropout": 0.0, "time_warp": 0.0, "scenarios": 0.0}
+
+
 def augmenter(S: int = 5, seed: int = 0, **settings: float) -> Augmenter:
-    return Augmenter(AugmentConfig(**settings), scales(S), seed=seed, worker=1)
+    return Augmenter(AugmentConfig(**{**OFF, **settings}), scales(S), seed=seed, worker=1)
 
 
 # ---- each transform ------------------------------------------------------------------------------------------------
@@ -127,8 +131,23 @@ def test_the_spread_and_offsets_come_from_the_training_rows_only():
     assert np.allclose(fitted.offset[:, 4], stats.mean[:, 4] / stats.std[:, 4]) and (fitted.offset[:, 7:] == 0).all()
 
 
+def test_inputs_appended_after_the_features_are_never_noised_dropped_or_rescaled():
+    """Regime probabilities (parallel_dqn.data.regimes) come after data.features' columns: left as they are."""
+    rng = np.random.default_rng(4)
+    T, S, extra = 200, 3, 2
+    features = rng.normal(size=(T, S, F + extra)).astype(np.float32)
+    stats = FeatureStats(rng.uniform(0.1, 1, (S, 8)), rng.uniform(0.5, 2, (S, 8)), 23400.0)
+    fitted = FeatureScales.fit(features, (0, T), stats)
+    assert (fitted.spread[:, F:] == 0).all() and (fitted.offset[:, F:] == 0).all()
+    aug = Augmenter(AugmentConfig(**{**OFF, "noise": 0.5, "feature_dropout": 0.5, "scenarios": 1.0}), fitted, 0, 0)
+    windows = torch.from_numpy(features[None, 150:158].transpose(0, 2, 1, 3).copy()).repeat(400, 1, 1, 1)  # [N, S, W, F+2]
+    out, _ = aug(windows, None)
+    assert torch.equal(out[..., F:], windows[..., F:])
+    assert not torch.equal(out[..., :F], windows[..., :F])  # the features themselves were augmented
+
+
 def test_off_builds_nothing_and_each_setting_at_zero_draws_nothing():
-    assert not augmenting(AugmentConfig()) and augmenting(AugmentConfig(time_warp=0.1))
+    assert not augmenting(AugmentConfig(**OFF)) and augmenting(AugmentConfig(**{**OFF, "time_warp": 0.1}))
     N, K, W = 7, 3, 4
     aug = augmenter(noise=0.1)
     before = aug.generator.get_state()

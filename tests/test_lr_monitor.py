@@ -37,6 +37,11 @@ from tests.helpers import assert_same_run, config, endpoint, gradient, make_mark
 LR = 5e-4
 
 
+def optim(**settings) -> OptimConfig:
+    """An [optim] section with only ``settings`` on (the defaults switch a warm-up + cosine schedule on)."""
+    return OptimConfig(**{"lr_schedule": "constant", "warmup_applies": 0, "cosine_period": 1000, **settings})
+
+
 def values(lr: LearningRate, n: int) -> list[float]:
     """The rate of each of ``n`` applies."""
     out = []
@@ -60,18 +65,18 @@ def reference(make_scheduler, n: int) -> list[float]:
 
 # ---- schedules -----------------------------------------------------------------------------------
 def test_warmup_is_torchs_linear_warmup_from_a_hundredth():
-    got = values(LearningRate(LR, OptimConfig(lr_schedule="warmup", warmup_applies=10)), 15)
+    got = values(LearningRate(LR, optim(lr_schedule="warmup", warmup_applies=10)), 15)
     assert got == reference(lambda o: LinearLR(o, 0.01, 1.0, 10), 15)
     assert got[0] == pytest.approx(LR / 100) and got[10:] == [pytest.approx(LR)] * 5
 
 
 def test_constant_is_dqn_lr_exactly_and_builds_no_torch_optimizer():
-    lr = LearningRate(LR, OptimConfig())
+    lr = LearningRate(LR, optim())
     assert values(lr, 5) == [LR] * 5 and lr._proxy is None and not lr.changes
 
 
 def test_cosine_with_warm_restarts_is_torchs_and_the_closed_form():
-    cfg = OptimConfig(lr_schedule="cosine", cosine_period=7, cosine_mult=2, lr_min=1e-5)
+    cfg = optim(lr_schedule="cosine", cosine_period=7, cosine_mult=2, lr_min=1e-5)
     got = values(LearningRate(LR, cfg), 40)
     assert got == reference(lambda o: CosineAnnealingWarmRestarts(o, 7, 2, eta_min=1e-5), 40)
     # closed form: periods of 7, 14, 28 applies, each from lr down towards lr_min
@@ -84,7 +89,7 @@ def test_cosine_with_warm_restarts_is_torchs_and_the_closed_form():
 
 
 def test_cosine_after_a_warmup_starts_at_the_peak_when_the_warmup_ends():
-    got = values(LearningRate(LR, OptimConfig(lr_schedule="cosine", warmup_applies=5, cosine_period=10)), 20)
+    got = values(LearningRate(LR, optim(lr_schedule="cosine", warmup_applies=5, cosine_period=10)), 20)
     assert got[:5] == reference(lambda o: LinearLR(o, 0.01, 1.0, 5), 5)
     assert got[5] == pytest.approx(LR) and got[5:15] == pytest.approx(
         reference(lambda o: CosineAnnealingWarmRestarts(o, 10, 1, eta_min=1e-5), 10))
@@ -92,7 +97,7 @@ def test_cosine_after_a_warmup_starts_at_the_peak_when_the_warmup_ends():
 
 def test_plateau_cuts_on_validations_without_improvement_as_torch_does():
     scores = [0.5, 1.0, 0.9, 0.8, 0.95, 0.7, 2.0, 1.0, 1.0]
-    lr = LearningRate(LR, OptimConfig(lr_schedule="plateau", plateau_factor=0.5, plateau_patience=1, lr_min=1e-4))
+    lr = LearningRate(LR, optim(lr_schedule="plateau", plateau_factor=0.5, plateau_patience=1, lr_min=1e-4))
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
     torch_plateau = ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1, min_lr=1e-4)
     got, want = [], []
@@ -107,7 +112,7 @@ def test_plateau_cuts_on_validations_without_improvement_as_torch_does():
 
 
 def test_a_schedule_continues_exactly_from_its_state():
-    cfg = OptimConfig(lr_schedule="cosine", warmup_applies=3, cosine_period=5, cosine_mult=2)
+    cfg = optim(lr_schedule="cosine", warmup_applies=3, cosine_period=5, cosine_mult=2)
     whole = LearningRate(LR, cfg)
     expected = values(whole, 30)
     first = LearningRate(LR, cfg)
@@ -119,7 +124,7 @@ def test_a_schedule_continues_exactly_from_its_state():
 
 
 def test_the_monitors_cut_multiplies_the_schedule_and_stops_at_lr_min():
-    lr = LearningRate(LR, OptimConfig(lr_min=1e-4))
+    lr = LearningRate(LR, optim(lr_min=1e-4))
     assert lr.cut(0.5) == (LR, LR / 2)
     assert lr.cut(0.5) == (LR / 2, LR / 4)
     assert lr.cut(0.5) == (LR / 4, pytest.approx(1e-4)) and lr.cut(0.5)[1] == pytest.approx(1e-4)

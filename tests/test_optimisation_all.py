@@ -28,6 +28,7 @@ from parallel_dqn.config import Config
 from parallel_dqn.data.synthetic import generate_market, write_market
 from parallel_dqn.run.single import train
 from tests.helpers import (
+    OPTIMISATION_OFF,
     assert_same_run,
     make_market,
     mpiexec,
@@ -92,7 +93,8 @@ def test_everything_on_switches_every_component():
             if key in LEFT_AT_DEFAULT:
                 continue
             assert key in EVERYTHING_ON, f"{key} is not switched on by the all-components tests"
-            assert EVERYTHING_ON[key] != getattr(getattr(defaults, section), f.name), key
+            off = OPTIMISATION_OFF.get(key, getattr(getattr(defaults, section), f.name))
+            assert EVERYTHING_ON[key] != off, key
     switched_on(Config()).validate()
 
 

@@ -59,14 +59,15 @@ class FeatureScales:
     def fit(cls, features: np.ndarray, rows: tuple[int, int], stats: FeatureStats) -> FeatureScales:
         """From the normalised features ``[T, S, F]`` at the training rows ``[lo, hi)`` and their statistics."""
         T, S, F = features.shape
-        if F != N_FEATURES:
-            raise ValueError(f"augmentation knows the {N_FEATURES} features of data.features, not {F}")
+        if F < N_FEATURES:
+            raise ValueError(f"augmentation needs the {N_FEATURES} features of data.features, not {F}")
         lo, hi = rows
         spread = np.zeros((S, F))
         for a in range(0, S, 64):  # a block of stocks at a time: no float64 copy of the whole period
             block = np.asarray(features[lo:hi, a : a + 64], dtype=np.float64)
             spread[a : a + 64] = block.std(axis=0) if hi - lo >= 2 else 0.0
         spread[:, FLAGS] = 0.0
+        spread[:, N_FEATURES:] = 0.0  # inputs appended after data.features' (regime probabilities): left alone
         offset = np.zeros((S, F))
         scaled = [j for j in RETURN_SCALE if j < N_SCALED]
         offset[:, scaled] = np.asarray(stats.mean)[:, scaled] / np.asarray(stats.std)[:, scaled]
@@ -89,8 +90,10 @@ class Augmenter:
         F = scales.spread.shape[1]
         self.return_scale = torch.zeros(F, dtype=torch.bool, device=self.device)
         self.return_scale[list(RETURN_SCALE)] = True
+        # never dropped: the bar flags, and inputs appended after data.features' (regime probabilities)
         self.flags = torch.zeros(F, dtype=torch.bool, device=self.device)
         self.flags[list(FLAGS)] = True
+        self.flags[N_FEATURES:] = True
 
     def __call__(
         self, windows: torch.Tensor, stocks: torch.Tensor | None, halves: int = 2
