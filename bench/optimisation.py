@@ -1,4 +1,4 @@
-"""Ablation of the training-optimisation components: each alone and all together, against the defaults.
+"""Ablation of the training-optimisation components: each alone and all together, against all of them off.
 
 Two kinds of market, every row run the same way, side by side in this one process tree:
 
@@ -11,12 +11,17 @@ Two kinds of market, every row run the same way, side by side in this one proces
   95% interval and the paired test's p-value against buy-and-hold, wall time.
 
 Every row holds out the last 2 training days for validation (``validation.days = 2``: the schedules, the monitor
-and the curriculum need it, and it is what "episodes to 90%" is measured on), so the base row is the defaults plus
-that hold-out; a row "defaults, no hold-out" shows what holding out costs. A component "helps" here only when its
-mean gain over the base row exceeds the seed-to-seed spread (the larger of the two rows' standard deviations).
+and the curriculum need it, and it is what "episodes to 90%" is measured on), so the base row is every component
+off plus that hold-out ("all off": what a run did before them); a row "all off, no hold-out" shows what holding out
+costs. The defaults now switch augmentation on (the ablation's choice), so every row states what it turns off. A component
+"helps" here only when its mean gain over the base row exceeds the seed-to-seed spread (the larger of the two
+rows' standard deviations).
 
 Usage:  python bench/optimisation.py [--seeds 1 2 3] [--episodes 6] [--jobs 2] [--rows NAME ...] [--real]
                                      [--out bench/out/optimisation]
+        python bench/optimisation.py --paired OUT [OUT ...]   # pools finished runs of several OUT folders (a later
+                                     folder's run of a row and seed replaces an earlier one's): each row's gain over
+                                     all off on the same market, seed by seed
 Prints markdown tables (pasted into the README) and writes them to OUT/optimisation.md, every run's figures to
 OUT/optimisation.json.
 """
@@ -35,22 +40,26 @@ from pathlib import Path
 STOCKS = ["LEAD", "FOLW", "MOMO", "MREV", "RWLK"]
 BASELINES = ["buy_and_hold", "equal_weight", "momentum", "mean_reversion", "random"]
 HOLD_OUT = ["validation.days=2"]
+#: every component off: what a run did before them (the base every gain is measured against)
+OFF = ["optim.lr_schedule=constant", "optim.warmup_applies=0", "augment.noise=0", "augment.feature_dropout=0",
+       "augment.time_warp=0", "augment.scenarios=0"]
 AUGMENT = ["augment.noise=0.1", "augment.feature_dropout=0.05", "augment.time_warp=0.2", "augment.scenarios=0.2"]
-#: row name -> settings over the defaults (every row but the first also gets HOLD_OUT)
+COSINE = ["optim.lr_schedule=cosine", "optim.warmup_applies=50", "optim.cosine_period=300"]
+#: row name -> settings over the defaults (every row but the first also gets HOLD_OUT); later settings win
 ROWS: dict[str, list[str]] = {
-    "defaults, no hold-out": [],
-    "defaults": [],
-    "warm-up + cosine restarts": ["optim.lr_schedule=cosine", "optim.warmup_applies=50", "optim.cosine_period=300"],
-    "reduce on plateau": ["optim.lr_schedule=plateau"],
-    "convergence monitor": ["monitor.enabled=true", "monitor.on_plateau=reduce_lr", "monitor.on_diverge=restore_best"],
-    "curriculum": ["curriculum.enabled=true"],
-    "priority: td": ["replay.prioritized=true", "replay.priority=td"],
-    "priority: pnl": ["replay.prioritized=true", "replay.priority=pnl"],
-    "priority: rare": ["replay.prioritized=true", "replay.priority=rare"],
-    "priority: td + rare": ["replay.prioritized=true", "replay.priority=td:0.5,rare:0.5"],
-    "augmentation": AUGMENT,
-    "gradient accumulation x2": ["optim.grad_accum=2"],
-    "bf16": ["optim.precision=bf16"],
+    "all off, no hold-out": OFF,
+    "all off": OFF,
+    "warm-up + cosine restarts": [*OFF, *COSINE],
+    "reduce on plateau": [*OFF, "optim.lr_schedule=plateau"],
+    "convergence monitor": [*OFF, "monitor.enabled=true", "monitor.on_plateau=reduce_lr", "monitor.on_diverge=restore_best"],
+    "curriculum": [*OFF, "curriculum.enabled=true"],
+    "priority: td": [*OFF, "replay.prioritized=true", "replay.priority=td"],
+    "priority: pnl": [*OFF, "replay.prioritized=true", "replay.priority=pnl"],
+    "priority: rare": [*OFF, "replay.prioritized=true", "replay.priority=rare"],
+    "priority: td + rare": [*OFF, "replay.prioritized=true", "replay.priority=td:0.5,rare:0.5"],
+    "augmentation": [*OFF, *AUGMENT],
+    "gradient accumulation x2": [*OFF, "optim.grad_accum=2"],
+    "bf16": [*OFF, "optim.precision=bf16"],
 }
 ALL = [
     "optim.lr_schedule=plateau", "optim.warmup_applies=50", "monitor.enabled=true", "monitor.on_plateau=reduce_lr",
@@ -58,10 +67,11 @@ ALL = [
     "replay.priority=td:0.5,rare:0.5", *AUGMENT, "optim.grad_accum=2", "optim.precision=bf16",
 ]
 ROWS["all together"] = ALL
+BASE = "all off"
 
 
 def settings_of(row: str) -> list[str]:
-    return ROWS[row] if row == "defaults, no hold-out" else [*HOLD_OUT, *ROWS[row]]
+    return ROWS[row] if row == "all off, no hold-out" else [*HOLD_OUT, *ROWS[row]]
 
 
 def cli(*args: str) -> None:
@@ -121,9 +131,9 @@ def spread(values: list[float]) -> float:
 
 def planted_table(rows: list[str], seeds: list[int], runs: dict) -> list[str]:
     head = ["row", "OOS Sharpe (mean ± sd)", "agent / oracle", "beats (of 5)", "episodes to 90%", "wall s",
-            "gain vs defaults / spread", "helps"]
+            "gain vs all off / spread", "helps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = [runs[("defaults", s)]["sharpe"] for s in seeds]
+    base = [runs[(BASE, s)]["sharpe"] for s in seeds]
     for row in rows:
         rs = [runs[(row, s)] for s in seeds]
         sharpe = [r["sharpe"] for r in rs]
@@ -134,7 +144,7 @@ def planted_table(rows: list[str], seeds: list[int], runs: dict) -> list[str]:
             row, f"{statistics.mean(sharpe):.2f} ± {spread(sharpe):.2f}",
             f"{statistics.mean(r['oracle_fraction'] for r in rs):.2f}", "/".join(str(r["beats"]) for r in rs),
             f"{statistics.mean(to90):.1f}" if to90 else "-", f"{statistics.mean(r['seconds'] for r in rs):.0f}",
-            f"{gain:+.2f} / {noise:.2f}", "yes" if row != "defaults" and gain > noise else "no",
+            f"{gain:+.2f} / {noise:.2f}", "yes" if row != BASE and gain > noise else "no",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -152,6 +162,37 @@ def real_table(rows: list[str], runs: dict) -> list[str]:
     return lines
 
 
+def paired_table(folders: list[Path]) -> list[str]:
+    """Each row's out-of-sample Sharpe against the defaults' on the same market seeds, from finished runs."""
+    sharpe: dict[tuple[str, int], float] = {}
+    for folder in folders:
+        for row in ROWS:
+            for run in sorted(folder.glob(f"seed*_{_slug(row)}/metrics.json")):
+                seed = int(run.parent.name.split("_", 1)[0][4:])
+                sharpe[(row, seed)] = json.loads(run.read_text())["eval"]["sharpe"]
+    seeds = sorted(s for r, s in sharpe if r == BASE)
+    base = [sharpe[(BASE, s)] for s in seeds]
+    head = ["row", f"Sharpe, {len(seeds)} seeds (mean ± sd)", "gain vs all off, seed by seed (mean ± sd)",
+            "seeds better", "gain / standard error", "gain > spread"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             f"| {BASE} | {statistics.mean(base):.2f} ± {spread(base):.2f} | - | - | - | - |"]
+    for row in ROWS:
+        if row == BASE or not all((row, s) in sharpe for s in seeds):
+            continue
+        values = [sharpe[(row, s)] for s in seeds]
+        gains = [v - b for v, b in zip(values, base)]
+        error = spread(gains) / len(gains) ** 0.5 or float("nan")
+        beyond = statistics.mean(gains) > max(spread(values), spread(base))
+        lines.append(f"| {row} | {statistics.mean(values):.2f} ± {spread(values):.2f} | {statistics.mean(gains):+.2f} ± "
+                     f"{spread(gains):.2f} | {sum(g > 0 for g in gains)} of {len(gains)} | "
+                     f"{statistics.mean(gains) / error:+.2f} | {'yes' if beyond else 'no'} |")
+    return lines
+
+
+def _slug(row: str) -> str:
+    return row.replace(" ", "_").replace(",", "").replace(":", "").replace("+", "and").replace("/", "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -161,17 +202,20 @@ def main() -> None:
     ap.add_argument("--real", action="store_true", help="also walk forward on EURUSD (bench/real_data.sh's import)")
     ap.add_argument("--real_data", type=Path, default=Path("bench/out/real/eurusd"))
     ap.add_argument("--out", type=Path, default=Path("bench/out/optimisation"))
+    ap.add_argument("--paired", type=Path, nargs="+", metavar="OUT", help="only pool the finished runs of these folders")
     args = ap.parse_args()
+    if args.paired:
+        print("\n".join(paired_table(args.paired)))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = ["defaults", *[r for r in args.rows if r != "defaults"]]
+    rows = [BASE, *[r for r in args.rows if r != BASE]]
     for seed in args.seeds:
         data = args.out / f"market{seed}"
         if not (data / "stocks_intraday").exists():
             cli("data", "generate", "--output", str(data), "--stocks", *STOCKS, "--start", "2024-01-02",
                 "--days", "12", "--seed", str(seed))
     jobs = [(row, seed) for seed in args.seeds for row in rows]
-    slug = {row: row.replace(" ", "_").replace(",", "").replace(":", "").replace("+", "and").replace("/", "")
-            for row in ROWS}
+    slug = {row: _slug(row) for row in ROWS}
 
     def planted(job: tuple[str, int]) -> dict:
         row, seed = job
