@@ -391,7 +391,11 @@ class Config:
         _check(o.lr_schedule in LR_SCHEDULES, f"optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {o.lr_schedule!r}")
         _check(o.warmup_applies >= 0, f"optim.warmup_applies must be >= 0, not {o.warmup_applies}")
         _check(o.cosine_period >= 1 and o.cosine_mult >= 1, "optim.cosine_period and optim.cosine_mult must be >= 1")
-        _check(0 <= o.lr_min < self.dqn.lr, f"optim.lr_min must be >= 0 and below dqn.lr, not {o.lr_min}")
+        _check(o.lr_min >= 0, f"optim.lr_min must be >= 0, not {o.lr_min}")
+        # the floor matters only where something lowers the rate: a cosine or plateau schedule, the monitor's cut
+        cut = mon.enabled and "reduce_lr" in (mon.on_plateau, mon.on_diverge)
+        if (o.lr_schedule in ("cosine", "plateau") or cut) and o.lr_min >= self.dqn.lr:
+            raise UserError(f"optim.lr_min ({o.lr_min:g}) must be below dqn.lr ({self.dqn.lr:g})", "lower optim.lr_min")
         _check(0 < o.plateau_factor < 1, f"optim.plateau_factor must be in (0, 1), not {o.plateau_factor}")
         _check(o.plateau_patience >= 0, f"optim.plateau_patience must be >= 0, not {o.plateau_patience}")
         _check(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, not {o.grad_accum}")

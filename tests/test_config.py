@@ -100,3 +100,20 @@ def test_cache_setting_values(tmp_path):
     saved = Config()
     cfg.set("data.cache", "off")  # the cache never changes a result: a run may resume with another setting
     assert saved.resume_conflicts(cfg) == []
+
+
+def test_lr_min_binds_only_where_something_lowers_the_rate():
+    """A learning rate below optim.lr_min's default is fine with the constant schedule (the walk-forward test's
+    warm start trains with dqn.lr = 1e-9); a cosine or plateau schedule, or the monitor's cut, needs the floor
+    below it."""
+    cfg = Config()
+    cfg.set("dqn.lr", 1e-9)
+    cfg.validate()
+    for setting, value in (("optim.lr_schedule", "cosine"), ("monitor.enabled", True)):
+        other = Config()
+        other.set("dqn.lr", 1e-9)
+        other.set(setting, value)
+        if setting == "monitor.enabled":
+            other.set("monitor.on_plateau", "reduce_lr")
+        with pytest.raises(UserError, match="optim.lr_min"):
+            other.validate()
