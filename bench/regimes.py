@@ -10,7 +10,10 @@
   out-of-sample Sharpe, its 95% block-bootstrap interval, the p-value against buy-and-hold.
 
 Usage:  python bench/regimes.py [--seeds 1 2 3] [--episodes 4] [--real_episodes 5] [--jobs 2] [--real]
-                                [--out bench/out/regimes]
+                                [--rows ROW ...] [--out bench/out/regimes]
+
+The ensemble rows (``[ensemble]``: 3 heads, each combination rule) also give each run's best single member (a
+head acting alone in the same evaluation) beside the ensemble.
 Prints markdown tables (pasted into the README) and writes them to OUT/regimes.md, every run's figures to
 OUT/regimes.json.
 """
@@ -33,6 +36,9 @@ ROWS: dict[str, list[str]] = {
     "regime features": ["regime.enabled=true", "regime.features=true", "regime.adaptive=false"],
     "adaptive settings": ["regime.enabled=true", "regime.features=false", "regime.adaptive=true"],
     "features + adaptive": ["regime.enabled=true", "regime.features=true", "regime.adaptive=true"],
+    "ensemble: 3 heads, mean Q": ["ensemble.members=3", "ensemble.combine=mean"],
+    "ensemble: 3 heads, vote": ["ensemble.members=3", "ensemble.combine=vote"],
+    "ensemble: 3 heads, confidence": ["ensemble.members=3", "ensemble.combine=confidence"],
 }
 BLIND = "regime-blind (defaults)"
 
@@ -53,8 +59,9 @@ def run_market(data: Path, out: Path, episodes: int, settings: list[str]) -> dic
         "--cost_bps", "1", "--overwrite", "--no_progress", *sets(settings))
     metrics = json.loads((out / "metrics.json").read_text())
     sharpe = metrics["eval"]["sharpe"]
+    members = [m["sharpe"] for m in metrics.get("ensemble", {}).get("members", []) if m["member"].isdigit()]
     return {"sharpe": sharpe, "oracle_fraction": sharpe / metrics["oracle"]["sharpe"],
-            "seconds": time.perf_counter() - started}
+            "best_member": max(members) if members else None, "seconds": time.perf_counter() - started}
 
 
 def run_real(data: Path, out: Path, episodes: int, settings: list[str]) -> dict:
@@ -72,12 +79,12 @@ def spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def market_table(seeds: list[int], runs: dict) -> list[str]:
+def market_table(seeds: list[int], runs: dict, rows: list[str]) -> list[str]:
     head = ["row", *[f"seed {s}" for s in seeds], "mean ± sd", "agent / oracle", "wall s", "gain vs blind / spread",
             "helps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = [runs[(BLIND, s)]["sharpe"] for s in seeds]
-    for row in ROWS:
+    for row in rows:
         rs = [runs[(row, s)] for s in seeds]
         sharpe = [r["sharpe"] for r in rs]
         gain = statistics.mean(sharpe) - statistics.mean(base)
@@ -86,6 +93,20 @@ def market_table(seeds: list[int], runs: dict) -> list[str]:
                  f"{statistics.mean(r['oracle_fraction'] for r in rs):.2f}",
                  f"{statistics.mean(r['seconds'] for r in rs):.0f}", f"{gain:+.2f} / {noise:.2f}",
                  "yes" if row != BLIND and gain > noise else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def ensemble_table(seeds: list[int], runs: dict) -> list[str]:
+    """Each ensemble row's Sharpe against its best single member's (each head acting alone), seed by seed."""
+    head = ["row", *[f"seed {s}: ensemble / best member" for s in seeds], "seeds where ensemble >= best member"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in ROWS:
+        rs = [runs[(row, s)] for s in seeds if (row, s) in runs]
+        if len(rs) < len(seeds) or any(r.get("best_member") is None for r in rs):
+            continue
+        cells = [row, *[f"{r['sharpe']:.2f} / {r['best_member']:.2f}" for r in rs],
+                 f"{sum(r['sharpe'] >= r['best_member'] for r in rs)} of {len(rs)}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -109,30 +130,36 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--real", action="store_true", help="also walk forward on EURUSD (bench/real_data.sh's import)")
     ap.add_argument("--real_data", type=Path, default=Path("bench/out/real/eurusd"))
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
     ap.add_argument("--out", type=Path, default=Path("bench/out/regimes"))
     args = ap.parse_args()
+    rows = [BLIND, *[r for r in args.rows if r != BLIND]]
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         data = args.out / f"market{seed}"
         if not (data / "stocks_intraday").exists():
             cli("data", "generate", "--output", str(data), "--stocks", *STOCKS, "--start", "2024-01-02",
                 "--days", "12", "--seed", str(seed), "--regime_change")
-    slug = {row: row.split(" (")[0].replace(" + ", "_and_").replace(" ", "_").replace("-", "_") for row in ROWS}
-    jobs = [(row, seed) for seed in args.seeds for row in ROWS]
+    slug = {row: row.split(" (")[0].replace(" + ", "_and_").replace(" ", "_").replace("-", "_").replace(":", "")
+            .replace(",", "") for row in ROWS}
+    jobs = [(row, seed) for seed in args.seeds for row in rows]
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = dict(zip(jobs, pool.map(
             lambda job: run_market(args.out / f"market{job[1]}", args.out / f"seed{job[1]}_{slug[job[0]]}",
                                    args.episodes, ROWS[job[0]]), jobs)))
     text = [f"### Regime-change market: out of sample, cost 1 bp, seeds {' '.join(map(str, args.seeds))}, "
-            f"{args.episodes} episodes", "", *market_table(args.seeds, runs)]
+            f"{args.episodes} episodes", "", *market_table(args.seeds, runs, rows)]
+    if any(r.get("best_member") is not None for r in runs.values()):
+        text += ["", "### Ensembles against their best single member (each head acting alone, same run)", "",
+                 *ensemble_table(args.seeds, runs)]
     real: dict[str, dict] = {}
     if args.real:
         if not (args.real_data / "stocks_intraday").exists():
             sys.exit(f"no imported EURUSD bars at {args.real_data}: run bash bench/real_data.sh first")
         with ThreadPoolExecutor(args.jobs) as pool:
-            real = dict(zip(ROWS, pool.map(
+            real = dict(zip(rows, pool.map(
                 lambda row: run_real(args.real_data, args.out / f"wf_{slug[row]}", args.real_episodes, ROWS[row]),
-                ROWS)))
+                rows)))
         text += ["", f"### Real data: EURUSD hourly, walk-forward (60 / 20 days, 1 day embargo, 1 bp, "
                  f"{args.real_episodes} episodes per fold)", "", *real_table(real)]
     print("\n".join(text))
