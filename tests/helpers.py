@@ -16,8 +16,10 @@ import datetime as dt
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -208,6 +210,32 @@ def wait_for_checkpoint_after(store: CheckpointStore, seq: int, job: subprocess.
         assert job.poll() is None, f"the job ended early: {job.communicate()[1][-3000:]}"
         time.sleep(0.05)
     pytest.fail("no new checkpoint within the timeout")
+
+
+def kill_9_then_resume_equals_uninterrupted(market: Path, tmp_path: Path, *extra: str, episodes: int = 4) -> Path:
+    """Under ``mpiexec -n 4 --sync``: kill the whole job with SIGKILL at a random moment after its first
+    checkpoint, finish it with ``--resume auto``, and check it ends exactly as a run that was never interrupted
+    (``extra``: the settings under test). Returns the resumed run's folder."""
+    seed = int(time.time() * 1000) % 100_000
+    print(f"kill moment drawn with random seed {seed}")
+    out = tmp_path / "killed"
+    args = train_args(market, out, "--sync", "--episodes", str(episodes), "--set", "checkpoint.every_applies=10",
+                      "--resume", "auto", *extra)
+    job = start_job(args)
+    wait_for_checkpoint_after(CheckpointStore(out / "checkpoints"), 0, job)
+    time.sleep(random.Random(seed).uniform(0.0, 1.0))
+    assert job.poll() is None, "the run finished before it could be killed: make it longer"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    job.stdout.close(), job.stderr.close()  # type: ignore[union-attr]
+    assert not (out / "metrics.json").exists()
+    final = mpiexec(4, *args, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    reference = mpiexec(4, *train_args(market, tmp_path / "reference", "--sync", "--episodes", str(episodes), *extra),
+                        timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert_same_run(tmp_path / "reference", out)
+    return out
 
 
 # ---- rank 0 without a transport (scripted messages to its endpoint) ----------------------------------

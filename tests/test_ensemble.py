@@ -6,17 +6,12 @@ mode, and kill -9 under mpiexec --sync then --resume auto finishing the same run
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from parallel_dqn.checkpoint.format import CheckpointStore
 from parallel_dqn.comm.messages import DecisionBlock
 from parallel_dqn.comm.mpi.wire import pack_decisions, unpack_decisions
 from parallel_dqn.config import Config, MetaConfig, ModelConfig
@@ -29,12 +24,11 @@ from parallel_dqn.rl.bootstrap import bootstrap_masks, masked_td_loss
 from parallel_dqn.run.single import train
 from tests.helpers import (
     assert_same_run,
+    kill_9_then_resume_equals_uninterrupted,
     make_market,
     mpiexec,
-    start_job,
     tiny_config,
     train_args,
-    wait_for_checkpoint_after,
 )
 
 ON = {"ensemble.members": 3, "ensemble.combine": "confidence", "ensemble.bootstrap": 0.5}
@@ -235,24 +229,8 @@ def test_sync_under_mpiexec_equals_single_mode_with_an_ensemble(market, tmp_path
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_kill_9_with_an_ensemble_then_resume_auto_finishes_the_same_run(market, tmp_path):
-    seed = int(time.time() * 1000) % 100_000
-    print(f"kill moment drawn with random seed {seed}")
-    out = tmp_path / "killed"
-    args = train_args(market, out, "--sync", "--episodes", "4", "--set", "checkpoint.every_applies=10",
-                      "--resume", "auto", *FLAGS)
-    job = start_job(args)
-    wait_for_checkpoint_after(CheckpointStore(out / "checkpoints"), 0, job)
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))
-    assert job.poll() is None, "the run finished before it could be killed: make it longer"
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    job.stdout.close(), job.stderr.close()
-    assert not (out / "metrics.json").exists()
-    final = mpiexec(4, *args, timeout=300)
-    assert final.returncode == 0, final.stderr[-3000:]
-    reference = mpiexec(4, *train_args(market, tmp_path / "reference", "--sync", "--episodes", "4", *FLAGS),
-                        timeout=300)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    assert_same_run(tmp_path / "reference", out)
+    out = kill_9_then_resume_equals_uninterrupted(market, tmp_path, *FLAGS)
     ensemble = [json.loads((d / "metrics.json").read_text())["ensemble"] for d in (tmp_path / "reference", out)]
     assert ensemble[0] == ensemble[1]
+
+

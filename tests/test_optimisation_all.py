@@ -15,27 +15,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
-import random
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from parallel_dqn.checkpoint.format import CheckpointStore
 from parallel_dqn.config import Config
 from parallel_dqn.data.synthetic import generate_market, write_market
 from parallel_dqn.run.single import train
 from tests.helpers import (
     OPTIMISATION_OFF,
     assert_same_run,
+    kill_9_then_resume_equals_uninterrupted,
     make_market,
     mpiexec,
-    start_job,
     tiny_config,
     train_args,
-    wait_for_checkpoint_after,
 )
 
 #: every component on (fp16 is CUDA only: bf16 stands for mixed precision on CPU)
@@ -148,22 +142,6 @@ def test_sync_under_mpiexec_equals_single_mode_with_every_component_on(market, t
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_kill_9_with_every_component_on_then_resume_auto_finishes_the_same_run(market, tmp_path):
-    seed = int(time.time() * 1000) % 100_000
-    print(f"kill moment drawn with random seed {seed}")
-    out = tmp_path / "killed"
-    args = train_args(market, out, "--sync", "--episodes", "4", "--set", "checkpoint.every_applies=10",
-                      "--resume", "auto", *flags())
-    job = start_job(args)
-    wait_for_checkpoint_after(CheckpointStore(out / "checkpoints"), 0, job)
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))
-    assert job.poll() is None, "the run finished before it could be killed: make it longer"
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    job.stdout.close(), job.stderr.close()
-    assert not (out / "metrics.json").exists()
-    final = mpiexec(4, *args, timeout=300)
-    assert final.returncode == 0, final.stderr[-3000:]
-    reference = mpiexec(4, *train_args(market, tmp_path / "reference", "--sync", "--episodes", "4", *flags()),
-                        timeout=300)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    assert_same_run(tmp_path / "reference", out)
+    kill_9_then_resume_equals_uninterrupted(market, tmp_path, *flags())
+
+

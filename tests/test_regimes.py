@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import random
-import signal
-import time
 
 import numpy as np
 import pandas as pd
@@ -40,11 +36,10 @@ from parallel_dqn.training.server import _round_scale
 from tests.helpers import (
     STOCKS,
     assert_same_run,
+    kill_9_then_resume_equals_uninterrupted,
     mpiexec,
-    start_job,
     tiny_config,
     train_args,
-    wait_for_checkpoint_after,
 )
 
 REGIME = {"regime.enabled": True, "regime.window": 20, "regime.features": True, "regime.adaptive": True,
@@ -255,21 +250,6 @@ def test_sync_under_mpiexec_equals_single_mode_with_regimes(small, tmp_path):
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_kill_9_with_regimes_then_resume_auto_finishes_the_same_run(small, tmp_path):
-    seed = int(time.time() * 1000) % 100_000
-    print(f"kill moment drawn with random seed {seed}")
-    out = tmp_path / "killed"
-    args = train_args(small, out, "--sync", "--episodes", "4", "--set", "checkpoint.every_applies=10",
-                      "--resume", "auto", *FLAGS)
-    job = start_job(args)
-    wait_for_checkpoint_after(CheckpointStore(out / "checkpoints"), 0, job)
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))
-    assert job.poll() is None, "the run finished before it could be killed: make it longer"
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    job.stdout.close(), job.stderr.close()
-    assert not (out / "metrics.json").exists()
-    final = mpiexec(4, *args, timeout=300)
-    assert final.returncode == 0, final.stderr[-3000:]
-    reference = mpiexec(4, *train_args(small, tmp_path / "reference", "--sync", "--episodes", "4", *FLAGS), timeout=300)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    assert_same_run(tmp_path / "reference", out)
+    kill_9_then_resume_equals_uninterrupted(small, tmp_path, *FLAGS)
+
+
