@@ -8,6 +8,9 @@
 * ``tiny_market_copy``: a fresh copy of it in the test's ``tmp_path``, free to corrupt.
 * ``azurite`` (session) / ``spare_azurite``: the real Azurite blob emulator (node_modules, from npm) on a free
   port, with ``.connection_string`` for the published dev account; fails, never skips, if it is not installed.
+* ``s3_emulator`` / ``gcs_emulator`` (session) and ``spare_s3_emulator`` / ``spare_gcs_emulator``: moto's S3 server
+  and gcp-storage-emulator (both from PyPI, pinned in requirements.lock) on a free loopback port, in memory, with
+  ``.endpoint`` and ``.env`` (the standard variables that point a client at it); fail, never skip, if missing.
 * ``slurm`` (session): a SLURM cluster answering ``sinfo`` (``launchers/slurm/local_cluster.sh start``). Without
   one the SLURM tests are skipped, except where ``PARALLEL_DQN_REQUIRE_SLURM=1`` (CI), where they fail.
 
@@ -15,6 +18,7 @@ Markers (registered in setup.cfg; ``launchers/test.sh --fast`` runs ``-m "not sl
 not slurm"``). :func:`pytest_collection_modifyitems` adds them by what a test uses:
 
 * ``azure``: the ``azurite`` or ``spare_azurite`` fixture (directly or through another fixture);
+* ``cloud``: an S3 or GCS emulator fixture;
 * ``slurm``: the ``slurm`` fixture;
 * ``mpi`` and ``slow``: the test, or a fixture it uses, refers to ``mpiexec``/``MPIEXEC`` (tests.helpers), or
   spells the string ``"mpiexec"``;
@@ -34,6 +38,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 import types
@@ -51,7 +57,10 @@ TINY_DAYS = 3
 
 # ---- markers by what a test uses ----------------------------------------------------------------------------------
 #: a fixture that needs a service -> the marker of that service
-SERVICE_FIXTURES = {"azurite": "azure", "spare_azurite": "azure", "slurm": "slurm"}
+SERVICE_FIXTURES = {
+    "azurite": "azure", "spare_azurite": "azure", "slurm": "slurm",
+    "s3_emulator": "cloud", "spare_s3_emulator": "cloud", "gcs_emulator": "cloud", "spare_gcs_emulator": "cloud",
+}
 #: names (tests.helpers) or strings that a test or fixture uses when it runs a real mpiexec
 MPI_NAMES = frozenset({"mpiexec", "MPIEXEC"})
 #: parallel_dqn functions that run a real training (or an evaluation of a trained model) in this process
@@ -238,6 +247,97 @@ def azurite() -> Iterator[Azurite]:
 def spare_azurite() -> Iterator[Azurite]:
     """A second, private emulator that a test may stop mid-run."""
     emulator = Azurite()
+    yield emulator
+    emulator.stop()
+
+
+# ---- S3 and GCS: moto's server and gcp-storage-emulator (PyPI, the test extras) -----------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackEmulator:
+    """An object-store emulator (a console script of the venv) on a free loopback port, in memory; ``.endpoint``
+    is its URL, ``.env`` the standard variables that point a client (and a ``parallel-dqn`` child) at it."""
+
+    #: name -> (console script, its arguments after the port is known, the variables a client reads)
+    KINDS = {
+        "s3": ("moto_server", lambda port: ["-H", "127.0.0.1", "-p", str(port)],
+               lambda url: {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1"}),
+        "gcs": ("gcp-storage-emulator", lambda port: ["start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+                # without the last one gcsfs first probes the bucket over gRPC, which the emulator does not speak
+                lambda url: {"STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}),
+    }
+
+    def __init__(self, kind: str) -> None:
+        script, arguments, variables = self.KINDS[kind]
+        program = Path(sys.executable).parent / script
+        if not program.is_file():
+            pytest.fail(f"{script} is not installed ({program} missing): run `bash launchers/setup_env.sh` "
+                        "(it installs requirements.lock); the cloud tests need the real emulator", pytrace=False)
+        self.kind = kind
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = variables(self.endpoint)
+        # its log to a file, not a pipe: both log every request, and a pipe nobody reads blocks them once full
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            [str(program), *arguments(self.port)],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                pytest.fail(f"{script} exited at start: {self.log.read()[-2000:]}", pytrace=False)
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"{script} did not answer on port {self.port} within 30 s", pytrace=False)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_emulator() -> Iterator[LoopbackEmulator]:
+    """moto's S3 server for the whole session; FAILS (not skips) when it is not installed."""
+    emulator = LoopbackEmulator("s3")
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def spare_s3_emulator() -> Iterator[LoopbackEmulator]:
+    """A second, private S3 emulator that a test may stop mid-run."""
+    emulator = LoopbackEmulator("s3")
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[LoopbackEmulator]:
+    """gcp-storage-emulator for the whole session; FAILS (not skips) when it is not installed."""
+    emulator = LoopbackEmulator("gcs")
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def spare_gcs_emulator() -> Iterator[LoopbackEmulator]:
+    """A second, private GCS emulator that a test may stop mid-run."""
+    emulator = LoopbackEmulator("gcs")
     yield emulator
     emulator.stop()
 
