@@ -428,6 +428,7 @@ def record_html(run: Run) -> str:
         *([f"data {k}", v] for k, v in data.items()),
         *([f"version {k}", v] for k, v in _mapping(rec.get("versions")).items()),
         ["host", rec.get("hostname")],
+        *([f"where {k}", v] for k, v in _mapping(rec.get("where")).items()),
         ["started", rec.get("started")],
         ["finished", rec.get("finished")],
         ["wall time (s)", run.metrics.get("wall_seconds")],

@@ -2,8 +2,9 @@
 
 It answers "can I trust and repeat this result?" months later: the git commit of the code
 (and whether the tree had uncommitted changes), a fingerprint of the exact stock-day files
-the run read, the seed, the library versions, the host and the start/end time. It never
-holds secrets: no environment variables, no credentials, only the data location as given.
+the run read, the seed, the library versions, the host, where it ran (:mod:`~parallel_dqn.telemetry.placement`: the
+scheduler, the container, cores, memory, GPUs) and the start/end time. It never
+holds secrets: of the environment only the schedulers' job identifiers, no credentials, only the data location as given.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from parallel_dqn.config import Config
 from parallel_dqn.data.layout import day_key
 from parallel_dqn.data.store import Store
+from parallel_dqn.telemetry.placement import placement
 
 #: distributions whose versions the record names (read from metadata: nothing is imported)
 LIBRARIES = ("torch", "numpy", "pandas", "pyarrow", "mpi4py", "gymnasium")
@@ -108,7 +110,7 @@ def run_record(
     started: float | None = None,
     finished: float | None = None,
 ) -> dict[str, Any]:
-    """The run record: code commit, data fingerprint, seed, versions, host, start/end (epoch seconds in)."""
+    """The run record: code commit, data fingerprint, seed, versions, host and placement, start/end (epoch seconds in)."""
     return {
         "code": git_state(),
         "data": {
@@ -121,6 +123,7 @@ def run_record(
         "seed": cfg.run.seed,
         "versions": library_versions(),
         "hostname": socket.gethostname(),
+        "where": placement(),  # scheduler (local, SLURM, AWS Batch, Kubernetes), container, cores, memory, GPUs
         "started": _iso(started),
         "finished": _iso(finished),
     }
