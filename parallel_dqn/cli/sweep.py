@@ -7,6 +7,7 @@ these are the parsers and handlers, which print.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -51,8 +52,17 @@ def register(sub: Any, flag: Callable[..., None]) -> None:
 
     c = sub.add_parser("config", help="print the absolute path of one combination's config.toml (for sweep.sbatch)")
     c.add_argument("sweep_dir", metavar="DIR", help="the sweep folder")
-    c.add_argument("index", type=int, metavar="INDEX", help="the combination's index (SLURM_ARRAY_TASK_ID)")
+    c.add_argument("index", type=int, nargs="?", default=None, metavar="INDEX",
+                   help="the combination's index (default: this array task's, SLURM or AWS Batch)")
     c.set_defaults(handler=config)
+
+    t = sub.add_parser("task", help="train the combination of this array task (SLURM or AWS Batch), resuming; "
+                                    "the sweep folder may be in an object store")
+    t.add_argument("sweep_dir", metavar="DIR|URL", help="the sweep folder, or its copy in s3://, gs://, azure://")
+    t.add_argument("index", type=int, nargs="?", default=None, metavar="INDEX",
+                   help="the combination's index (default: this array task's, SLURM or AWS Batch)")
+    flag(t, "ranks", type=int, default=None, help="train under mpiexec -n RANKS in parallel mode (default: one process)")
+    t.set_defaults(handler=task)
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -121,13 +131,25 @@ def submit(args: argparse.Namespace) -> int:
 def config(args: argparse.Namespace) -> int:
     """Print the absolute path of combination INDEX's config.toml, and nothing else (sweep.sbatch reads it)."""
     from parallel_dqn.sweep import open_sweep
+    from parallel_dqn.sweep.array import array_task_index
 
     sweep = open_sweep(args.sweep_dir)
-    path = sweep.config_path(sweep.combination(args.index))
+    path = sweep.config_path(sweep.combination(array_task_index() if args.index is None else args.index))
     if not path.is_file():
         raise UserError(f"{path} is missing", f"plan the sweep again: parallel-dqn sweep plan SWEEP.toml --output {sweep.folder}")
     print(path)
     return 0
+
+
+def task(args: argparse.Namespace) -> int:
+    """Replace this process by the training of the array task's combination (signals and exit code are then
+    the training's own: 75 after a checkpoint on SIGTERM, which the AWS Batch job definition retries)."""
+    from parallel_dqn.sweep.array import task_command
+
+    combination, command = task_command(args.sweep_dir, args.index, args.ranks)
+    print(f"sweep task: {combination.name} (index {combination.index}): {shlex.join(command)}", file=sys.stderr, flush=True)
+    os.execv(command[0], command)
+    return 0  # not reached
 
 
 # ---- printing --------------------------------------------------------------------------------

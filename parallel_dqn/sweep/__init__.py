@@ -562,7 +562,14 @@ def slurm_queue(job_ids: Sequence[str]) -> dict[str, str] | None:
 # ---- running locally -------------------------------------------------------------------------
 def train_command(sweep: Sweep, c: Combination, ranks: int | None) -> list[str]:
     """The command that trains one combination (resuming where it stopped): one process, or ``mpiexec -n R``."""
-    train = ["-m", "parallel_dqn", "train", "--config", str(sweep.config_path(c)), "--output", str(sweep.run_dir(c)),
+    return resumable_train_command(sweep.config_path(c), str(sweep.run_dir(c)), ranks)
+
+
+def resumable_train_command(config: Path, output: str, ranks: int | None) -> list[str]:
+    """``parallel-dqn train --config CONFIG --output OUTPUT --resume auto`` here: one process, or ``mpiexec -n R``.
+
+    ``output`` may be a folder or an object-store URL (an AWS Batch array task's combination)."""
+    train = ["-m", "parallel_dqn", "train", "--config", str(config), "--output", output,
              "--resume", "auto", "--no-progress"]
     if ranks is None:
         return [sys.executable, *train, "--mode", "single"]
