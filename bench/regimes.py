@@ -2,14 +2,18 @@
 
 * **regime market** (``data generate --regime_change``: the follower follows its leader in calm regimes and moves
   against it in turbulent ones; 5 stocks of 1-minute bars, 9 training days, 3 held out, cost 1 bp), ``--seeds``
-  market seeds: out-of-sample Sharpe, agent / oracle (the oracle knows the hidden regime), wall time. A row
+  market seeds; with ``--market correlation`` the regimes differ only in how the stocks move together (independent
+  shocks, or a shared factor: ``SyntheticSpec(regime_by="correlation")``), no stock's volatility changes, and the
+  other three stocks are random walks, so the follower is the only planted signal and no stock's own bars say
+  which way it goes: out-of-sample Sharpe, agent / oracle (the oracle knows the hidden regime), wall time. A row
   "helps" only when its mean gain over the regime-blind row exceeds the seed-to-seed spread (the larger of the
   two rows' standard deviations).
 * **real** (``--real``: backtesting.py's EURUSD hourly bars, imported by ``bench/real_data.sh``): walk-forward (60
   training days, 20 test days, 1 day of embargo, 1 bp) with and without each use of the regimes: the joined
   out-of-sample Sharpe, its 95% block-bootstrap interval, the p-value against buy-and-hold.
 
-Usage:  python bench/regimes.py [--seeds 1 2 3] [--episodes 4] [--real_episodes 5] [--jobs 2] [--real]
+Usage:  python bench/regimes.py [--market volatility|correlation] [--seeds 1 2 3] [--episodes 4] [--jobs 2]
+                                [--real_episodes 5] [--real]
                                 [--rows ROW ...] [--out bench/out/regimes]
 
 The ensemble rows (``[ensemble]``: 3 heads, each combination rule) also give each run's best single member (a
@@ -21,6 +25,7 @@ OUT/regimes.json.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import statistics
 import subprocess
@@ -29,7 +34,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
+
 STOCKS = ["LEAD", "FOLW", "MOMO", "MREV", "RWLK"]
+CORRELATION_STOCKS = ["LEAD", "FOLW", "RWA", "RWB", "RWC"]  # momentum and reversion at phi = 0: random walks
 #: row name -> settings over the defaults
 ROWS: dict[str, list[str]] = {
     "regime-blind (defaults)": [],
@@ -50,6 +58,16 @@ def cli(*args: str) -> None:
 
 def sets(settings: list[str]) -> list[str]:
     return [arg for setting in settings for arg in ("--set", setting)]
+
+
+def write_regime_market(data: Path, seed: int, kind: str) -> None:
+    """12 days of 1-minute bars: ``data generate --regime_change`` (volatility), or the correlation market."""
+    if kind == "volatility":
+        cli("data", "generate", "--output", str(data), "--stocks", *STOCKS, "--start", "2024-01-02",
+            "--days", "12", "--seed", str(seed), "--regime_change")
+        return
+    spec = SyntheticSpec(regime_flip=True, regime_by="correlation", momentum_phi=0.0, reversion_phi=0.0)
+    write_market(generate_market(CORRELATION_STOCKS, dt.date(2024, 1, 2), 12, seed, spec), data)
 
 
 def run_market(data: Path, out: Path, episodes: int, settings: list[str]) -> dict:
@@ -124,6 +142,8 @@ def real_table(runs: dict) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--market", choices=["volatility", "correlation"], default="volatility",
+                    help="what the hidden regime changes (see the module docstring)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--episodes", type=int, default=4)
     ap.add_argument("--real_episodes", type=int, default=5)
@@ -138,8 +158,7 @@ def main() -> None:
     for seed in args.seeds:
         data = args.out / f"market{seed}"
         if not (data / "stocks_intraday").exists():
-            cli("data", "generate", "--output", str(data), "--stocks", *STOCKS, "--start", "2024-01-02",
-                "--days", "12", "--seed", str(seed), "--regime_change")
+            write_regime_market(data, seed, args.market)
     slug = {row: row.split(" (")[0].replace(" + ", "_and_").replace(" ", "_").replace("-", "_").replace(":", "")
             .replace(",", "") for row in ROWS}
     jobs = [(row, seed) for seed in args.seeds for row in rows]
@@ -147,7 +166,7 @@ def main() -> None:
         runs = dict(zip(jobs, pool.map(
             lambda job: run_market(args.out / f"market{job[1]}", args.out / f"seed{job[1]}_{slug[job[0]]}",
                                    args.episodes, ROWS[job[0]]), jobs)))
-    text = [f"### Regime-change market: out of sample, cost 1 bp, seeds {' '.join(map(str, args.seeds))}, "
+    text = [f"### Regime-change market ({args.market}): out of sample, cost 1 bp, seeds {' '.join(map(str, args.seeds))}, "
             f"{args.episodes} episodes", "", *market_table(args.seeds, runs, rows)]
     if any(r.get("best_member") is not None for r in runs.values()):
         text += ["", "### Ensembles against their best single member (each head acting alone, same run)", "",

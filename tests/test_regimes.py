@@ -89,7 +89,51 @@ def test_the_regime_option_is_off_by_default_and_changes_only_the_follower():
     assert not plain.frames["FOLW"]["close"].equals(flipped.frames["FOLW"]["close"])
 
 
+def test_a_correlation_regime_shows_in_the_cross_section_only():
+    """``regime_by="correlation"``: each stock's volatility is the same in both states (its own bars do not
+    reveal the state), the stocks move together in state 1 only, and the follower still flips with the state."""
+    spec = SyntheticSpec(regime_flip=True, regime_by="correlation", regime_correlation=0.6, momentum_phi=0.0,
+                         reversion_phi=0.0)
+    market = generate_market(["LEAD", "FOLW", "RW1", "RW2", "RW3"], dt.date(2024, 1, 2), 12, 4, spec)
+    r, stamps = log_returns(market)
+    state = regime_states(market.structure, stamps)
+    assert 0.2 < state.mean() < 0.8, "both regimes occur"
+    r, state = r[1:], state[1:]  # the first bar has no return
+    for j in range(r.shape[1]):
+        vol0, vol1 = r[state == 0, j].std(), r[state == 1, j].std()
+        assert abs(vol1 / vol0 - 1) < 0.08, (j, vol0, vol1)  # volatility: no clue
+    walks = [2, 3, 4]  # the random walks: their shocks' correlation is the regime's
+    corr = {s: np.corrcoef(r[state == s][:, walks].T)[np.triu_indices(3, 1)].mean() for s in (0, 1)}
+    assert abs(corr[0]) < 0.05 and abs(corr[1] - 0.6) < 0.05, corr
+    lead, follow = r[:-1, 0], r[1:, 1]
+    for s, sign in ((0, 1), (1, -1)):
+        rows = state[1:] == s
+        assert sign * np.corrcoef(lead[rows], follow[rows])[0, 1] > 0.4
+
+
+def test_a_volatility_regime_market_is_unchanged_by_the_correlation_option():
+    """The option draws its factor only when used: the default markets keep their numbers (and golden figures)."""
+    a = generate_market(["LEAD", "FOLW", "MOMO"], dt.date(2024, 1, 2), 2, 5, SyntheticSpec(regime_flip=True))
+    b = generate_market(["LEAD", "FOLW", "MOMO"], dt.date(2024, 1, 2), 2, 5,
+                        SyntheticSpec(regime_flip=True, regime_by="volatility", regime_correlation=0.3))
+    for sym in a.frames:
+        pd.testing.assert_frame_equal(a.frames[sym], b.frames[sym])
+    with pytest.raises(UserError, match="regime_by"):
+        SyntheticSpec(regime_by="trend")
+
+
 # ---- the detector --------------------------------------------------------------------------------------
+def test_the_detector_finds_a_correlation_regime_no_stock_shows_alone():
+    spec = SyntheticSpec(regime_flip=True, regime_by="correlation", momentum_phi=0.0, reversion_phi=0.0)
+    market = generate_market(["LEAD", "FOLW", "RW1", "RW2", "RW3"], dt.date(2024, 1, 2), 12, 4, spec)
+    r, stamps = log_returns(market)
+    train_rows = (0, 9 * 390)
+    _, path = detect(r, train_rows, (train_rows[1],), 2, 60, 0)
+    truth = regime_states(market.structure, stamps)
+    held_out = slice(train_rows[1] + 60, None)
+    assert (path.labels[held_out] == truth[held_out]).mean() > 0.85
+
+
 def test_the_detector_finds_the_hidden_regime_with_state_0_the_calm_one(planted):
     r, stamps = log_returns(planted)
     train_rows = (0, 9 * 390)

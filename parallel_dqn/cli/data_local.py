@@ -22,8 +22,10 @@ def register(sub: Any, flag: Callable[..., None]) -> None:
     flag(g, "seed", type=int, default=0)
     flag(g, "bar_minutes", type=int, default=1, help="bar length in minutes")
     flag(g, "overwrite", action="store_true", help="replace an existing market in --output")
-    flag(g, "regime_change", action="store_true",
-         help="the follower follows its leader in calm regimes and moves against it in turbulent ones")
+    flag(g, "regime_change", nargs="?", const="volatility", default=None, choices=["volatility", "correlation"],
+         help="the follower follows its leader in one hidden market regime and moves against it in the other; "
+              "the regimes differ in volatility (calm / turbulent, the default) or, with 'correlation', only in "
+              "how the stocks move together (no stock's own bars reveal it)")
     g.set_defaults(handler=generate)
     v = sub.add_parser("validate", help="check every file of a data source and list all problems")
     v.add_argument("source", help="data folder (or local:DIR)")
@@ -42,9 +44,9 @@ def generate(args: argparse.Namespace) -> int:
     if args.bar_minutes < 1 or 390 % args.bar_minutes:
         raise UserError(f"--bar_minutes {args.bar_minutes} must divide the 390-minute session", "e.g. 1, 5, 15, 30")
     start = parse_date(args.start, "--start")
-    market = generate_market(
-        args.stocks, start, args.days, args.seed, SyntheticSpec(bar_minutes=args.bar_minutes, regime_flip=args.regime_change)
-    )
+    spec = SyntheticSpec(bar_minutes=args.bar_minutes, regime_flip=args.regime_change is not None,
+                         regime_by=args.regime_change or "volatility")
+    market = generate_market(args.stocks, start, args.days, args.seed, spec)
     files = write_market(market, out)
     roles = ", ".join(f"{s}={r}" for s, r in market.structure["roles"].items())
     print(f"wrote {len(files)} files for {len(args.stocks)} stocks x {args.days} days to {out} ({roles})")

@@ -9,8 +9,13 @@ stored tz-aware in UTC (so DST moves the UTC session by an hour). The return pro
 continuously across days: the overnight gap is one more step, and each bar opens at the
 previous bar's close.
 
-Volatility: one market-wide 2-state Markov chain (calm/turbulent) scales the per-bar
-volatility ``sigma_t = base_vol * sqrt(bar_minutes) * multiplier[state_t]``.
+Regimes: one market-wide 2-state Markov chain (state 0 / state 1). By default (``regime_by =
+"volatility"``) it scales the per-bar volatility ``sigma_t = base_vol * sqrt(bar_minutes) *
+multiplier[state_t]`` (calm / turbulent). With ``regime_by = "correlation"`` every stock's volatility
+is the same in both states and the state changes how the stocks move together: in state 1 each shock
+``eps`` is ``sqrt(c) * f(t) + sqrt(1 - c) * e(t)`` with one market factor ``f`` shared by all stocks
+(``c = regime_correlation``, the pairwise correlation of the shocks), in state 0 the shocks are
+independent. A stock's own bars then say nothing about the state; only the cross-section does.
 
 Roles, by position in the symbol list, cycling through :data:`ROLES`; ``eps`` is i.i.d. N(0, 1)::
 
@@ -47,6 +52,7 @@ from parallel_dqn.data.validation import VALUE_COLUMNS
 from parallel_dqn.errors import UserError
 
 ROLES = ("leader", "follower", "momentum", "mean_reversion", "random_walk")
+REGIME_KINDS = ("volatility", "correlation")  # what the hidden market regime changes (SyntheticSpec.regime_by)
 STRUCTURE_FILE = "structure.json"
 
 
@@ -75,9 +81,12 @@ class SyntheticSpec:
         volume_base: median volume of a 1-minute bar at the session's quietest time.
         volume_noise: std of the lognormal volume noise.
         volume_return_boost: log-volume added per standard deviation of |r|.
-        regime_flip: the follower's loading changes sign with the hidden regime (+beta calm, -beta turbulent),
-            a planted relation that only a regime-aware agent can use fully; ``structure.json`` then records
-            the regime path (first state, switch times) for the oracle.
+        regime_flip: the follower's loading changes sign with the hidden regime (+beta in state 0, -beta in
+            state 1), a planted relation that only a regime-aware agent can use fully; ``structure.json`` then
+            records the regime path (first state, switch times) for the oracle.
+        regime_by: what the hidden regime changes: ``"volatility"`` (the multipliers) or ``"correlation"``
+            (independent shocks in state 0, a shared market factor in state 1; the multipliers are not used).
+        regime_correlation: the shocks' pairwise correlation in state 1 of a ``"correlation"`` regime.
     """
 
     bar_minutes: int = 1
@@ -98,6 +107,8 @@ class SyntheticSpec:
     volume_noise: float = 0.4
     volume_return_boost: float = 0.3
     regime_flip: bool = False
+    regime_by: str = "volatility"
+    regime_correlation: float = 0.6
 
     def __post_init__(self) -> None:
         checks = {
@@ -109,6 +120,8 @@ class SyntheticSpec:
                 -1 < p < 1 for p in (self.momentum_phi, self.reversion_phi)
             ),
             "regime_switch_prob must lie in [0, 1]": 0 <= self.regime_switch_prob <= 1,
+            "regime_by must be 'volatility' or 'correlation'": self.regime_by in REGIME_KINDS,
+            "regime_correlation must lie in [0, 1)": 0 <= self.regime_correlation < 1,
             "volatilities and prices must be positive (wick_vol >= 0), price_max >= price_min": (
                 min(self.base_vol, self.price_min, *self.regime_multipliers) > 0
                 and self.price_max >= self.price_min
@@ -127,6 +140,10 @@ class SyntheticSpec:
     def bar_vol(self) -> float:
         """Base per-bar log-return volatility."""
         return self.base_vol * math.sqrt(self.bar_minutes)
+
+    def volatility_multipliers(self) -> np.ndarray:
+        """Each regime state's volatility multiplier: the spec's, or 1 and 1 when the regime is a correlation."""
+        return np.asarray(self.regime_multipliers if self.regime_by == "volatility" else (1.0, 1.0))
 
 
 @dataclass
@@ -152,8 +169,8 @@ def generate_market(
     leaders = _leaders(symbols, roles)
 
     state = _regime_states(rng, len(clock), spec)
-    sigma = spec.bar_vol() * np.asarray(spec.regime_multipliers)[state]
-    returns = _returns(rng, sigma, symbols, roles, leaders, spec, state if spec.regime_flip else None)
+    sigma = spec.bar_vol() * spec.volatility_multipliers()[state]
+    returns = _returns(rng, sigma, symbols, roles, leaders, spec, state)
     start_prices = rng.uniform(spec.price_min, spec.price_max, size=len(symbols))
     frames = {
         s: _bars(rng, clock, returns[:, j], sigma, start_prices[j], spec) for j, s in enumerate(symbols)
@@ -228,11 +245,17 @@ def _returns(
     roles: dict[str, str],
     leaders: dict[str, str],
     spec: SyntheticSpec,
-    flip_states: np.ndarray | None = None,
+    state: np.ndarray,
 ) -> np.ndarray:
-    """Per-bar log returns ``[T, S]`` of every role (see the module docstring); ``flip_states``: the regime
-    per bar when the follower's loading changes sign with it."""
-    noise = rng.standard_normal((sigma.size, len(symbols))) * sigma[:, None]
+    """Per-bar log returns ``[T, S]`` of every role (see the module docstring); ``state``: the hidden regime
+    per bar (it flips the follower's loading with ``regime_flip``, and correlates the shocks in state 1 when
+    ``regime_by`` is ``"correlation"``)."""
+    shocks = rng.standard_normal((sigma.size, len(symbols)))
+    if spec.regime_by == "correlation":  # drawn after the shocks: a volatility market keeps its numbers
+        c = spec.regime_correlation
+        factor = rng.standard_normal(sigma.size)[:, None]
+        shocks = np.where(state[:, None] == 1, math.sqrt(c) * factor + math.sqrt(1 - c) * shocks, shocks)
+    noise = shocks * sigma[:, None]
     r = np.empty_like(noise)
     col = {s: j for j, s in enumerate(symbols)}
     for j, s in enumerate(symbols):  # leaders first: followers read them
@@ -243,7 +266,7 @@ def _returns(
             beta, lag = spec.follower_beta, spec.follower_lag
             lagged = np.zeros(sigma.size)
             lagged[lag:] = r[:-lag, col[leaders[s]]]
-            loading = beta if flip_states is None else np.where(flip_states == 0, beta, -beta)
+            loading = np.where(state == 0, beta, -beta) if spec.regime_flip else beta
             r[:, j] = loading * lagged + math.sqrt(1 - beta**2) * noise[:, j]
     for phi, role in ((spec.momentum_phi, "momentum"), (spec.reversion_phi, "mean_reversion")):
         cols = [j for j, s in enumerate(symbols) if roles[s] == role]
