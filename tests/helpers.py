@@ -194,14 +194,18 @@ def train_args(market: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def start_job(args: list[str]) -> subprocess.Popen[str]:
-    """mpiexec -n 4 in its own session, so that the whole job can be killed as one process group."""
-    return subprocess.Popen([MPIEXEC, "-n", "4", sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def start_job(args: list[str], ranks: int | None = 4, env: Mapping[str, str] | None = None,
+              cwd: Path = ROOT) -> subprocess.Popen[str]:
+    """mpiexec -n 4 (``ranks``; None: one plain python process) in its own session, so that the whole job can be
+    killed as one process group; ``env`` replaces the environment."""
+    launcher = [MPIEXEC, "-n", str(ranks)] if ranks else []
+    return subprocess.Popen([*launcher, sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=dict(env) if env is not None else None)
 
 
 def wait_for_checkpoint_after(store: CheckpointStore, seq: int, job: subprocess.Popen[str], timeout: float = 120) -> int:
-    """Wait until a checkpoint numbered above ``seq`` is committed; return the newest number."""
+    """Wait until a checkpoint numbered above ``seq`` is committed; return the newest number. ``store``: anything
+    whose ``committed()`` lists checkpoint folders named ``ckpt-NNNNNN`` newest first (an object store's too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         committed = store.committed()

@@ -24,11 +24,13 @@ def report(args: argparse.Namespace) -> int:
 
     A sweep folder stands for its finished combinations, with each one's deflated Sharpe ratio among them;
     a walk-forward folder (a sweep folder of folds) for its joined walk_forward.json first, then its folds.
+    A folder in an object store (``s3://``, ``gs://``, ``azure://``) is read from a local copy of it.
     """
     from parallel_dqn.evaluation.report import write_report
+    from parallel_dqn.run.cloud_output import readable
     from parallel_dqn.sweep import expand_run_dirs
 
-    dirs = [Path(d) for d in args.run_dirs]
+    dirs = [Path(readable(d)) for d in args.run_dirs]
     default = dirs[0] / outputs.REPORT if len(dirs) == 1 else Path(outputs.REPORT)
     walks = [w for w in map(_walk_forward, dirs) if w is not None]
     walk_folders = {w.folder.resolve() for w in walks}

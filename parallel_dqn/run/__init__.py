@@ -9,11 +9,17 @@ from typing import Any
 from parallel_dqn import outputs
 from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
+from parallel_dqn.run import cloud_output
 
 
 def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> dict[str, Any] | None:
-    """Train in the configured mode; the results on rank 0 (or the single process), None on MPI worker ranks."""
+    """Train in the configured mode; the results on rank 0 (or the single process), None on MPI worker ranks.
+
+    A cloud ``run.output`` (``s3://``, ``gs://``, ``azure://``) is staged: ``cfg.run.output`` becomes the local
+    folder the run writes, mirrored to the store (:mod:`parallel_dqn.run.cloud_output`).
+    """
     cfg.validate()
+    cloud_output.stage(cfg)
     if cfg.dist.mode == "parallel":
         from parallel_dqn.run.mpi import train_parallel  # imports mpi4py only when it is needed
 
@@ -24,10 +30,11 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> di
 
 
 def evaluate(cfg: Config, model_path: str, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate a saved model on held-out days (one process)."""
+    """Evaluate a saved model on held-out days (one process); the model and ``run.output`` may be in a store."""
     from parallel_dqn.run.single import evaluate as evaluate_single
 
-    return evaluate_single(cfg, model_path, overwrite=overwrite)
+    cloud_output.stage(cfg)
+    return evaluate_single(cfg, cloud_output.readable(model_path), overwrite=overwrite)
 
 
 def full_workflow(
@@ -52,4 +59,6 @@ def full_workflow(
     eval_cfg.set("run.output", str(output / outputs.EVALUATION))
     # the evaluation belongs to this run: a resumed workflow redoes it over an earlier attempt's
     evaluated = evaluate(eval_cfg, str(output / outputs.MODEL), overwrite=overwrite or resume is not None)
-    return trained, evaluated, write_report([output], output / outputs.REPORT)
+    report = write_report([output], output / outputs.REPORT)
+    cloud_output.push(output)  # a cloud output: the evaluation and the report go to the store too
+    return trained, evaluated, report

@@ -50,6 +50,7 @@ from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.evaluation.results import RunRecorder
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.saved import load_model
+from parallel_dqn.run.cloud_output import mirror_of
 from parallel_dqn.run.folder import holds_run, retire_earlier_run
 from parallel_dqn.telemetry.logs import setup_logging
 from parallel_dqn.telemetry.notify import Notifier, NotifyingObserver
@@ -186,6 +187,9 @@ class RankZero:
             self.observers.register(StatusFile(self.output))
         self.observers.register(NotifyingObserver(Notifier.from_config(cfg.notify, self.output.name), cfg.notify.every))
         self.observers.register(Progress(total_steps=0, enabled=cfg.run.progress, without_terminal=mode == "parallel"))
+        mirror = mirror_of(self.output)  # a cloud --output: last, once every other observer has written its files
+        if mirror is not None:
+            self.observers.register(mirror)
 
         self.server = ParameterServer(
             cfg, n_workers, self.observers, initial_state=initial_state, resume_state=saved["server"] if saved else None

@@ -32,7 +32,8 @@ from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import EXIT_PREEMPTED, StoppedAfterCheckpoint, UserError
 from parallel_dqn.model.device import resolve_device
-from parallel_dqn.run.folder import FolderLock, claim
+from parallel_dqn.run.cloud_output import claim_output
+from parallel_dqn.run.folder import FolderLock
 from parallel_dqn.run.lifecycle import RankZero, RunStart, decide_start, open_process
 from parallel_dqn.run.signals import StopSignals
 from parallel_dqn.telemetry.status import StatusFile
@@ -109,7 +110,7 @@ def _plan_and_claim(mpi: World, cfg: Config, overwrite: bool, resume: str | None
     lock, start = None, RunStart()
     if mpi.is_server:
         output = Path(cfg.run.output)
-        lock = claim(output, replace=overwrite or resume is not None)
+        lock = claim_output(output, overwrite, resume)
         try:
             open_process(cfg, output / outputs.LOG)
             start = decide_start(cfg, output, overwrite, resume)

@@ -21,7 +21,7 @@ from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import UserError
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.saved import load_model
-from parallel_dqn.run.folder import claim
+from parallel_dqn.run.cloud_output import claim_output
 from parallel_dqn.run.lifecycle import RankZero, RunStart, decide_start, open_process, plan_run, refuse_mpi_launch
 from parallel_dqn.run.signals import StopSignals
 from parallel_dqn.training.driver import LocalShard, run_workers
@@ -45,7 +45,7 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> di
     refuse_mpi_launch("single")
     plan, store = plan_run(cfg)
     output = Path(cfg.run.output)
-    with claim(output, replace=overwrite or resume is not None):
+    with claim_output(output, overwrite, resume):
         open_process(cfg, output / outputs.LOG)
         start = decide_start(cfg, output, overwrite, resume)
         if start.finished is not None:
@@ -61,7 +61,7 @@ def evaluate(cfg: Config, model_path: str, overwrite: bool = False) -> dict[str,
     store = open_store(model_cfg.data.data)
     plan = plan_evaluation(model_cfg, store, tuple(saved["symbols"]), saved, structure=load_structure(model_cfg.data.data))
     output = Path(model_cfg.run.output)
-    with claim(output, replace=overwrite, what="evaluate"):
+    with claim_output(output, overwrite, None, what="evaluate"):
         open_process(model_cfg, output / outputs.LOG)
         # an evaluation writes no checkpoints: it just ends on a signal
         return _run_here(model_cfg, plan, store, RunStart(), initial_state=saved)

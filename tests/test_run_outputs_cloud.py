@@ -1,0 +1,126 @@
+"""Runs in object storage (issue 14, item 4): ``--output s3://...`` is staged locally and mirrored to the store,
+and a job killed with kill -9 continues on another machine (a fresh working folder and cache) from the store."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from parallel_dqn.cloud import filesystem
+from parallel_dqn.run.cloud_output import readable
+from tests.helpers import (
+    ERROR_LINE,
+    assert_same_run,
+    make_market,
+    run_cli,
+    start_job,
+    train_args,
+    user_error,
+    wait_for_checkpoint_after,
+)
+
+
+class StoreCheckpoints:
+    """The complete checkpoints (manifest present) under a run URL, for tests.helpers.wait_for_checkpoint_after."""
+
+    def __init__(self, fs, root: str) -> None:
+        self.fs, self.root = fs, root
+
+    def committed(self) -> list[Path]:
+        self.fs.invalidate_cache()
+        manifests = self.fs.glob(f"{self.root}/checkpoints/ckpt-*/manifest.json")
+        return sorted((Path(Path(m).parent.name) for m in manifests), reverse=True)
+
+
+@pytest.fixture
+def bucket(s3_emulator, monkeypatch) -> str:
+    """A new bucket in the session's S3 emulator, this process's variables pointed at it."""
+    for name, value in s3_emulator.env.items():
+        monkeypatch.setenv(name, value)
+    name = f"runs-{uuid.uuid4().hex[:8]}"
+    filesystem(f"s3://{name}").mkdir(name)
+    return name
+
+
+def machine(tmp_path: Path, name: str, emulator) -> tuple[Path, dict[str, str]]:
+    """A working folder and environment of a fresh machine: its own, empty cache (so its own staging folder)."""
+    home = tmp_path / name
+    (home / "work").mkdir(parents=True)
+    return home / "work", {**os.environ, **emulator.env, "PARALLEL_DQN_CACHE": str(home / "cache")}
+
+
+def single(market: Path, output: str, *extra: str) -> list[str]:
+    """A single-mode train command line (for python) equal to tests.helpers.tiny_config."""
+    return [*train_args(market, output, *extra), "--mode", "single"]  # type: ignore[arg-type]
+
+
+def test_killed_run_resumes_from_the_store_on_a_fresh_machine(bucket, s3_emulator, tmp_path):
+    market = make_market(tmp_path / "market")
+    url = f"s3://{bucket}/experiments/killed"
+    args = single(market, url, "--sync", "--episodes", "4", "--resume", "auto")
+    first_cwd, first_env = machine(tmp_path, "spot-1", s3_emulator)
+    job = start_job(args, ranks=None, env=first_env, cwd=first_cwd)
+    store = StoreCheckpoints(filesystem(url), f"{bucket}/experiments/killed")
+    wait_for_checkpoint_after(store, 0, job)
+    seed = int(time.time() * 1000) % 100_000
+    print(f"kill moment drawn with random seed {seed}")
+    time.sleep(random.Random(seed).uniform(0.0, 1.0))
+    assert job.poll() is None, "the run finished before it could be killed: make it longer"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    job.stdout.close(), job.stderr.close()  # type: ignore[union-attr]
+    fs = filesystem(url)
+    assert not fs.exists(f"{bucket}/experiments/killed/metrics.json")
+
+    second_cwd, second_env = machine(tmp_path, "spot-2", s3_emulator)
+    resumed = run_cli(*args[2:], cwd=second_cwd, env=second_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = run_cli(*single(market, str(tmp_path / "reference"), "--sync", "--episodes", "4")[2:])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    # what the store holds (read back as report and evaluate read it) is exactly the uninterrupted run
+    assert_same_run(tmp_path / "reference", Path(readable(url)))
+    assert store.committed(), "the store keeps the run's checkpoints"
+    assert all(fs.exists(f"{bucket}/experiments/killed/{name}") for name in ("run.json", "status.json", "run.log"))
+    # it did continue from the store's checkpoint (a fresh --sync start would end the same: say so in its log)
+    assert "resuming from" in fs.cat_file(f"{bucket}/experiments/killed/run.log").decode()
+
+    # the store, not the (empty) staging folder of a third machine, says the output holds a run
+    third_cwd, third_env = machine(tmp_path, "laptop", s3_emulator)
+    again = run_cli(*single(market, url, "--sync", "--episodes", "4")[2:], cwd=third_cwd, env=third_env)
+    user_error(again, url, "already holds a run", "--overwrite")
+    report = run_cli("report", url, cwd=third_cwd, env=third_env)
+    assert report.returncode == 0 and "report:" in report.stdout, report.stderr[-3000:]
+
+
+def test_missing_bucket_is_one_line(s3_emulator, tmp_path):
+    market = make_market(tmp_path / "market")
+    cwd, env = machine(tmp_path, "m", s3_emulator)
+    url = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/run"
+    proc = run_cli(*single(market, url)[2:], cwd=cwd, env=env)
+    user_error(proc, url, "does not exist")
+
+
+def test_store_down_at_upload_keeps_the_staging_copy(spare_s3_emulator, tmp_path, monkeypatch):
+    for name, value in spare_s3_emulator.env.items():
+        monkeypatch.setenv(name, value)
+    url = "s3://runs/down"
+    fs = filesystem(url)
+    fs.mkdir("runs")
+    market = make_market(tmp_path / "market")
+    cwd, env = machine(tmp_path, "m", spare_s3_emulator)
+    job = start_job(single(market, url, "--episodes", "4"), ranks=None, env=env, cwd=cwd)
+    wait_for_checkpoint_after(StoreCheckpoints(fs, "runs/down"), 0, job)
+    spare_s3_emulator.stop()
+    out, err = job.communicate(timeout=240)
+    assert job.returncode == 2 and "Traceback" not in out + err, err[-3000:]
+    errors = [line for line in err.splitlines() if ERROR_LINE.match(line)]  # the run's log lines come before it
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-3000:]
+    staging = Path(env["PARALLEL_DQN_CACHE"]) / "runs" / "s3" / "runs" / "down"
+    assert all(name in errors[0] for name in (url, "could not be reached", str(staging), "--resume auto")), errors[0]
+    assert (staging / "checkpoints").is_dir() and list((staging / "checkpoints").glob("ckpt-*/manifest.json"))
