@@ -11,6 +11,9 @@
 * ``s3_emulator`` / ``gcs_emulator`` (session) and ``spare_s3_emulator`` / ``spare_gcs_emulator``: moto's S3 server
   and gcp-storage-emulator (both from PyPI, pinned in requirements.lock) on a free loopback port, in memory, with
   ``.endpoint`` and ``.env`` (the standard variables that point a client at it); fail, never skip, if missing.
+* ``container`` (session): the parallel-dqn image (``launchers/container/build.sh``; ``PARALLEL_DQN_IMAGE``, default
+  ``parallel-dqn:latest``) in a docker daemon that answers, as :class:`ContainerImage`. Without it the container
+  tests are skipped, except where ``PARALLEL_DQN_REQUIRE_CONTAINER=1`` (CI), where they fail.
 * ``slurm`` (session): a SLURM cluster answering ``sinfo`` (``launchers/slurm/local_cluster.sh start``). Without
   one the SLURM tests are skipped, except where ``PARALLEL_DQN_REQUIRE_SLURM=1`` (CI), where they fail.
 
@@ -20,6 +23,7 @@ not slurm"``). :func:`pytest_collection_modifyitems` adds them by what a test us
 * ``azure``: the ``azurite`` or ``spare_azurite`` fixture (directly or through another fixture);
 * ``cloud``: an S3 or GCS emulator fixture;
 * ``slurm``: the ``slurm`` fixture;
+* ``container``: the ``container`` fixture;
 * ``mpi`` and ``slow``: the test, or a fixture it uses, refers to ``mpiexec``/``MPIEXEC`` (tests.helpers), or
   spells the string ``"mpiexec"``;
   whole modules under mpiexec (test_mpi.py, test_resume_mpi.py) also say so with ``pytestmark``.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import functools
 import inspect
 import os
@@ -60,6 +65,7 @@ TINY_DAYS = 3
 SERVICE_FIXTURES = {
     "azurite": "azure", "spare_azurite": "azure", "slurm": "slurm",
     "s3_emulator": "cloud", "spare_s3_emulator": "cloud", "gcs_emulator": "cloud", "spare_gcs_emulator": "cloud",
+    "container": "container",
 }
 #: names (tests.helpers) or strings that a test or fixture uses when it runs a real mpiexec
 MPI_NAMES = frozenset({"mpiexec", "MPIEXEC"})
@@ -358,4 +364,46 @@ def slurm() -> None:
     hint = "start one with: bash launchers/slurm/local_cluster.sh install && bash launchers/slurm/local_cluster.sh start"
     if os.environ.get("PARALLEL_DQN_REQUIRE_SLURM") == "1":
         pytest.fail(f"SLURM is required here (PARALLEL_DQN_REQUIRE_SLURM=1): {problem}; {hint}", pytrace=False)
+    pytest.skip(f"{problem}; {hint}")
+
+
+# ---- containers: the image of launchers/container/ in a running docker daemon (.ci/run builds both) ---------------
+@dataclasses.dataclass(frozen=True)
+class ContainerImage:
+    """The docker client to use (Debian's, not a newer one that wants buildx), the image, and its user's uid:gid."""
+
+    docker: str
+    image: str
+    user: str
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """``docker run --rm ARGS...`` (options, the image, its arguments: the caller places ``self.image``)."""
+        return subprocess.run([self.docker, "run", "--rm", *args], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def container() -> ContainerImage:
+    """The parallel-dqn image and a docker daemon; skip without them, unless PARALLEL_DQN_REQUIRE_CONTAINER=1."""
+    image = os.environ.get("PARALLEL_DQN_IMAGE", "parallel-dqn:latest")
+    docker = shutil.which("/usr/bin/docker") or shutil.which("docker")
+    problem = None
+    if docker is None:
+        problem = "docker not found"
+    else:
+        proc = subprocess.run([docker, "image", "inspect", "-f", "{{.Config.User}}", image],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            problem = f"no image {image} (docker: {(proc.stdout + proc.stderr).strip()[:200]})"
+    if problem is None:
+        ids = subprocess.run([docker, "run", "--rm", "--entrypoint", "sh", image, "-c", "echo $(id -u):$(id -g)"],
+                             capture_output=True, text=True, timeout=120)
+        if ids.returncode != 0:
+            problem = f"the image {image} does not run: {ids.stderr.strip()[-300:]}"
+        else:
+            return ContainerImage(docker, image, ids.stdout.strip())
+    hint = "start dockerd and build the image: bash launchers/container/build.sh"
+    if os.environ.get("PARALLEL_DQN_REQUIRE_CONTAINER") == "1":
+        pytest.fail(f"the container image is required here (PARALLEL_DQN_REQUIRE_CONTAINER=1): {problem}; {hint}",
+                    pytrace=False)
     pytest.skip(f"{problem}; {hint}")
