@@ -24,6 +24,7 @@ DATA_COMMANDS = (
     "parallel_dqn.cli.data_local",
     "parallel_dqn.cli.data_import",
     "parallel_dqn.cli.data_azure",
+    "parallel_dqn.cli.data_sync",
 )
 # the module that adds `parallel-dqn sweep ...` subcommands: register(subparsers, flag)
 SWEEP_COMMANDS = "parallel_dqn.cli.sweep"

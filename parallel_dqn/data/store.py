@@ -122,14 +122,28 @@ def _open_azure(location: str) -> Store:
     return open_azure(location)
 
 
+def _object_store(scheme: str) -> StoreFactory:
+    """The factory of an fsspec store (``s3``, ``gs``): the location is ``BUCKET[/PREFIX]``."""
+
+    def factory(location: str) -> Store:
+        from parallel_dqn.data.object_store import open_object_store  # s3fs / gcsfs are imported only when used
+
+        return open_object_store(f"{scheme}://{location}")
+
+    return factory
+
+
 StoreFactory = Callable[[str], Store]
 
 #: scheme -> factory taking the location after ``scheme:`` (a leading ``//`` removed).
-STORE_FACTORIES: Mapping[str, StoreFactory] = MappingProxyType({"local": _open_local, "azure": _open_azure})
+STORE_FACTORIES: Mapping[str, StoreFactory] = MappingProxyType(
+    {"local": _open_local, "azure": _open_azure, "s3": _object_store("s3"), "gs": _object_store("gs")}
+)
 
 
 def open_store(spec: str) -> Store:
-    """Open the store named by ``spec``: ``local:DIR``, ``azure://CONTAINER`` or a plain folder path.
+    """Open the store named by ``spec``: ``local:DIR``, ``s3://BUCKET[/PREFIX]``, ``gs://BUCKET[/PREFIX]``,
+    ``azure://CONTAINER[/PREFIX]`` or a plain folder path.
 
     Raises UserError for an unknown scheme or a store that cannot be opened.
     """
