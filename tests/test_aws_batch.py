@@ -11,6 +11,7 @@ import fnmatch
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -22,7 +23,15 @@ import pytest
 from parallel_dqn.cloud import filesystem
 from parallel_dqn.errors import UserError
 from parallel_dqn.sweep.array import INDICES_VARIABLE, array_task_index, task_command
-from tests.helpers import run_cli, user_error
+from tests.helpers import (
+    STOCKS,
+    make_market,
+    run_cli,
+    start_job,
+    tiny_config,
+    user_error,
+    wait_for_checkpoint_after,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "launchers" / "aws" / "batch.py"
@@ -144,8 +153,8 @@ def test_submit_array_then_each_child_trains_its_combination_from_the_store(aws,
     assert {"name": INDICES_VARIABLE, "value": "2,0"} in job["container"]["environment"]
     # the store holds the sweep as the children read it: each child picks its combination by its array index
     names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
-    assert sorted(p.rsplit("/", 1)[-1] for p in filesystem(url).ls(f"{aws.bucket}/sweeps/s1")) == sorted(
-        [names[0], names[2], "sweep.json"])
+    assert sorted(p.split("/sweeps/s1/")[1] for p in filesystem(url).find(f"{aws.bucket}/sweeps/s1")) == [
+        f"configs/{names[0]}.toml", f"configs/{names[2]}.toml", "sweep.json"]
     monkeypatch.setenv(INDICES_VARIABLE, "2,0")
     for child, index in ((0, 2), (1, 0)):
         monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_INDEX", str(child))
@@ -194,3 +203,55 @@ def test_user_mistakes_are_one_line_exit_2(aws, tmp_path) -> None:
     local = _plan_sweep(tmp_path, "data/market")
     user_error(_tool("submit-array", str(local), "--to", f"s3://{aws.bucket}/s", "--queue", aws.queue, env=env),
                "data/market")
+
+
+@pytest.mark.slow
+def test_spot_reclaimed_child_exits_75_and_its_retry_finishes_from_the_store(aws, tmp_path) -> None:
+    """The contract the job definition relies on: an array child stopped by SIGTERM checkpoints to the store and
+    exits 75 (RETRY); the retried attempt, on a fresh machine (empty cache and working folder), continues from that
+    checkpoint and finishes its combination in the store."""
+    from tests.test_run_outputs_cloud import StoreCheckpoints
+
+    market = make_market(tmp_path / "market")
+    cfg = tiny_config(market, tmp_path / "unused")
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(
+        f'[base_settings.data]\ndata = "{market}"\nstocks = {json.dumps(list(STOCKS))}\n'
+        f'start_date = "{cfg.data.start_date}"\nend_date = "{cfg.data.end_date}"\n'
+        f'eval_start = "{cfg.data.eval_start}"\neval_end = "{cfg.data.eval_end}"\n'
+        f'[base_settings.dqn]\nepisodes = 3\nlearning_starts = {cfg.dqn.learning_starts}\n'
+        f'batch_size = {cfg.dqn.batch_size}\ntarget_update = {cfg.dqn.target_update}\n'
+        f'[base_settings.market]\ngraph_window = {cfg.market.graph_window}\n'
+        f'[base_settings.dist]\nworkers = {cfg.dist.workers}\n[grid]\n"run.seed" = [1, 2]\n')
+    assert run_cli("sweep", "plan", sweep_file, "--output", tmp_path / "s1").returncode == 0
+    url = f"s3://{aws.bucket}/sweeps/spot"
+    from parallel_dqn.sweep import open_sweep
+    from parallel_dqn.sweep.array import upload_sweep
+
+    sweep = open_sweep(tmp_path / "s1")
+    upload_sweep(sweep, url, sweep.combinations)
+    name = sweep.combination(1).name
+
+    def attempt(n: int) -> tuple[list[str], dict[str, str], Path]:
+        (tmp_path / f"attempt{n}").mkdir()
+        env = {**os.environ, **aws.env, "PARALLEL_DQN_CACHE": str(tmp_path / f"attempt{n}" / "cache"),
+               "AWS_BATCH_JOB_ARRAY_INDEX": "0", INDICES_VARIABLE: "1"}
+        return ["-m", "parallel_dqn", "sweep", "task", url], env, tmp_path / f"attempt{n}"
+
+    args, env, cwd = attempt(1)
+    job = start_job(args, ranks=None, env=env, cwd=cwd)
+    store = StoreCheckpoints(filesystem(url), f"{aws.bucket}/sweeps/spot/{name}")
+    wait_for_checkpoint_after(store, 0, job)
+    job.send_signal(signal.SIGTERM)  # the ECS agent draining a reclaimed spot instance
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 75, err[-3000:]  # the definition's RETRY rule
+    fs = filesystem(url)
+    assert not fs.exists(f"{aws.bucket}/sweeps/spot/{name}/metrics.json")
+
+    args, env, cwd = attempt(2)
+    retried = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert "resuming from" in fs.cat_file(f"{aws.bucket}/sweeps/spot/{name}/run.log").decode()
+    curve = [json.loads(line) for line in fs.cat_file(f"{aws.bucket}/sweeps/spot/{name}/metrics.jsonl").splitlines()]
+    assert [row["episode"] for row in curve if row.get("phase") == "train"][-1] == 3
+    assert json.loads(fs.cat_file(f"{aws.bucket}/sweeps/spot/{name}/status.json"))["state"] == "finished"

@@ -7,7 +7,7 @@ A SLURM job array numbers its tasks with the combination indices themselves (``s
 applies both rules; ``parallel-dqn sweep config`` and ``sweep task`` use it when no INDEX is given.
 
 A cloud job has no shared disk, so its sweep folder is in an object store: :func:`upload_sweep` copies
-``sweep.json`` and the combinations' ``config.toml`` to ``s3://BUCKET/PREFIX`` (or gs://, azure://), and
+``sweep.json`` and the combinations' configs (``configs/NAME.toml``) to ``s3://BUCKET/PREFIX`` (or gs://, azure://), and
 :func:`task_command` run there fetches the one combination's config and trains it with ``--output
 PREFIX/<combination>`` and ``--resume auto``: a retried (spot-reclaimed) child continues from its checkpoint.
 """
@@ -28,6 +28,9 @@ from parallel_dqn.sweep import CONFIG_FILE, SWEEP_FILE, Combination, Sweep, open
 INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "AWS_BATCH_JOB_ARRAY_INDEX")
 #: comma-separated combination indices: array child i trains the i-th (AWS Batch children are numbered 0..n-1)
 INDICES_VARIABLE = "PARALLEL_DQN_ARRAY_INDICES"
+#: the folder of a store copy that holds each combination's config as NAME.toml: not NAME/config.toml, which is
+#: the run's own output file there (a run mirrored to a store replaces it, and a retry must still find the input)
+CONFIGS = "configs"
 
 
 def array_task_index(environ: Mapping[str, str] | None = None) -> int:
@@ -79,13 +82,18 @@ def check_cloud_ready(sweep: Sweep, combinations: Sequence[Combination]) -> None
 
 
 def upload_sweep(sweep: Sweep, url: str, combinations: Sequence[Combination]) -> None:
-    """Copy sweep.json and these combinations' config.toml to ``url`` (a folder of the same shape)."""
+    """Copy sweep.json and these combinations' config.toml to ``url`` (configs/NAME.toml, sweep.json last)."""
     where = CloudURL.parse(url)
     fs = filesystem(where)
     with cloud_errors(where, "uploading the sweep"):
         for c in combinations:
-            fs.put_file(str(sweep.config_path(c)), f"{where.root}/{c.name}/{CONFIG_FILE}")
+            fs.put_file(str(sweep.config_path(c)), remote_config(where, c))
         fs.put_file(str(sweep.folder / SWEEP_FILE), f"{where.root}/{SWEEP_FILE}")  # last: the folder is complete
+
+
+def remote_config(where: CloudURL, combination: Combination) -> str:
+    """Where a store copy of a sweep keeps ``combination``'s config (see :data:`CONFIGS`)."""
+    return f"{where.root}/{CONFIGS}/{combination.name}.toml"
 
 
 def fetch_sweep(url: str, index: int, staging: Path) -> tuple[Sweep, Combination]:
@@ -99,7 +107,7 @@ def fetch_sweep(url: str, index: int, staging: Path) -> tuple[Sweep, Combination
     config = sweep.config_path(combination)
     config.parent.mkdir(parents=True, exist_ok=True)
     with cloud_errors(where, f"reading {combination.name}'s {CONFIG_FILE}"):
-        config.write_bytes(fs.cat_file(f"{where.root}/{combination.name}/{CONFIG_FILE}"))
+        config.write_bytes(fs.cat_file(remote_config(where, combination)))
     return sweep, combination
 
 
