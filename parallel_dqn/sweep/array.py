@@ -74,8 +74,8 @@ def check_cloud_ready(sweep: Sweep, combinations: Sequence[Combination]) -> None
         data = str(cfg.get("data", {}).get("data", ""))
         if not is_cloud_url(data):
             raise UserError(f"{c.name} reads its data from {data!r}, a folder a cloud job cannot see",
-                            "plan the sweep with data.data = \"s3://BUCKET/PREFIX\" (copy it there with "
-                            "`parallel-dqn data sync`)")
+                            "copy it with `parallel-dqn data sync DIR s3://BUCKET/PREFIX` and plan the sweep with "
+                            "data.data = \"s3://BUCKET/PREFIX\"")
         if cfg.get("run", {}).get("warm_start"):
             raise UserError(f"{c.name} warm-starts from the previous fold's model, so the folds must run in order",
                             "plan the walk-forward without --warm_start for an array job, or run it locally")
