@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"market"},
     {"data"},
     {"config"},
-    {"files", "outputs"},
+    {"files", "outputs", "cloud"},
     {"errors", "__init__"},
 ]
 RANK = {part: len(LAYERS) - i for i, layer in enumerate(LAYERS) for part in layer}
