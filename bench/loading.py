@@ -31,6 +31,7 @@ from parallel_dqn.data.align import align_bars
 from parallel_dqn.data.crosssection import shard_rows
 from parallel_dqn.data.features import session_length
 from parallel_dqn.data.loader import load_bars, load_stock_bars
+from parallel_dqn.data.snapshot import ListedOnce
 from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
 from parallel_dqn.data.validation import read_bars, validate_day
@@ -69,8 +70,9 @@ def main() -> None:
         load_bars(store, names, first, last)
 
     def through_features() -> None:  # the build's own steps (``driver._build``) up to the graph, one process
-        recipe = BuildRecipe.of(plan_training(cfg, store), cfg)
-        bars = load_stock_bars(store, list(recipe.symbols), *recipe.load)
+        listed = ListedOnce(store)  # as a run's plan_run wraps its store: the plan's listing serves the loader
+        recipe = BuildRecipe.of(plan_training(cfg, listed), cfg)
+        bars = load_stock_bars(listed, list(recipe.symbols), *recipe.load)
         clock = np.unique(bars.timestamps).view("datetime64[ns]")
         train = slice(0, int(np.searchsorted(clock.astype("datetime64[D]"), np.datetime64(recipe.train[1], "D"),
                                              side="right")))
@@ -78,9 +80,10 @@ def main() -> None:
                    (train.start, train.stop), None)
 
     def end_to_end() -> None:
-        plan = plan_training(cfg, store)
+        listed = ListedOnce(store)
+        plan = plan_training(cfg, listed)
         shards = [LocalShard(i, s) for i, s in enumerate(plan.shards)]
-        build_cross_section(shards, plan, store, InProcessTransport(endpoint=None), cfg)  # type: ignore[arg-type]
+        build_cross_section(shards, plan, listed, InProcessTransport(endpoint=None), cfg)  # type: ignore[arg-type]
 
     def file_by_file() -> None:  # the loader's careful path (before the one-pass read): each file on its own
         for s in names:

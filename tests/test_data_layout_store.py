@@ -73,6 +73,31 @@ def store_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def test_local_store_lists_exactly_the_days_parse_key_accepts(tmp_path: Path) -> None:
+    """The listing compares names as strings (no regex per file): it keeps exactly the files of the symbol's
+    folders that :func:`parse_key` reads as that symbol's days, whatever else lies there."""
+    names = [
+        "AAPL_2020-01-03.parquet", "AAPL_2020-01-31.parquet",  # in the layout
+        "AAPL_2020-02-03.parquet", "AAPL_2019-01-03.parquet",  # another month or year than the folder
+        "AAPL_2020-01-32.parquet", "AAPL_2020-01-3x.parquet", "AAPL_2020-01-0٣.parquet",  # no such day
+        "AAPL_B_2020-01-03.parquet", "AAPLX_2020-01-03.parquet", "XAAPL_2020-01-03.parquet", "MSFT_2020-01-03.parquet",
+        "AAPL_2020-01-03.parquet.tmp", "AAPL_2020-01-03.csv", "AAPL_2020-1-03.parquet", "AAPL_20200103.parquet",
+    ]
+    folder = tmp_path / KEY_ROOT / "AAPL" / "2020" / "01"
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    (folder / "AAPL_2020-01-07.parquet").mkdir()  # a folder is not a file
+    (tmp_path / KEY_ROOT / "AAPL" / "2020" / "1").mkdir()  # nor is a month folder of one digit listed
+    (tmp_path / KEY_ROOT / "AAPL" / "2020" / "1" / "AAPL_2020-01-05.parquet").write_bytes(b"")
+    expected = sorted(
+        parsed[1] for name in names
+        if (parsed := parse_key(f"{KEY_ROOT}/AAPL/2020/01/{name}")) is not None and parsed[0] == "AAPL"
+    )
+    assert expected == [date(2020, 1, 3), date(2020, 1, 31)]
+    assert LocalStore(tmp_path).list_days("AAPL") == expected
+
+
 def test_local_store_lists_symbols_and_days(store_root: Path) -> None:
     store = LocalStore(store_root)
     assert isinstance(store, Store)

@@ -11,6 +11,7 @@ The loader talks only to this protocol, so a local folder and a remote container
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from datetime import date
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
-from parallel_dqn.data.layout import KEY_ROOT, SUFFIX, day_key, is_symbol, parse_key, symbol_prefix
+from parallel_dqn.data.layout import KEY_ROOT, SUFFIX, day_key, is_symbol, symbol_prefix
 from parallel_dqn.errors import UserError
 
 
@@ -59,31 +60,23 @@ class LocalStore:
         return sorted(e.name for e in os.scandir(base) if e.is_dir() and is_symbol(e.name))
 
     def list_days(self, symbol: str, start: date | None = None, end: date | None = None) -> list[date]:
-        """Walk only the year and month folders that can hold days in ``[start, end]``."""
-        sym_dir = self.root / symbol_prefix(symbol)
+        """Walk only the year and month folders that can hold days in ``[start, end]``.
+
+        Names are compared as strings (no regular expression or ``Path`` per file): at hundreds of stocks the
+        listing, which a run's plan, its cache key and its loader each do, costs as much as reading the files.
+        """
+        sym_dir = f"{self.root}/{symbol_prefix(symbol)}"
         lo = (start.year, start.month) if start else (0, 0)
         hi = (end.year, end.month) if end else (9999, 12)
         days: list[date] = []
-        for year_dir in _numbered_subdirs(sym_dir, 4):
-            year = int(year_dir.name)
+        for year_name in _numbered_subdirs(sym_dir, 4):
+            year = int(year_name)
             if not lo[0] <= year <= hi[0]:
                 continue
-            for month_dir in _numbered_subdirs(year_dir, 2):
-                if not lo <= (year, int(month_dir.name)) <= hi:
-                    continue
-                days.extend(self._days_in(month_dir, symbol))
+            for month_name in _numbered_subdirs(f"{sym_dir}/{year_name}", 2):
+                if lo <= (year, int(month_name)) <= hi:
+                    days.extend(_days_in(f"{sym_dir}/{year_name}/{month_name}", symbol, year, int(month_name)))
         return sorted(d for d in days if (start is None or d >= start) and (end is None or d <= end))
-
-    def _days_in(self, month_dir: Path, symbol: str) -> list[date]:
-        """Days of ``symbol`` in one month folder; files not matching the layout are ignored."""
-        rel = month_dir.relative_to(self.root).as_posix()
-        days = []
-        for entry in os.scandir(month_dir):
-            if entry.name.endswith(SUFFIX) and entry.is_file():
-                parsed = parse_key(f"{rel}/{entry.name}")
-                if parsed is not None and parsed[0] == symbol:
-                    days.append(parsed[1])
-        return days
 
     def fetch(self, symbol: str, day: date) -> Path:
         path = self.root / day_key(symbol, day)
@@ -95,15 +88,31 @@ class LocalStore:
         return path
 
 
-def _numbered_subdirs(folder: Path, width: int) -> list[Path]:
-    """Sub-folders of ``folder`` named by exactly ``width`` digits (years, months), sorted."""
-    if not folder.is_dir():
+def _numbered_subdirs(folder: str, width: int) -> list[str]:
+    """Names of the sub-folders of ``folder`` named by exactly ``width`` digits (years, months), sorted."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(
-        Path(e.path)
-        for e in os.scandir(folder)
-        if e.is_dir() and len(e.name) == width and e.name.isascii() and e.name.isdigit()
+        e.name for e in entries if len(e.name) == width and e.name.isascii() and e.name.isdigit() and e.is_dir()
     )
+
+
+def _days_in(month_dir: str, symbol: str, year: int, month: int) -> list[date]:
+    """Days of ``symbol`` in its ``year``/``month`` folder: the files named ``{symbol}_{YYYY-MM-DD}.parquet`` of
+    that month (what :func:`~parallel_dqn.data.layout.parse_key` accepts there); other files are ignored."""
+    head = f"{symbol}_{year:04d}-{month:02d}-"
+    size = len(head) + 2 + len(SUFFIX)
+    days = []
+    for entry in os.scandir(month_dir):
+        name = entry.name
+        if len(name) == size and name.startswith(head) and name.endswith(SUFFIX) and entry.is_file():
+            day = name[len(head) : len(head) + 2]
+            if day.isascii() and day.isdigit():
+                with contextlib.suppress(ValueError):  # e.g. the 31st of April
+                    days.append(date(year, month, int(day)))
+    return days
 
 
 def _open_local(location: str) -> Store:

@@ -44,6 +44,7 @@ from parallel_dqn.checkpoint.resume import (
     resume_target,
 )
 from parallel_dqn.config import Config
+from parallel_dqn.data.snapshot import ListedOnce
 from parallel_dqn.data.store import Store, open_store
 from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
@@ -82,7 +83,7 @@ def plan_run(cfg: Config) -> tuple[RunPlan, Store]:
     """Validated settings -> the store and the run's plan (every process computes the same)."""
     cfg.validate()
     resolve_device(cfg.run.device)  # a device that is not there is refused before any data are read
-    store = open_store(cfg.data.data)
+    store = ListedOnce(open_store(cfg.data.data))  # the plan, the cache key and the loader list it once
     plan = plan_training(cfg, store, structure=load_structure(cfg.data.data))
     if cfg.run.warm_start:
         check_warm_start(cfg, plan)
