@@ -18,6 +18,7 @@ from tests.helpers import (
     ERROR_LINE,
     assert_same_run,
     make_market,
+    mpiexec,
     run_cli,
     start_job,
     train_args,
@@ -60,14 +61,16 @@ def single(market: Path, output: str, *extra: str) -> list[str]:
     return [*train_args(market, output, *extra), "--mode", "single"]  # type: ignore[arg-type]
 
 
-def test_killed_run_resumes_from_the_store_on_a_fresh_machine(bucket, s3_emulator, tmp_path):
-    market = make_market(tmp_path / "market")
-    url = f"s3://{bucket}/experiments/killed"
-    args = single(market, url, "--sync", "--episodes", "4", "--resume", "auto")
-    first_cwd, first_env = machine(tmp_path, "spot-1", s3_emulator)
-    job = start_job(args, ranks=None, env=first_env, cwd=first_cwd)
-    store = StoreCheckpoints(filesystem(url), f"{bucket}/experiments/killed")
-    wait_for_checkpoint_after(store, 0, job)
+def kill_9_on_one_machine_then_finish_on_another(tmp_path: Path, emulator, url: str, args: list[str],
+                                                 ranks: int | None) -> None:
+    """Start ``args`` (python's, with ``--resume auto``) on machine spot-1, kill it with SIGKILL at a random moment
+    after its first checkpoint reached the store, then run the same command on spot-2 (empty working folder and
+    cache) to the end; it must have continued from the store's checkpoint."""
+    fs = filesystem(url)
+    root = url.removeprefix("s3://")
+    first_cwd, first_env = machine(tmp_path, "spot-1", emulator)
+    job = start_job(args, ranks=ranks, env=first_env, cwd=first_cwd)
+    wait_for_checkpoint_after(StoreCheckpoints(fs, root), 0, job)
     seed = int(time.time() * 1000) % 100_000
     print(f"kill moment drawn with random seed {seed}")
     time.sleep(random.Random(seed).uniform(0.0, 1.0))
@@ -75,27 +78,48 @@ def test_killed_run_resumes_from_the_store_on_a_fresh_machine(bucket, s3_emulato
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     job.stdout.close(), job.stderr.close()  # type: ignore[union-attr]
-    fs = filesystem(url)
-    assert not fs.exists(f"{bucket}/experiments/killed/metrics.json")
+    assert not fs.exists(f"{root}/metrics.json")
+    second_cwd, second_env = machine(tmp_path, "spot-2", emulator)
+    resumed = start_job(args, ranks=ranks, env=second_env, cwd=second_cwd)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    # it did continue from the store's checkpoint (a fresh --sync start would end the same): its log says so
+    fs.invalidate_cache()
+    assert "resuming from" in fs.cat_file(f"{root}/run.log").decode()
 
-    second_cwd, second_env = machine(tmp_path, "spot-2", s3_emulator)
-    resumed = run_cli(*args[2:], cwd=second_cwd, env=second_env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reference = run_cli(*single(market, str(tmp_path / "reference"), "--sync", "--episodes", "4")[2:])
+
+def test_killed_run_resumes_from_the_store_on_a_fresh_machine(bucket, s3_emulator, tmp_path):
+    market = make_market(tmp_path / "market")
+    url = f"s3://{bucket}/experiments/killed"
+    args = single(market, url, "--sync", "--episodes", "3", "--resume", "auto")
+    kill_9_on_one_machine_then_finish_on_another(tmp_path, s3_emulator, url, args, ranks=None)
+    reference = run_cli(*single(market, str(tmp_path / "reference"), "--sync", "--episodes", "3")[2:])
     assert reference.returncode == 0, reference.stderr[-3000:]
     # what the store holds (read back as report and evaluate read it) is exactly the uninterrupted run
     assert_same_run(tmp_path / "reference", Path(readable(url)))
-    assert store.committed(), "the store keeps the run's checkpoints"
+    fs = filesystem(url)
+    assert StoreCheckpoints(fs, f"{bucket}/experiments/killed").committed(), "the store keeps the run's checkpoints"
     assert all(fs.exists(f"{bucket}/experiments/killed/{name}") for name in ("run.json", "status.json", "run.log"))
-    # it did continue from the store's checkpoint (a fresh --sync start would end the same: say so in its log)
-    assert "resuming from" in fs.cat_file(f"{bucket}/experiments/killed/run.log").decode()
 
     # the store, not the (empty) staging folder of a third machine, says the output holds a run
     third_cwd, third_env = machine(tmp_path, "laptop", s3_emulator)
-    again = run_cli(*single(market, url, "--sync", "--episodes", "4")[2:], cwd=third_cwd, env=third_env)
+    again = run_cli(*single(market, url, "--sync", "--episodes", "3")[2:], cwd=third_cwd, env=third_env)
     user_error(again, url, "already holds a run", "--overwrite")
     report = run_cli("report", url, cwd=third_cwd, env=third_env)
     assert report.returncode == 0 and "report:" in report.stdout, report.stderr[-3000:]
+
+
+@pytest.mark.mpi
+def test_killed_mpi_job_resumes_from_the_store_on_a_fresh_machine(bucket, s3_emulator, tmp_path):
+    """The same under mpiexec -n 4: every rank writes into the staging folder, rank 0 mirrors it."""
+    market = make_market(tmp_path / "market")
+    url = f"s3://{bucket}/mpi"
+    args = train_args(market, url, "--sync", "--episodes", "3", "--resume", "auto")  # type: ignore[arg-type]
+    kill_9_on_one_machine_then_finish_on_another(tmp_path, s3_emulator, url, args, ranks=4)
+    reference = mpiexec(4, *train_args(market, tmp_path / "reference", "--sync", "--episodes", "3"), timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert_same_run(tmp_path / "reference", Path(readable(url)))
+    assert filesystem(url).exists(f"{bucket}/mpi/logs/rank1.log"), "the worker ranks' logs are uploaded too"
 
 
 def test_missing_bucket_is_one_line(s3_emulator, tmp_path):
@@ -114,7 +138,7 @@ def test_store_down_at_upload_keeps_the_staging_copy(spare_s3_emulator, tmp_path
     fs.mkdir("runs")
     market = make_market(tmp_path / "market")
     cwd, env = machine(tmp_path, "m", spare_s3_emulator)
-    job = start_job(single(market, url, "--episodes", "4"), ranks=None, env=env, cwd=cwd)
+    job = start_job(single(market, url, "--episodes", "3"), ranks=None, env=env, cwd=cwd)
     wait_for_checkpoint_after(StoreCheckpoints(fs, "runs/down"), 0, job)
     spare_s3_emulator.stop()
     out, err = job.communicate(timeout=240)

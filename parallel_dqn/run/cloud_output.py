@@ -143,9 +143,9 @@ class StoreMirror:
         self._fs: Any = None
         self._remote: dict[str, int] = {}  # relative path -> size of what the store holds (kept as we change it)
         self._sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) last uploaded or downloaded
+        self._files = self._bytes = 0  # counted by the push under way
         self.failed = False  # an upload failed: no further tries in this process
-        self.uploads = 0  # files uploaded and seconds spent uploading, for the log and the README's figures
-        self.upload_seconds = 0.0
+        self.last = (0, 0, 0.0)  # the last push: files and bytes uploaded, seconds it took (logged per checkpoint)
 
     @property
     def fs(self) -> Any:
@@ -221,6 +221,7 @@ class StoreMirror:
         if self.failed:
             return
         started = time.perf_counter()
+        self._files = self._bytes = 0
         try:
             with cloud_errors(self.url, "uploading the run"):
                 self._push()
@@ -229,7 +230,7 @@ class StoreMirror:
             raise UserError(f"{exc.what}; the run's files are kept in {self.folder}",
                             f"{exc.fix}: the same command with --resume auto continues from there and uploads them"
                             ) from None
-        self.upload_seconds += time.perf_counter() - started
+        self.last = (self._files, self._bytes, time.perf_counter() - started)
 
     def _push(self) -> None:
         local = self._local_files()
@@ -262,7 +263,8 @@ class StoreMirror:
         stat = _stat(path)
         self.fs.put_file(str(path), f"{self.url.root}/{rel}")
         self._remote[rel], self._sent[rel] = stat[0], stat
-        self.uploads += 1
+        self._files += 1
+        self._bytes += stat[0]
 
     # ---- the run's events (registered last, so every other observer has written its files) -------------------
     def on_market(self, info: Any) -> None:
@@ -270,8 +272,9 @@ class StoreMirror:
 
     def on_checkpoint(self, checkpoint: Any, episodes_done: int, reason: str) -> None:
         self.push()
-        log.info("checkpoint %s uploaded to %s (%d files so far, %.2f s uploading)", checkpoint.path.name, self.url,
-                 self.uploads, self.upload_seconds)
+        files, size, seconds = self.last
+        log.info("checkpoint %s uploaded to %s: %d files, %.2f MB in %.2f s", checkpoint.path.name, self.url, files,
+                 size / 1e6, seconds)
 
     def on_finish(self, result: dict[str, Any]) -> None:
         self.push()
