@@ -170,6 +170,8 @@ def test_array_index_picks_the_combination(tmp_path) -> None:
     assert array_task_index({"SLURM_ARRAY_TASK_ID": "5"}) == 5  # SLURM arrays carry the combination's index
     assert array_task_index({"AWS_BATCH_JOB_ARRAY_INDEX": "0"}) == 0
     assert array_task_index({"AWS_BATCH_JOB_ARRAY_INDEX": "1", INDICES_VARIABLE: "4,7,9"}) == 7
+    assert array_task_index({"BATCH_TASK_INDEX": "2", INDICES_VARIABLE: "4,7,9"}) == 9  # Google Cloud Batch
+    assert array_task_index({"JOB_COMPLETION_INDEX": "0", INDICES_VARIABLE: "4,7,9"}) == 4  # Kubernetes
     for env, named in (({}, "AWS_BATCH_JOB_ARRAY_INDEX"), ({"AWS_BATCH_JOB_ARRAY_INDEX": "x"}, "'x'"),
                        ({"AWS_BATCH_JOB_ARRAY_INDEX": "3", INDICES_VARIABLE: "4,7,9"}, "lists 3")):
         with pytest.raises(UserError, match=named):

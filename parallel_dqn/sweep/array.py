@@ -2,7 +2,8 @@
 
 A SLURM job array numbers its tasks with the combination indices themselves (``sbatch --array=0,3,5``:
 ``SLURM_ARRAY_TASK_ID``). An AWS Batch array job numbers its children 0..size-1
-(``AWS_BATCH_JOB_ARRAY_INDEX``), so a submission of some combinations only also sets
+(``AWS_BATCH_JOB_ARRAY_INDEX``; Google Cloud Batch's ``BATCH_TASK_INDEX`` and a Kubernetes Indexed Job's
+``JOB_COMPLETION_INDEX`` likewise), so a submission of some combinations only also sets
 :data:`INDICES_VARIABLE` (``"0,3,5"``): child ``i`` trains the ``i``-th of them. :func:`array_task_index`
 applies both rules; ``parallel-dqn sweep config`` and ``sweep task`` use it when no INDEX is given.
 
@@ -24,8 +25,9 @@ from parallel_dqn.cloud import CloudURL, cloud_errors, filesystem, is_cloud_url
 from parallel_dqn.errors import UserError
 from parallel_dqn.sweep import CONFIG_FILE, SWEEP_FILE, Combination, Sweep, open_sweep, resumable_train_command
 
-#: the variables an array task's index is read from, first set wins
-INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "AWS_BATCH_JOB_ARRAY_INDEX")
+#: the variables an array task's index is read from, first set wins: SLURM, AWS Batch, Google Cloud Batch, a
+#: Kubernetes Indexed Job (all but SLURM number their tasks 0..n-1)
+INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "AWS_BATCH_JOB_ARRAY_INDEX", "BATCH_TASK_INDEX", "JOB_COMPLETION_INDEX")
 #: comma-separated combination indices: array child i trains the i-th (AWS Batch children are numbered 0..n-1)
 INDICES_VARIABLE = "PARALLEL_DQN_ARRAY_INDICES"
 #: the folder of a store copy that holds each combination's config as NAME.toml: not NAME/config.toml, which is
@@ -38,7 +40,7 @@ def array_task_index(environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     name = next((n for n in INDEX_VARIABLES if env.get(n, "").strip()), None)
     if name is None:
-        raise UserError(f"no INDEX given and this is not an array task ({' and '.join(INDEX_VARIABLES)} are unset)",
+        raise UserError(f"no INDEX given and this is not an array task ({', '.join(INDEX_VARIABLES)} are unset)",
                         "give the combination's INDEX")
     raw = env[name].strip()
     if not raw.isdigit():
