@@ -3,6 +3,7 @@ and a job killed with kill -9 continues on another machine (a fresh working fold
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -107,6 +108,15 @@ def test_killed_run_resumes_from_the_store_on_a_fresh_machine(bucket, s3_emulato
     user_error(again, url, "already holds a run", "--overwrite")
     report = run_cli("report", url, cwd=third_cwd, env=third_env)
     assert report.returncode == 0 and "report:" in report.stdout, report.stderr[-3000:]
+    # evaluate reads the model from the store and writes its outputs there: the run's own evaluation again
+    evaluated = run_cli("evaluate", "--model", f"{url}/trained_model.pth", "--data", market, "--eval_start",
+                        "2024-01-08", "--eval_end", "2024-01-08", "--output", f"s3://{bucket}/evaluation",
+                        "--no-progress", cwd=third_cwd, env=third_env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"results: s3://{bucket}/evaluation/metrics.json" in evaluated.stdout
+    fs.invalidate_cache()
+    run, again = (json.loads(fs.cat_file(f"{bucket}/{path}/metrics.json")) for path in ("experiments/killed", "evaluation"))
+    assert again["eval"] == run["eval"]
 
 
 @pytest.mark.mpi

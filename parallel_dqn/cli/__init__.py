@@ -63,9 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from parallel_dqn.run import train
 
     cfg = config_from_args(args)
+    output = cfg.run.output  # as given: a cloud URL's run is staged in a local folder, its files are in the store
     result = train(cfg, overwrite=args.overwrite, resume=args.resume)
     if result is not None:  # None on MPI worker ranks: rank 0 reports
-        print_results(result, cfg.run.output)
+        print_results(result, output)
     return 0
 
 
@@ -73,8 +74,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from parallel_dqn.run import evaluate
 
     cfg = config_from_args(args)
+    output = cfg.run.output
     result = evaluate(cfg, args.model, overwrite=args.overwrite)
-    print_results(result, cfg.run.output)
+    print_results(result, output)
     return 0
 
 

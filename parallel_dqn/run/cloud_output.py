@@ -127,6 +127,8 @@ def readable(spec: str) -> str:
             return str(local)
         listing = _listing(fs, url)
         if not listing:
+            if Path(url.prefix).suffix:  # a file's name (trained_model.pth)
+                raise UserError(f"{url} does not exist", "check the bucket and the path")
             raise UserError(f"{url} holds no run", "give the --output URL of a run")
         shutil.rmtree(local, ignore_errors=True)
         for rel in listing:
