@@ -111,26 +111,27 @@ def test_sync_round_trip_local_s3_gs_local_and_a_second_sync_copies_nothing(stor
     assert hash_tree(tmp_path / "back" / "stocks_intraday") == hash_tree(market / "stocks_intraday")
     for src, dst in hops:
         assert synced(run_cli("data", "sync", src, dst, env=store_env)) == (0, n), (src, dst)
-    # one changed file (same size: only the MD5 tells) is the one file copied again, on every hop
+    # one changed file (same size: only the MD5 tells) is the one file copied again, S3 -> local too
     victim = "stocks_intraday/MOMO/2024/01/MOMO_2024-01-04.parquet"
     changed = tmp_path / "changed"
     shutil.copytree(market, changed)
     data = bytearray((changed / victim).read_bytes())
     data[-20] ^= 0xFF
     (changed / victim).write_bytes(bytes(data))
-    hops[0] = (changed, "s3://trip/a/b")
-    for src, dst in hops:
-        assert synced(run_cli("data", "sync", src, dst, env=store_env)) == (1, n - 1), (src, dst)
+    assert synced(run_cli("data", "sync", changed, "s3://trip/a/b", env=store_env)) == (1, n - 1)
+    assert synced(run_cli("data", "sync", "s3://trip/a/b", tmp_path / "back", env=store_env)) == (1, n - 1)
     assert hash_tree(tmp_path / "back" / "stocks_intraday") == hash_tree(changed / "stocks_intraday")
 
 
-def test_sync_selects_symbols_and_dates(store_env, tmp_path):
+def test_sync_selects_symbols_and_dates_and_upload_to_s3_is_a_sync(store_env, market, tmp_path):
     proc = run_cli("data", "sync", "gs://mkt/data", tmp_path / "part", "--symbols", "LEAD", "FOLW",
                    "--start", "2024-01-03", "--end", "2024-01-04", env=store_env)
     assert synced(proc) == (4, 0)
     files = sorted(p.name for p in (tmp_path / "part").rglob("*.parquet"))
     assert files == ["FOLW_2024-01-03.parquet", "FOLW_2024-01-04.parquet", "LEAD_2024-01-03.parquet",
                      "LEAD_2024-01-04.parquet"]
+    proc = run_cli("data", "upload", "--data", market, "--to", "s3://mkt/data", env=store_env)  # synced already
+    assert synced(proc) == (0, len(STOCKS) * DAYS)
 
 
 def test_sync_to_and_from_azure(azurite, store_env, market, tmp_path):
@@ -178,9 +179,9 @@ def test_wrong_s3_credentials_are_one_line(checking_s3, tmp_path):
         user_error(proc, "access to s3://keys/data was refused", "AWS_ACCESS_KEY_ID", ".cloudkeys/api_keys.env")
         assert secret not in proc.stderr + proc.stdout and not (tmp_path / "out" / "trained_model.pth").exists()
         assert not (tmp_path / "cache").exists() or not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
-        proc = run_cli("data", "sync", "s3://keys/data", tmp_path / "copy", env=env)
-        user_error(proc, "access to s3://keys/data was refused")
-        assert not (tmp_path / "copy").exists()
+    proc = run_cli("data", "sync", "s3://keys/data", tmp_path / "copy", env=env)  # the last wrong key
+    user_error(proc, "access to s3://keys/data was refused")
+    assert not (tmp_path / "copy").exists()
     # the right key reads it (the refusal above was the key's, not the server's)
     proc = run_cli("data", "ls", "s3://keys/data", env=checking_s3)
     assert proc.returncode == 0 and f"{len(STOCKS)} stocks in s3://keys/data" in proc.stdout, proc.stderr

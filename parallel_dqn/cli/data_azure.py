@@ -1,7 +1,8 @@
-"""``parallel-dqn data upload | ls | download``: moving the key layout to and from Azure Blob Storage.
+"""``parallel-dqn data upload | ls | download``: moving the key layout to and from object stores.
 
 * ``upload --data DIR --to azure://CONTAINER[/PREFIX]``: creates the container if needed and uploads
-  every bar file whose content (MD5) is not already there, so a repeated upload sends nothing.
+  every bar file whose content (MD5) is not already there, so a repeated upload sends nothing; to
+  ``s3://`` or ``gs://`` it is ``data sync DIR URL`` (:mod:`parallel_dqn.data.sync`).
 * ``ls SOURCE``: per stock, its date range, file count and gaps (weekdays in the range without a file).
 * ``download SOURCE --to DIR``: mirrors a store into a local folder, skipping identical files.
 """
@@ -26,16 +27,16 @@ _SHOWN_GAPS = 5
 
 def register(sub: Any, flag: Callable[..., None]) -> None:
     """Add the subcommands to ``parallel-dqn data``."""
-    u = sub.add_parser("upload", help="upload a local data folder to Azure Blob Storage (skips what is there)")
+    u = sub.add_parser("upload", help="upload a local data folder to an object store (skips what is there)")
     flag(u, "data", required=True, help="local data folder in the key layout")
-    flag(u, "to", required=True, help="azure://CONTAINER[/PREFIX]")
+    flag(u, "to", required=True, help="azure://CONTAINER[/PREFIX], s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]")
     u.set_defaults(handler=upload)
     ls = sub.add_parser("ls", help="per stock: date range, file count and gaps")
-    ls.add_argument("source", help="data folder, local:DIR or azure://CONTAINER[/PREFIX]")
+    ls.add_argument("source", help="data folder, local:DIR, s3://BUCKET[/PREFIX], gs://... or azure://...")
     flag(ls, "stocks", nargs="+", default=None, help="only these stocks")
     ls.set_defaults(handler=list_source)
     d = sub.add_parser("download", help="mirror a data source into a local folder (skips identical files)")
-    d.add_argument("source", help="azure://CONTAINER[/PREFIX] (or any data source)")
+    d.add_argument("source", help="azure://, s3:// or gs://BUCKET[/PREFIX] (or any data source)")
     flag(d, "to", required=True, help="local folder to write the key layout into")
     flag(d, "stocks", nargs="+", default=None, help="only these stocks")
     d.set_defaults(handler=download)
@@ -45,11 +46,16 @@ def upload(args: argparse.Namespace) -> int:
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import ContentSettings
 
+    from parallel_dqn.cloud import is_cloud_url
     from parallel_dqn.data.azure_store import DOWNLOAD_THREADS, azure_errors, connect
     from parallel_dqn.data.store import LocalStore, open_store
+    from parallel_dqn.data.sync import sync
 
-    if not args.to.startswith(AZURE):
-        raise UserError(f"--to {args.to} is not an Azure location", "write it as azure://CONTAINER[/PREFIX]")
+    if not is_cloud_url(args.to):
+        raise UserError(f"--to {args.to} is not an object store", "write it as azure://, s3:// or gs://BUCKET[/PREFIX]")
+    if not args.to.startswith(AZURE):  # S3 and GCS: the same thing as data sync
+        print(sync(args.data, args.to).line(args.data, args.to))
+        return 0
     source = open_store(args.data)
     if not isinstance(source, LocalStore):
         raise UserError(f"--data {args.data} is not a local folder", "upload from a local folder in the key layout")
@@ -108,7 +114,7 @@ def list_source(args: argparse.Namespace) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    from parallel_dqn.data.azure_store import replacing
+    from parallel_dqn.data.remote import replacing
     from parallel_dqn.data.store import open_store
     from parallel_dqn.training.plan import resolve_symbols
 

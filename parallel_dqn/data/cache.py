@@ -70,7 +70,7 @@ BUILD_MODULES = (
 #: libraries whose version may change a computed value in the last bit
 LIBRARIES = ("numpy", "pandas", "pyarrow")
 SUBFOLDER = Path("parallel-dqn") / "crosssections"
-ENV_CACHE = "PARALLEL_DQN_CACHE"  # the same variable as the Azure download cache (data.azure_store)
+ENV_CACHE = "PARALLEL_DQN_CACHE"  # the same variable as the object stores' download cache (data.remote)
 MANIFEST = "manifest.json"
 #: an entry not used for this many days is removed when a new one is written
 MAX_IDLE_DAYS = 30
