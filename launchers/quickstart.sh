@@ -3,11 +3,18 @@
 # 1. .venv with pinned dependencies and the MPI runtime (launchers/setup_env.sh)
 # 2. a synthetic market with planted structure in data/demo_market (12 days of 1-minute bars, 5 stocks)
 # 3. train 8 days, evaluate on the 3 held-out days, print the results table; outputs in runs/quickstart
+# In the container image (launchers/container/) parallel-dqn is installed already: there PARALLEL_DQN_QUICKSTART_DIR
+# names the folder that gets data/ and runs/ instead of the clone, and step 1 is skipped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-bash launchers/setup_env.sh
-export PATH="$root/.venv/bin:$PATH"
+if [ -n "${PARALLEL_DQN_QUICKSTART_DIR:-}" ]; then
+    root="$PARALLEL_DQN_QUICKSTART_DIR"
+    cd "$root"
+else
+    cd "$root"
+    bash launchers/setup_env.sh
+    export PATH="$root/.venv/bin:$PATH"
+fi
 if [ ! -d data/demo_market/stocks_intraday ]; then
     parallel-dqn data generate --output data/demo_market --stocks LEAD FOLW MOMO MREV RWLK \
         --start 2024-01-02 --days 12 --seed 7
