@@ -171,6 +171,7 @@ def checking_s3(monkeypatch, market) -> dict[str, str]:
         emulator.stop()
 
 
+@pytest.mark.cloud  # its emulator is started by the fixture itself, not by a marked one
 def test_wrong_s3_credentials_are_one_line(checking_s3, tmp_path):
     secret = checking_s3["AWS_SECRET_ACCESS_KEY"]
     for wrong in ({"AWS_SECRET_ACCESS_KEY": "x" * 40}, {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE"}):
