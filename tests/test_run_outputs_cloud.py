@@ -7,14 +7,16 @@ import json
 import os
 import random
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from parallel_dqn.cloud import filesystem
-from parallel_dqn.run.cloud_output import readable
+from parallel_dqn.cloud import CloudURL, filesystem
+from parallel_dqn.errors import UserError
+from parallel_dqn.run.cloud_output import StoreMirror, readable
 from tests.helpers import (
     ERROR_LINE,
     assert_same_run,
@@ -138,6 +140,19 @@ def test_missing_bucket_is_one_line(s3_emulator, tmp_path):
     url = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/run"
     proc = run_cli(*single(market, url)[2:], cwd=cwd, env=env)
     user_error(proc, url, "does not exist")
+
+
+def test_unreachable_store_is_not_taken_for_a_missing_bucket(tmp_path, monkeypatch):
+    """Checked before anything is written: a closed port says 'could not be reached', not 'does not exist'."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+    staging = tmp_path / "staging"
+    with closed, pytest.raises(UserError, match="could not be reached") as refused:
+        StoreMirror(CloudURL.parse("s3://runs/x"), staging).prepare(overwrite=False, resume="auto")
+    assert "does not exist" not in refused.value.line() and not staging.exists()
 
 
 def test_store_down_at_upload_keeps_the_staging_copy(spare_s3_emulator, tmp_path, monkeypatch):

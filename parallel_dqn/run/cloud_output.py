@@ -179,8 +179,8 @@ class StoreMirror:
             self._pull()
 
     def _bucket_exists(self) -> None:
-        if not self.fs.exists(self.url.bucket):
-            raise FileNotFoundError(self.url.bucket)
+        """FileNotFoundError for a missing bucket (``exists`` would answer False for an unreachable store too)."""
+        self.fs.info(self.url.bucket)
 
     def _local_is_newer(self) -> bool:
         local = CheckpointStore(self.folder / outputs.CHECKPOINTS).latest()
