@@ -155,21 +155,31 @@ def test_unreachable_store_is_not_taken_for_a_missing_bucket(tmp_path, monkeypat
     assert "does not exist" not in refused.value.line() and not staging.exists()
 
 
-def test_store_down_at_upload_keeps_the_staging_copy(spare_s3_emulator, tmp_path, monkeypatch):
+def test_store_down_at_upload_keeps_the_staging_copy(bucket, s3_emulator, spare_s3_emulator, tmp_path, monkeypatch):
+    back = filesystem(f"s3://{bucket}")  # the session's emulator: a store that answers again later (empty)
     for name, value in spare_s3_emulator.env.items():
         monkeypatch.setenv(name, value)
-    url = "s3://runs/down"
+    url = f"s3://{bucket}/down"
     fs = filesystem(url)
-    fs.mkdir("runs")
+    fs.mkdir(bucket)
     market = make_market(tmp_path / "market")
     cwd, env = machine(tmp_path, "m", spare_s3_emulator)
     job = start_job(single(market, url, "--episodes", "3"), ranks=None, env=env, cwd=cwd)
-    wait_for_checkpoint_after(StoreCheckpoints(fs, "runs/down"), 0, job)
+    wait_for_checkpoint_after(StoreCheckpoints(fs, f"{bucket}/down"), 0, job)
     spare_s3_emulator.stop()
     out, err = job.communicate(timeout=240)
     assert job.returncode == 2 and "Traceback" not in out + err, err[-3000:]
     errors = [line for line in err.splitlines() if ERROR_LINE.match(line)]  # the run's log lines come before it
     assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-3000:]
-    staging = Path(env["PARALLEL_DQN_CACHE"]) / "runs" / "s3" / "runs" / "down"
+    staging = Path(env["PARALLEL_DQN_CACHE"]) / "runs" / "s3" / bucket / "down"
     assert all(name in errors[0] for name in (url, "could not be reached", str(staging), "--resume auto")), errors[0]
     assert (staging / "checkpoints").is_dir() and list((staging / "checkpoints").glob("ckpt-*/manifest.json"))
+
+    # the store answers again: the same command with --resume auto continues from the kept staging folder (newer
+    # than what that store holds) and uploads the run
+    again = run_cli(*single(market, url, "--episodes", "3", "--resume", "auto")[2:], cwd=cwd,
+                    env={**env, **s3_emulator.env})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds a newer checkpoint" in again.stderr and "resuming from" in again.stderr
+    back.invalidate_cache()
+    assert back.exists(f"{bucket}/down/metrics.json") and StoreCheckpoints(back, f"{bucket}/down").committed()
