@@ -244,7 +244,8 @@ def _wrong_schema() -> bytes:
     ("s3://corrupt/data", b"not a parquet file", ["cannot read parquet file"]),
     ("gs://corrupt/data", _wrong_schema(), ["timestamp"]),
 ], ids=["s3-not-parquet", "gs-wrong-schema"])
-def test_corrupt_object_is_named_by_its_url(url, content, words, store_env, market, tmp_path):
+def test_corrupt_object_is_named_by_its_url_and_a_fixed_one_replaces_the_cached_copy(url, content, words, store_env, market,
+                                                                                    tmp_path):
     fs = filesystem(url)
     fs.mkdir(url.split("://", 1)[1].split("/")[0])
     _upload(url, market, {"FOLW_2024-01-03.parquet": content})
@@ -252,3 +253,7 @@ def test_corrupt_object_is_named_by_its_url(url, content, words, store_env, mark
     user_error(proc, f"{url}/stocks_intraday/FOLW/2024/01/FOLW_2024-01-03.parquet", *words)
     no_partial_files(Path(store_env["PARALLEL_DQN_CACHE"]))
     assert not (tmp_path / "bad" / "trained_model.pth").exists()
+    _upload(url, market, {})  # fixed: a new ETag, so the cached copy is replaced and only it is downloaded
+    proc = run_cli(*cli_train(url, tmp_path / "good"), env=store_env)
+    assert proc.returncode == 0, proc.stderr
+    assert counts((tmp_path / "good" / "run.log").read_text())["FOLW"] == (DAYS, 1, DAYS - 1)
