@@ -4,7 +4,8 @@
 * the real CLI: :func:`run_cli` (``python -m parallel_dqn ...``), :func:`user_error` (its one error line),
   :func:`hash_tree` (to check that a failed command changed nothing);
 * MPI: :data:`MPIEXEC`, :func:`mpiexec`, :func:`train_args` (a parallel-mode command line equal to tiny_config),
-  :func:`start_job` (mpiexec -n 4 as one process group, to kill), :func:`wait_for_checkpoint_after`;
+  :func:`start_job` (mpiexec -n 4, or one process, as one process group, to kill), :func:`wait_for_checkpoint_after`
+  (of a local run, or of one in an object store: :class:`StoreCheckpoints`);
 * rank 0 alone: :func:`market`, :func:`config`, :func:`endpoint`, :func:`gradient` (scripted messages to it);
 * runs: :func:`curve`, :func:`assert_same_run` (two runs ended with the same weights, evaluation and curve);
 * :class:`LoopbackJSONServer`: a real HTTP server on 127.0.0.1 standing in for a web API.
@@ -214,6 +215,19 @@ def wait_for_checkpoint_after(store: CheckpointStore, seq: int, job: subprocess.
         assert job.poll() is None, f"the job ended early: {job.communicate()[1][-3000:]}"
         time.sleep(0.05)
     pytest.fail("no new checkpoint within the timeout")
+
+
+class StoreCheckpoints:
+    """The complete checkpoints (manifest present) of a run in an object store (``fs``: an fsspec filesystem,
+    ``root``: BUCKET/PREFIX), newest first: what :func:`wait_for_checkpoint_after` waits on for a cloud --output."""
+
+    def __init__(self, fs, root: str) -> None:
+        self.fs, self.root = fs, root
+
+    def committed(self) -> list[Path]:
+        self.fs.invalidate_cache()
+        manifests = self.fs.glob(f"{self.root}/checkpoints/ckpt-*/manifest.json")
+        return sorted((Path(Path(m).parent.name) for m in manifests), reverse=True)
 
 
 def kill_9_then_resume_equals_uninterrupted(market: Path, tmp_path: Path, *extra: str, episodes: int = 4) -> Path:

@@ -19,6 +19,7 @@ from parallel_dqn.errors import UserError
 from parallel_dqn.run.cloud_output import StoreMirror, readable
 from tests.helpers import (
     ERROR_LINE,
+    StoreCheckpoints,
     assert_same_run,
     make_market,
     mpiexec,
@@ -28,18 +29,6 @@ from tests.helpers import (
     user_error,
     wait_for_checkpoint_after,
 )
-
-
-class StoreCheckpoints:
-    """The complete checkpoints (manifest present) under a run URL, for tests.helpers.wait_for_checkpoint_after."""
-
-    def __init__(self, fs, root: str) -> None:
-        self.fs, self.root = fs, root
-
-    def committed(self) -> list[Path]:
-        self.fs.invalidate_cache()
-        manifests = self.fs.glob(f"{self.root}/checkpoints/ckpt-*/manifest.json")
-        return sorted((Path(Path(m).parent.name) for m in manifests), reverse=True)
 
 
 @pytest.fixture
