@@ -273,11 +273,11 @@ def test_status_tells_every_state(states_sweep):
     states = [rows[f.name][1] for f in folders]
     assert states == ["finished", "stopped", "failed", "interrupted", "running", "not started"]
     assert rows[folders[0].name][0] == "run.seed=0"
-    assert rows[folders[0].name][2:4] == ["2/4", "1.234567"] and rows[folders[1].name][2] == "1/4"
+    assert rows[folders[0].name][2:4] == ["2/4", "1.23"] and rows[folders[1].name][2] == "1/4"
     assert "high < low" in rows[folders[2].name][-1] and "SIGTERM" in rows[folders[1].name][-1]
     assert ("6 combination(s): 1 finished, 1 running, 1 stopped, 1 interrupted, 1 failed, 1 not started"
             in proc.stdout)
-    assert f"best: {folders[0].name} (eval Sharpe 1.234567)" in proc.stdout
+    assert f"best: {folders[0].name} (eval Sharpe 1.23)" in proc.stdout
 
 
 def test_submit_dry_run_prints_the_sbatch_command(states_sweep):
@@ -364,12 +364,12 @@ def test_status_shows_and_ranks_by_the_deflated_sharpe(dsr_sweep):
     shown = {name: cells[4] for name, cells in rows.items()}  # settings, state, episodes, eval Sharpe, DSR
     assert shown["c003-seed=3"] == "-" and rows["c003-seed=3"][1] == "not started"
     expected = {name: hand_dsr(r, list(sharpes.values())) for name, r in returns.items()}
-    assert 0.05 < expected["c002-seed=2"] < 0.95  # a value that 4 decimals show, not a saturated 0 or 1
+    assert 0.05 < expected["c002-seed=2"] < 0.95  # a value that 3 decimals show, not a saturated 0 or 1
     for name, value in expected.items():
-        assert float(shown[name]) == pytest.approx(value, abs=5e-5), name
+        assert float(shown[name]) == pytest.approx(value, abs=5e-4), name  # probabilities: 3 decimals
     # the two rankings differ: c000's Sharpe is the highest, c001's deflated Sharpe (2000 bars against 40)
     assert max(sharpes, key=sharpes.get) == "c000-seed=0" and max(expected, key=expected.get) == "c001-seed=1"
-    assert f"best: c000-seed=0 (eval Sharpe {sharpes['c000-seed=0']})" in proc.stdout
+    assert f"best: c000-seed=0 (eval Sharpe {sharpes['c000-seed=0']:.2f})" in proc.stdout
     assert (f"best by deflated Sharpe: c001-seed=1 (deflated Sharpe {shown['c001-seed=1']} over 3 finished "
             f"combination(s)): {out.resolve() / 'c001-seed=1'}") in proc.stdout
 
@@ -392,7 +392,7 @@ def test_a_run_without_returns_eval_has_no_deflated_sharpe_but_counts_as_a_trial
     assert dsr[out / "c000-seed=0"] is None and dsr[out / "c002-seed=2"] is None
     assert dsr[out / "c001-seed=1"] == pytest.approx(hand_dsr(returns["c001-seed=1"], list(sharpes.values())))
     rows = status_rows(run_cli("sweep", "status", out).stdout)
-    assert [rows[name][4] for name in DSR_RUNS] == ["-", f"{dsr[out / 'c001-seed=1']:.4f}", "-"]
+    assert [rows[name][4] for name in DSR_RUNS] == ["-", f"{dsr[out / 'c001-seed=1']:.3f}", "-"]
 
 
 def test_status_of_runs_without_returns_eval_shows_a_dash(states_sweep):
@@ -414,7 +414,7 @@ def test_report_of_a_sweep_ranks_by_sharpe_and_by_deflated_sharpe(dsr_sweep):
     assert [name for name, *_ in listed] == sorted(sharpes, key=sharpes.get, reverse=True)  # still by Sharpe
     expected = {name: hand_dsr(r, list(sharpes.values())) for name, r in returns.items()}
     for name, _, dsr, rank in listed:
-        assert float(dsr) == pytest.approx(expected[name], abs=1e-6)
+        assert float(dsr) == pytest.approx(expected[name], abs=5e-4)  # 3 decimals
         assert int(rank) == 1 + sorted(expected.values(), reverse=True).index(expected[name])
     assert "best by evaluation Sharpe: c000-seed=0; best by deflated Sharpe: c001-seed=1" in page
 
@@ -466,7 +466,7 @@ def test_local_run_finishes_every_combination(local_sweep):
     assert list(rows) == names(out)
     for name, cells in rows.items():
         sharpe = json.loads((out / name / "metrics.json").read_text())["eval"]["sharpe"]
-        assert cells[1:4] == ["finished", "1/1", str(sharpe)], (name, cells)
+        assert cells[1:4] == ["finished", "1/1", f"{sharpe:.2f}"], (name, cells)  # ratios: 2 decimals
     assert "2 combination(s): 2 finished" in after.stdout
 
 
@@ -504,9 +504,9 @@ def test_report_of_a_sweep_folder(local_sweep, tmp_path):
     listed = re.findall(r"<tr><td>(c\d{3}[^<]*)</td><td>([^<]*)</td>", table)
     sharpe = {name: json.loads((out / name / "metrics.json").read_text())["eval"]["sharpe"] for name in names(out)}
     assert sorted(name for name, _ in listed) == sorted(sharpe)
-    assert [float(s) for _, s in listed] == sorted(sharpe.values(), reverse=True)
-    assert all(float(s) == sharpe[name] for name, s in listed)
-    assert "run.seed" in table[: table.index("</tr>")]
+    assert listed == sorted(((n, f"{v:.2f}") for n, v in sharpe.items()), key=lambda p: -sharpe[p[0]])  # 2 decimals
+    settings = page[page.index('<table id="comparison-settings"'):]
+    assert "<code>run.seed = 0</code>" in settings[: settings.index("</table>")]  # the settings: a table below
 
     # a sweep with nothing finished: one line
     empty = tmp_path / "empty"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parallel_dqn.errors import UserError
+from parallel_dqn.evaluation import formats
 
 if TYPE_CHECKING:
     from parallel_dqn.sweep import PlanResult, Row
@@ -178,7 +179,7 @@ def print_status(rows: Sequence[Row], folder: Path) -> None:
     table = [
         (r.combination.name, describe(r.combination.settings) or "(base)", r.state,
          f"{r.episodes_done}/{r.episodes_total if r.episodes_total is not None else '?'}",
-         "-" if r.sharpe is None else str(r.sharpe), _probability(deflated.get(r.combination.name)), r.job or "-",
+         formats.ratio(r.sharpe), _probability(deflated.get(r.combination.name)), r.job or "-",
          r.note)
         for r in rows
     ]
@@ -189,7 +190,7 @@ def print_status(rows: Sequence[Row], folder: Path) -> None:
     print(f"\n{len(rows)} combination(s): {counts or 'none'}")
     top = best(rows)
     if top is not None:
-        print(f"best: {top.combination.name} (eval Sharpe {top.sharpe}): {folder / top.combination.name}")
+        print(f"best: {top.combination.name} (eval Sharpe {formats.ratio(top.sharpe)}): {folder / top.combination.name}")
     top_deflated = best_deflated(rows, deflated)
     if top_deflated is not None:
         row, value = top_deflated
@@ -198,5 +199,5 @@ def print_status(rows: Sequence[Row], folder: Path) -> None:
 
 
 def _probability(value: float | None) -> str:
-    """A deflated Sharpe ratio (a probability) as the table shows it: 4 decimals, ``-`` when there is none."""
-    return "-" if value is None else f"{value:.4f}"
+    """A deflated Sharpe ratio (a probability) as the table shows it: 3 decimals, ``-`` when there is none."""
+    return formats.probability(value)
