@@ -81,7 +81,8 @@ def test_report_of_one_run(runs, tmp_path):
     path = write_report([runs[0]], tmp_path / "one.html")
     page = path.read_text()
     metrics = json.loads((runs[0] / "metrics.json").read_text())
-    assert f"<td>{metrics['eval']['sharpe']}</td>" in page
+    assert f"<td>{metrics['eval']['sharpe']:.2f}</td>" in page  # ratios: 2 decimals
+    assert f"<td>{100 * metrics['eval']['total_return']:.2f}%</td>" in page  # returns: percent
     assert all(name in page for name in BASELINES)
     for alt in ("equity_eval", "drawdown_eval", "attention", "training_curve", "weights"):
         assert re.search(rf'<img alt="{alt}" src="data:image/png;base64,[A-Za-z0-9+/=]{{100,}}"', page), alt
@@ -98,7 +99,12 @@ def test_report_compares_runs_by_sharpe(runs, tmp_path):
     expected = sorted(sharpe, key=sharpe.get, reverse=True)
     assert re.findall(r"<tr><td>(seed\d)</td>", table) == expected
     header = table[: table.index("</tr>")]
-    assert "dqn.lr" in header and "run.seed" in header and "run.output" not in header
+    assert "<th>annual return</th>" in header and "dqn.lr" not in header  # metrics only: the settings go below
+    settings = page[page.index('<table id="comparison-settings"'):]
+    settings = settings[: settings.index("</table>")]
+    assert re.findall(r"<tr><td>(seed\d)</td>", settings) == expected  # the same order as the metrics
+    assert "<code>dqn.lr = 0.001</code>" in settings and "<code>run.seed = 1</code>" in settings
+    assert "run.output" not in settings
 
 
 def test_report_cli(runs, tmp_path, cli):

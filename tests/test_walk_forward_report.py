@@ -90,8 +90,13 @@ def report_of(*dirs: Path, output: Path | None = None) -> None:
 
 
 def cell(value: float) -> str:
-    """A number as the report's tables write it (6 decimals at most, as metrics.json stores them)."""
-    return str(round(value, 6))
+    """A ratio as the report's tables write it (2 decimals)."""
+    return f"{value:,.2f}"
+
+
+def probability(value: float) -> str:
+    """A probability (p-value, PSR) as the report's tables write it (3 decimals)."""
+    return f"{value:.3f}"
 
 
 def walk_forward_section(page: str) -> str:
@@ -113,15 +118,15 @@ def check_walk_forward_section(page: str, folder: Path) -> None:
         (cell(f["eval"]["sharpe"]), cell(f["baselines"]["buy_and_hold"]["sharpe"]),
          "yes" if f["beats_buy_and_hold"] else "no") for f in result["folds"]]
     sig = result["significance"]
-    assert f"<td>{cell(sig['p_value_vs_buy_and_hold'])}</td>" in section
-    assert f"<td>{cell(sig['spa_p_value_vs_buy_and_hold'])}</td>" in section
+    assert f"<td>{probability(sig['p_value_vs_buy_and_hold'])}</td>" in section
+    assert f"<td>{probability(sig['spa_p_value_vs_buy_and_hold'])}</td>" in section
     assert f"<td>[{cell(sig['sharpe_ci'][0])}, {cell(sig['sharpe_ci'][1])}]</td>" in section
-    assert f"<td>{cell(sig['psr'])}</td>" in section
+    assert f"<td>{probability(sig['psr'])}</td>" in section
     oos = section[section.index('<table id="out-of-sample">'):]
     names = re.findall(r"<tr(?: class=\"agent\")?><td>([^<]+)</td>", oos[: oos.index("</table>")])
     expected = ["agent (DQN + meta-policy)", *result["baselines"]]
     assert names == expected + (["oracle (planted signal)"] if result["oracle"] else [])
-    assert f"<td>{cell(result['oos']['total_return'])}</td>" in oos
+    assert f"<td>{100 * result['oos']['total_return']:,.2f}%</td>" in oos
     # the equity curve: a PNG that loads, its caption naming each fold's first bar of the joined record
     png = base64.b64decode(IMG.search(section).group(1))
     assert imread(io.BytesIO(png), format="png").shape[2] in (3, 4)
@@ -160,7 +165,8 @@ def test_a_deflated_sharpe_is_shown_when_the_join_has_one(walk_forward, tmp_path
     result["significance"]["deflated_sharpe"] = 0.8125
     result["significance_detail"]["n_trials"] = 7
     page = write_report([], tmp_path / "r.html", [WalkForward(walk_forward, result, {})]).read_text()
-    assert "<tr><td>deflated Sharpe</td><td>0.8125</td>" in page and "best of 7 skill-less trials" in page
+    assert "<tr><td>deflated Sharpe</td><td>0.812</td>" in page  # probabilities: 3 decimals
+    assert "best of 7 skill-less trials" in page
     assert "the equity curve is left out" in page  # no fold folders given
 
 

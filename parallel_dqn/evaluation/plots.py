@@ -1,4 +1,5 @@
-"""PNG plots for reports: equity and drawdown curves, attention heatmaps, training curves.
+"""PNG plots for reports: equity and drawdown curves, attention heatmaps (ranked links for many stocks), training
+curves, the tear sheet's stacked panels.
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly, never through
 ``pyplot``: no display is needed, no global backend is switched and no figure is left open.
@@ -12,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from parallel_dqn.evaluation import tearsheet
 from parallel_dqn.evaluation.portfolio import drawdown
 
 AGENT = "agent"  # the curve name drawn highlighted
@@ -29,20 +32,59 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def _datetimes(timestamps: np.ndarray) -> np.ndarray:
+    """``timestamps`` (numpy datetimes, or pandas times with a time zone) as naive UTC ``datetime64[ns]``."""
+    index = pd.DatetimeIndex(np.asarray(timestamps))
+    return (index.tz_convert(None) if index.tz is not None else index).to_numpy(dtype="datetime64[ns]")
+
+
+def is_intraday(timestamps: np.ndarray | None) -> bool:
+    """Whether some calendar day (UTC) holds more than one of ``timestamps``: bars within sessions."""
+    if timestamps is None or len(timestamps) < 2:
+        return False
+    days = _datetimes(timestamps).astype("datetime64[D]")
+    return len(np.unique(days)) < len(days)
+
+
 def _x_axis(timestamps: np.ndarray | None, n: int) -> np.ndarray:
-    """Timestamps if given (one per point), else the bar index."""
+    """The x of each point: the timestamps for daily (or coarser) data, the bar index for intraday bars (a
+    session-time axis, :func:`_session_ticks`: nights and weekends take no width) or without timestamps."""
     if timestamps is None:
         return np.arange(n)
     x = np.asarray(timestamps)
     if len(x) != n:
         raise ValueError(f"{len(x)} timestamps for curves of {n} points")
-    return x
+    return np.arange(n) if is_intraday(x) else x
+
+
+#: a session-time axis labels at most this many days, and marks each gap in trading up to MAX_GAP_LINES
+MAX_DAY_TICKS, MAX_GAP_LINES = 12, 80
+
+
+def _session_ticks(ax: Axes, timestamps: np.ndarray) -> None:
+    """Label a bar-index axis with the first bar of each trading day (thinned to :data:`MAX_DAY_TICKS`) and mark
+    every gap in trading (a step longer than 1.5 x the usual bar: a night, a weekend, a halt) with a dotted line."""
+    ts = _datetimes(timestamps)
+    days = ts.astype("datetime64[D]")
+    firsts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
+    every = int(np.ceil(len(firsts) / MAX_DAY_TICKS))
+    shown = firsts[::every]
+    ax.set_xticks(shown, labels=[str(days[i]) for i in shown], rotation=30, ha="right", fontsize="small")
+    steps = np.diff(ts).astype(np.int64)
+    if steps.size:
+        usual = np.median(steps)
+        gaps = np.flatnonzero(steps > 1.5 * usual)
+        if len(gaps) <= MAX_GAP_LINES:
+            for g in gaps:
+                ax.axvline(g + 0.5, color="grey", linestyle=":", linewidth=0.8, zorder=1)
+        ax.set_xlabel(f"bar (session time: {len(gaps)} gaps in trading, dotted, take no width)")
 
 
 def _plot_curves(
     curves: Mapping[str, np.ndarray], timestamps: np.ndarray | None, highlight: str, ylabel: str, title: str
 ) -> Figure:
-    """One line per curve, all the same length; ``highlight`` thick and on top, the rest thin."""
+    """One line per curve, all the same length; ``highlight`` thick and on top, the rest thin. Intraday
+    timestamps get a session-time axis (bar index, day ticks, gaps marked), daily ones a calendar axis."""
     lengths = {len(c) for c in curves.values()}
     if len(lengths) != 1:
         raise ValueError(f"curves have different lengths: { {k: len(c) for k, c in curves.items()} }")
@@ -56,7 +98,10 @@ def _plot_curves(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    fig.autofmt_xdate()
+    if timestamps is not None and is_intraday(timestamps):
+        _session_ticks(ax, timestamps)
+    else:
+        fig.autofmt_xdate()
     fig.tight_layout()
     return fig
 
@@ -117,15 +162,58 @@ def fold_equity_figure(
     return fig
 
 
+def panels_figure(panels: Sequence[tuple[str, Mapping[str, np.ndarray]]], timestamps: np.ndarray | None,
+                  title: str) -> Figure:
+    """Stacked panels sharing the time axis (session time for intraday bars, calendar for daily): each panel a
+    y-label and its curves, all as long as ``timestamps`` (e.g. rolling Sharpe; gross and net exposure; turnover)."""
+    n = len(next(iter(panels[0][1].values())))
+    x = _x_axis(timestamps, n)
+    fig = Figure(figsize=(10, 2.2 * len(panels) + 0.6))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (ylabel, curves) in zip(axes, panels):
+        for name, y in curves.items():
+            if len(y) != n:
+                raise ValueError(f"{name}: {len(y)} points on an axis of {n}")
+            ax.plot(x, y, label=name, linewidth=1.2)
+        ax.set_ylabel(ylabel, fontsize="small")
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(loc="best", fontsize="small")
+    axes[0].set_title(title)
+    if timestamps is not None and is_intraday(timestamps):
+        _session_ticks(axes[-1], timestamps)
+    else:
+        fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def ranked_links_figure(labels: Sequence[str], weights: Sequence[float], title: str) -> Figure:
+    """Horizontal bars of the strongest attention links (``labels`` such as ``FOLW <- LEAD``), strongest on top."""
+    fig = Figure(figsize=(8, 1.0 + 0.28 * max(len(labels), 1)))
+    ax = fig.add_subplot()
+    y = np.arange(len(labels))[::-1]
+    ax.barh(y, list(weights), color="tab:blue")
+    ax.set_yticks(y, labels=list(labels), fontsize="small")
+    ax.set_xlabel("mean attention weight (attending stock <- informing stock)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 #: the attention heatmap writes each weight in its cell up to this many stocks, names them up to the next
-#: number, and never grows past MAX_HEATMAP_INCHES (a fixed-size picture of the whole matrix beyond)
+#: number, and never grows past MAX_HEATMAP_INCHES; past HEATMAP_MAX_STOCKS a ranked bar plot of the strongest
+#: links replaces the heatmap (an S x S picture of 500 stocks says nothing)
 ANNOTATED_STOCKS, LABELLED_STOCKS, MAX_HEATMAP_INCHES = 20, 60, 14.0
+HEATMAP_MAX_STOCKS, STRONGEST_LINKS = 30, 25
 
 
 def plot_attention(
     matrix: np.ndarray, symbols: Sequence[str], path: str | Path, title: str = "Cross-stock attention"
 ) -> Path:
-    """Heatmap of an ``[S, S]`` attention matrix, each weight written in its cell for a few stocks.
+    """Heatmap of an ``[S, S]`` attention matrix, each weight written in its cell for a few stocks; past
+    :data:`HEATMAP_MAX_STOCKS`, the :data:`STRONGEST_LINKS` strongest links between two stocks, ranked.
 
     Row ``i`` is the attending stock, column ``j`` the stock it draws information from. The picture's size
     is bounded whatever S (500 stocks once took gigabytes of canvas and 250,000 text labels).
@@ -134,6 +222,8 @@ def plot_attention(
     S = len(symbols)
     if m.shape != (S, S):
         raise ValueError(f"attention matrix {m.shape} does not match {S} symbols")
+    if S > HEATMAP_MAX_STOCKS:
+        return _save(attention_links_figure(m, symbols, title), path)
     size = min(2.0 + 0.6 * S, MAX_HEATMAP_INCHES)
     fig = Figure(figsize=(size + 1.5, size))
     ax = fig.add_subplot()
@@ -156,6 +246,14 @@ def plot_attention(
                         color="black" if m[i, j] > mid else "white")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def attention_links_figure(matrix: np.ndarray, symbols: Sequence[str], title: str,
+                           n: int = STRONGEST_LINKS) -> Figure:
+    """The ``n`` strongest links of an attention matrix between two different stocks, ranked (for many stocks)."""
+    links = tearsheet.strongest_links(matrix, n)
+    return ranked_links_figure([f"{symbols[i]} <- {symbols[j]}" for i, j, _ in links], [w for *_, w in links],
+                               f"{title}: the {len(links)} strongest of {len(symbols)} x {len(symbols) - 1} links")
 
 
 def plot_training_curve(records: Sequence[Mapping[str, float]], keys: Sequence[str], path: str | Path) -> Path:

@@ -19,25 +19,24 @@ left out with a note in the run's section.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from parallel_dqn import outputs
 from parallel_dqn.config import flatten_settings
 from parallel_dqn.errors import UserError
-from parallel_dqn.evaluation import plots
+from parallel_dqn.evaluation import formats, plots, tearsheet
+from parallel_dqn.evaluation.html_parts import escape as _e
+from parallel_dqn.evaluation.html_parts import figure, table
+from parallel_dqn.evaluation.html_parts import png as _png
+from parallel_dqn.evaluation.tearsheet_section import tearsheet_html
 from parallel_dqn.files import write_atomically
 
 #: metric key -> column heading of the evaluation tables
@@ -72,13 +71,26 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1,h2,h3{color:#113}table{border-collapse:collapse;margin:.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eef}
-td:first-child,th:first-child{text-align:left}tr.agent td{font-weight:bold}
+td:first-child,th:first-child{text-align:left}th.how,td.how{text-align:left}tr.agent td{font-weight:bold}
 img{max-width:100%;display:block;margin:.5em 0}figure{margin:0 0 1.5em}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto}section.run{border-top:2px solid #99b;margin-top:2em}
 p.note{background:#fff4e0;border-left:4px solid #e90;padding:.4em .8em}
 p.verdict{font-size:1.3em;font-weight:bold;background:#eef4ff;border-left:6px solid #36c;padding:.6em 1em}
-section.walk-forward td.how{text-align:left;color:#555}
+td.how{text-align:left;color:#555}div.wide{max-width:100%;overflow-x:auto}
+h1,h2,h3,p,figcaption,summary{overflow-wrap:anywhere}
+table.settings td,table.settings th{text-align:left;overflow-wrap:anywhere}table.settings td:first-child{white-space:nowrap}
+table.settings code{white-space:normal;margin-right:1em;display:inline-block}
 """
+#: each stock's strongest informants listed (past plots.HEATMAP_MAX_STOCKS); per-stock rows shown open up to
+TOP_INFORMANTS, PER_STOCK_OPEN = 3, 50
+#: the meta-policy's weights are drawn for at most this many stocks (those of largest mean |weight|)
+WEIGHTS_SHOWN = 10
+#: a setting's list value is shown whole up to this many items, else as its length and first items
+LIST_SHOWN = 6
+#: the comparison of several runs: evaluation metric key -> column heading (after the Sharpe)
+COMPARED = {"total_return": "total return", "annual_return": "annual return",
+            "annual_volatility": "annual volatility", "sortino": "Sortino", "max_drawdown": "max drawdown",
+            "turnover": "turnover"}
 #: the walk-forward's joined out-of-sample table: metric key -> column heading
 OOS_METRICS = {"total_return": "total return", "sharpe": "Sharpe", "max_drawdown": "max drawdown"}
 
@@ -229,20 +241,20 @@ def significance_table(sig: Mapping[str, Any], detail: Mapping[str, Any]) -> str
         [f"{level} Sharpe interval", _interval(low, high),
          f"the annualised Sharpe ratio over {level} of resamples of the joined bars in blocks (mean length "
          f"{ci.get('block')} bars, keeping their autocorrelation); wholly above 0: a positive Sharpe beyond luck"],
-        ["PSR (Sharpe > 0)", sig.get("psr"),
+        ["PSR (Sharpe > 0)", formats.probability(sig.get("psr")),
          "probability that the true Sharpe is above 0, given the number of bars, their skewness and fat tails; "
          "0.95 or more is the usual bar"],
-        ["PSR (Sharpe > buy-and-hold's)", sig.get("psr_vs_buy_and_hold"),
+        ["PSR (Sharpe > buy-and-hold's)", formats.probability(sig.get("psr_vs_buy_and_hold")),
          "the same against buy-and-hold's Sharpe taken as a known number (the p-value below is the proper test)"],
-        ["p-value vs buy-and-hold (paired block bootstrap)", sig.get("p_value_vs_buy_and_hold"),
+        ["p-value vs buy-and-hold (paired block bootstrap)", formats.probability(sig.get("p_value_vs_buy_and_hold")),
          "chance of a Sharpe lead over buy-and-hold this large if the agent had none (both resampled with the "
          "same blocks of bars); below 0.05: significant at the 5% level"],
-        ["SPA p-value vs buy-and-hold (Hansen)", sig.get("spa_p_value_vs_buy_and_hold"),
+        ["SPA p-value vs buy-and-hold (Hansen)", formats.probability(sig.get("spa_p_value_vs_buy_and_hold")),
          "Hansen's test of superior predictive ability on the mean return per bar (not risk-adjusted); "
          "small: the agent's mean return beats buy-and-hold's beyond luck"],
     ]
     if sig.get("deflated_sharpe") is not None:
-        rows.append(["deflated Sharpe", sig["deflated_sharpe"],
+        rows.append(["deflated Sharpe", formats.probability(sig["deflated_sharpe"]),
                      f"probability that the true Sharpe exceeds what the best of {detail.get('n_trials')} "
                      "skill-less trials would reach by luck; 0.95 or more is the usual bar"])
     return table(["figure", "value", "how to read it"], rows, css_id="significance", last_column_class="how")
@@ -279,12 +291,12 @@ def _days(span: Any) -> str | None:
 def _interval(low: Any, high: Any) -> str | None:
     if _number(low) is None or _number(high) is None:
         return None
-    return f"[{_cell(float(low))}, {_cell(float(high))}]"
+    return f"[{formats.ratio(low)}, {formats.ratio(high)}]"
 
 
 # ---- several runs -----------------------------------------------------------------------
 def comparison_html(runs: Sequence[Run], deflated: Mapping[Path, float | None] | None = None) -> str:
-    """Runs side by side, best evaluation Sharpe first, with the settings that differ between them.
+    """Runs side by side, best evaluation Sharpe first; the settings that differ between them in a second table.
 
     With ``deflated`` (resolved run folder -> deflated Sharpe ratio, for a sweep's runs), that column and its
     ranking too, and a line naming the best run by each.
@@ -299,7 +311,7 @@ def comparison_html(runs: Sequence[Run], deflated: Mapping[Path, float | None] |
         if key not in IGNORED_SETTINGS and len({json.dumps(r.settings.get(key)) for r in runs}) > 1
     )
     head = ["run", "eval Sharpe", *(["deflated Sharpe", "rank by deflated Sharpe"] if scored else []),
-            "total return", "max drawdown", "best baseline Sharpe", "oracle Sharpe", *differing, "wall time (s)"]
+            *COMPARED.values(), "best baseline Sharpe", "oracle Sharpe", "wall time (s)"]
     rows = []
     by_sharpe = sorted(runs, key=Run.sharpe, reverse=True)
     for r in by_sharpe:
@@ -308,16 +320,40 @@ def comparison_html(runs: Sequence[Run], deflated: Mapping[Path, float | None] |
         base = [b for b in base if b is not None]
         key = r.folder.resolve()
         rows.append([
-            r.name, ev.get("sharpe"), *([dsr[key], rank.get(key)] if scored else []), ev.get("total_return"),
-            ev.get("max_drawdown"), max(base) if base else None, (r.metrics.get("oracle") or {}).get("sharpe"),
-            *(r.settings.get(k) for k in differing), r.metrics.get("wall_seconds"),
+            r.name, ev.get("sharpe"), *([dsr[key], rank.get(key)] if scored else []),
+            *(ev.get(k) for k in COMPARED), max(base) if base else None,
+            (r.metrics.get("oracle") or {}).get("sharpe"), r.metrics.get("wall_seconds"),
         ])
     best = ""
     if scored:
         best = (f"<p>best by evaluation Sharpe: {_e(by_sharpe[0].name)}; best by deflated Sharpe: "
                 f"{_e(scored[0][1].name)} (the probability that a run's true Sharpe exceeds what the best of its "
                 "sweep's finished combinations would reach by luck, were none skilled)</p>\n")
-    return '<h2>Comparison</h2>\n' + best + table(head, rows, css_id="comparison")
+    return ('<h2>Comparison</h2>\n' + best + table(head, rows, css_id="comparison")
+            + settings_table([r.name for r in by_sharpe], [r.settings for r in by_sharpe], differing))
+
+
+def settings_table(names: Sequence[str], settings: Sequence[Mapping[str, Any]], differing: Sequence[str]) -> str:
+    """The settings that differ between the compared runs, under the metrics: one row per run (in the same
+    order), its settings as ``key = value`` items that wrap to the page's width; a long list (the stocks) is
+    shown as its length and first items."""
+    if not differing:
+        return "<p>the runs' settings are the same (their output folders aside)</p>"
+    rows = []
+    for name, values in zip(names, settings):
+        items = " ".join(f"<code>{_e(k)} = {_e(_setting(values.get(k)))}</code>" for k in differing)
+        rows.append(f"<tr><td>{_e(name)}</td><td>{items}</td></tr>")
+    return ('<h3>Settings that differ between the runs</h3>\n<div class="wide"><table id="comparison-settings" '
+            'class="settings"><tr><th>run</th><th>settings</th></tr>\n' + "\n".join(rows) + "</table></div>")
+
+
+def _setting(value: Any) -> str:
+    """A setting's value as text: a list longer than :data:`LIST_SHOWN` as ``[500 items: A, B, C, ...]``."""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, list) and len(value) > LIST_SHOWN:
+        return f"[{len(value):,} items: {', '.join(map(str, value[:3]))}, ...]"
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
 
 
 # ---- one run ----------------------------------------------------------------------------
@@ -330,7 +366,13 @@ def run_html(run: Run) -> str:
     if period:
         parts.append(f"<p>evaluation period {_e(' .. '.join(period))}</p>")
     parts.append("<h3>Evaluation: agent vs baselines vs oracle</h3>" + evaluation_table(m))
+    try:
+        parts.append(tearsheet_html(run.folder, m, run.settings))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # returns_eval.csv or portfolio_eval.csv damaged
+        notes.append(f"the tear sheet cannot be drawn ({_reason(exc)}); it is left out")
     for name, caption in RUN_PLOTS.items():
+        if name == outputs.ATTENTION_PLOT and _many_stocks(m):
+            continue  # attention_html ranks the strongest links instead of the S x S heatmap
         png = _read_png(run.folder / name, notes)
         if png is not None:
             parts.append(figure(png, caption, name.removesuffix(".png")))
@@ -348,12 +390,15 @@ def run_html(run: Run) -> str:
         weights_png = None
         notes.append(f"portfolio_eval.csv cannot be read ({_reason(exc)}); the meta-policy weights plot is left out")
     if weights_png is not None:
-        parts.append(figure(weights_png, "meta-policy: |weight| per stock over the evaluation (rolling mean)", "weights"))
+        parts.append(figure(weights_png, "meta-policy: |weight| per stock over the evaluation (rolling mean; "
+                                           f"the {WEIGHTS_SHOWN} largest holdings when there are more stocks)", "weights"))
     per_stock = m.get("per_stock") or {}
     if per_stock:
         keys = list(next(iter(per_stock.values())))
-        parts.append("<h3>Per stock (evaluation)</h3>"
-                     + table(["stock", *keys], [[s, *(v.get(k) for k in keys)] for s, v in per_stock.items()]))
+        stocks = table(["stock", *keys], [[s, *(v.get(k) for k in keys)] for s, v in per_stock.items()])
+        if len(per_stock) > PER_STOCK_OPEN:
+            stocks = f"<details><summary>every stock ({len(per_stock):,})</summary>{stocks}</details>"
+        parts.append("<h3>Per stock (evaluation)</h3>" + stocks)
     parts.append(record_html(run))
     parts.append("</section>")
     head = [f'<section class="run" id="run-{_e(run.name)}"><h2>Run {_e(run.name)}</h2>']
@@ -409,12 +454,32 @@ def evaluation_table(metrics: Mapping[str, Any]) -> str:
 
 
 def attention_html(metrics: Mapping[str, Any]) -> str:
-    """The mean attention matrix as numbers (the heatmap is one of :data:`RUN_PLOTS`)."""
+    """The mean attention matrix as numbers for a few stocks (the heatmap is one of :data:`RUN_PLOTS`); past
+    :data:`plots.HEATMAP_MAX_STOCKS`, each stock's top informants as a table and the strongest links ranked."""
     matrix, symbols = metrics.get("attention"), metrics.get("symbols") or []
     if not matrix:
         return ""
-    rows = [[symbols[i] if i < len(symbols) else i, *row] for i, row in enumerate(matrix)]
-    return "<h3>Attention matrix (row attends to column)</h3>" + table(["", *symbols], rows)
+    names = [symbols[i] if i < len(symbols) else str(i) for i in range(len(matrix))]
+    if not _many_stocks(metrics):
+        rows = [[names[i], *row] for i, row in enumerate(matrix)]
+        return "<h3>Attention matrix (row attends to column)</h3>" + table(["", *symbols], rows)
+    m = np.asarray(matrix, dtype=np.float64)
+    fig = plots.attention_links_figure(m, names, "mean attention (evaluation)")
+    top = tearsheet.top_informants(m, TOP_INFORMANTS)
+    head = ["stock", *(f"informant {k + 1}" for k in range(TOP_INFORMANTS))]
+    rows = [[names[i], *(f"{names[j]} ({w:.3f})" for j, w in row)] for i, row in enumerate(top)]
+    return ("<h3>Cross-stock attention: the strongest links</h3>"
+            + figure(_png(fig), f"the {plots.STRONGEST_LINKS} strongest links between two of the {len(names):,} "
+                     "stocks (attending <- informing), ranked; a heatmap of the whole matrix would say nothing",
+                     "attention_links")
+            + f"<details><summary>each stock's top {TOP_INFORMANTS} informants (mean attention weight)</summary>"
+            + table(head, rows, css_id="top-informants", kinds=[formats.PLAIN] * len(head)) + "</details>")
+
+
+def _many_stocks(metrics: Mapping[str, Any]) -> bool:
+    """Whether the run's attention matrix is too large for a heatmap (or a table of every weight)."""
+    matrix = metrics.get("attention")
+    return bool(matrix) and len(matrix) > plots.HEATMAP_MAX_STOCKS
 
 
 def record_html(run: Run) -> str:
@@ -448,6 +513,9 @@ def weights_plot(portfolio_csv: Path) -> bytes | None:
     columns = [c for c in frame.columns if str(c).startswith("weight_")]
     if frame.empty or not columns:
         return None
+    if len(columns) > WEIGHTS_SHOWN:  # a legend of 500 names says nothing: the largest holdings
+        mean = {c: float(pd.to_numeric(frame[c]).abs().mean()) for c in columns}
+        columns = sorted(columns, key=lambda c: -mean[c])[:WEIGHTS_SHOWN]
     window = max(1, len(frame) // 50)
     curves = {
         str(c).removeprefix("weight_"): pd.to_numeric(frame[c]).abs().rolling(window, min_periods=1).mean().to_numpy()
@@ -456,48 +524,6 @@ def weights_plot(portfolio_csv: Path) -> bytes | None:
     times = pd.to_datetime(frame["timestamp"], format="mixed").to_numpy() if "timestamp" in frame else None
     fig = plots._plot_curves(curves, times, highlight="", ylabel="mean |weight|", title="Meta-policy weights")
     return _png(fig)
-
-
-# ---- HTML pieces ------------------------------------------------------------------------
-def table(head: Sequence[Any], rows: Iterable[Sequence[Any]], css_id: str | None = None,
-          first_row_class: str | None = None, last_column_class: str | None = None) -> str:
-    """An HTML table; every cell escaped, floats to at most 6 decimals (as metrics.json stores them)."""
-    ident = f' id="{_e(css_id)}"' if css_id else ""
-    last = f'<td class="{_e(last_column_class)}">' if last_column_class else "<td>"
-    out = [f"<table{ident}><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
-    for i, row in enumerate(rows):
-        cls = f' class="{_e(first_row_class)}"' if first_row_class and i == 0 else ""
-        cells = [f"{last if j == len(row) - 1 else '<td>'}{_cell(v)}</td>" for j, v in enumerate(row)]
-        out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
-    return "\n".join(out) + "</table>"
-
-
-def figure(png: bytes, caption: str, alt: str) -> str:
-    """An embedded PNG (base64 data URI) with a caption."""
-    data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "&ndash;"
-    if isinstance(value, (list, dict)):
-        return _e(json.dumps(value))
-    if isinstance(value, float):  # metrics are stored rounded to 6 digits: the same text as metrics.json
-        return _e(str(round(value, 6)))
-    return _e(str(value))
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
 
 
 # ---- reading a run's files --------------------------------------------------------------
