@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command: the whole test suite (sets up .venv first if needed).
 #   launchers/test.sh [--fast] [PYTEST ARGS...]
-# --fast: only the fast tier, -m "not slow and not mpi and not azure and not cloud and not slurm and not container" (1-2 minutes; the markers
+# --fast: only the fast tier, -m "not slow and not mpi and not azure and not cloud and not slurm and not browser and not container" (1-2 minutes; the markers
 # are in setup.cfg and tests/conftest.py); it needs neither Azurite nor the S3/GCS emulators nor MPI nor SLURM nor docker. Other arguments go to pytest.
 # The Azure tests run against the real Azurite emulator: it is installed from npm (version pinned in
 # package-lock.json) into node_modules/ when missing; Node.js >= 18 and npm must be on PATH.
@@ -15,7 +15,7 @@ for arg in "$@"; do
 done
 bash launchers/setup_env.sh
 if [ "$fast" = 1 ]; then
-    exec .venv/bin/python -m pytest -m "not slow and not mpi and not azure and not cloud and not slurm and not container" ${args[@]+"${args[@]}"}
+    exec .venv/bin/python -m pytest -m "not slow and not mpi and not azure and not cloud and not slurm and not browser and not container" ${args[@]+"${args[@]}"}
 fi
 if [ ! -f node_modules/azurite/dist/src/blob/main.js ]; then
     command -v npm >/dev/null || { echo "error: npm not found; install Node.js >= 18 (the Azure tests need Azurite)" >&2; exit 2; }

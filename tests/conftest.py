@@ -16,6 +16,8 @@
   tests are skipped, except where ``PARALLEL_DQN_REQUIRE_CONTAINER=1`` (CI), where they fail.
 * ``slurm`` (session): a SLURM cluster answering ``sinfo`` (``launchers/slurm/local_cluster.sh start``). Without
   one the SLURM tests are skipped, except where ``PARALLEL_DQN_REQUIRE_SLURM=1`` (CI), where they fail.
+* ``chromium`` (session): the path of a headless Chromium (Debian's ``chromium``); without one the browser tests
+  are skipped, except where ``PARALLEL_DQN_REQUIRE_BROWSER=1`` (CI), where they fail.
 
 Markers (registered in setup.cfg; ``launchers/test.sh --fast`` runs ``-m "not slow and not mpi and not azure and
 not slurm"``). :func:`pytest_collection_modifyitems` adds them by what a test uses:
@@ -23,6 +25,7 @@ not slurm"``). :func:`pytest_collection_modifyitems` adds them by what a test us
 * ``azure``: the ``azurite`` or ``spare_azurite`` fixture (directly or through another fixture);
 * ``cloud``: an S3 or GCS emulator fixture;
 * ``slurm``: the ``slurm`` fixture;
+* ``browser``: the ``chromium`` fixture;
 * ``container``: the ``container`` fixture;
 * ``mpi`` and ``slow``: the test, or a fixture it uses, refers to ``mpiexec``/``MPIEXEC`` (tests.helpers), or
   spells the string ``"mpiexec"``;
@@ -63,7 +66,7 @@ TINY_DAYS = 3
 # ---- markers by what a test uses ----------------------------------------------------------------------------------
 #: a fixture that needs a service -> the marker of that service
 SERVICE_FIXTURES = {
-    "azurite": "azure", "spare_azurite": "azure", "slurm": "slurm",
+    "azurite": "azure", "spare_azurite": "azure", "slurm": "slurm", "chromium": "browser",
     "s3_emulator": "cloud", "spare_s3_emulator": "cloud", "gcs_emulator": "cloud", "spare_gcs_emulator": "cloud",
     "container": "container",
 }
@@ -407,3 +410,17 @@ def container() -> ContainerImage:
         pytest.fail(f"the container image is required here (PARALLEL_DQN_REQUIRE_CONTAINER=1): {problem}; {hint}",
                     pytrace=False)
     pytest.skip(f"{problem}; {hint}")
+
+
+# ---- a real browser: headless Chromium (Debian's chromium; .ci/run installs it) --------------------------------------
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of a Chromium that runs headless; skip without one, unless PARALLEL_DQN_REQUIRE_BROWSER=1."""
+    path = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if path is not None:
+        return path
+    hint = "install it with: apt-get install -y chromium"
+    if os.environ.get("PARALLEL_DQN_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"a browser is required here (PARALLEL_DQN_REQUIRE_BROWSER=1): chromium not found; {hint}",
+                    pytrace=False)
+    pytest.skip(f"chromium not found; {hint}")
