@@ -93,10 +93,11 @@ def full_workflow(args: argparse.Namespace) -> int:
     from parallel_dqn.run import full_workflow as run_full_workflow
 
     cfg = config_from_args(args)
+    output = str(cfg.run.output).rstrip("/")  # as given: a cloud URL's run is staged locally, its files are in the store
     done = run_full_workflow(cfg, overwrite=args.overwrite, resume=args.resume)
     if done is None:  # an MPI worker rank
         return 0
     _, evaluated, path = done
-    print_results(evaluated, str(Path(cfg.run.output) / outputs.EVALUATION))
-    print(f"report: {path}")
+    print_results(evaluated, f"{output}/{outputs.EVALUATION}")
+    print(f"report: {output}/{path.relative_to(cfg.run.output)}")
     return 0
