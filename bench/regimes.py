@@ -7,7 +7,8 @@
   other three stocks are random walks, so the follower is the only planted signal and no stock's own bars say
   which way it goes: out-of-sample Sharpe, agent / oracle (the oracle knows the hidden regime), wall time. A row
   "helps" only when its mean gain over the regime-blind row exceeds the seed-to-seed spread (the larger of the
-  two rows' standard deviations).
+  two rows' standard deviations); "helps (paired)" when its gain on each market seed, against the blind run on
+  the same market, has a mean above that gain's own standard deviation over the seeds.
 * **real** (``--real``: backtesting.py's EURUSD hourly bars, imported by ``bench/real_data.sh``): walk-forward (60
   training days, 20 test days, 1 day of embargo, 1 bp) with and without each use of the regimes: the joined
   out-of-sample Sharpe, its 95% block-bootstrap interval, the p-value against buy-and-hold.
@@ -99,7 +100,7 @@ def spread(values: list[float]) -> float:
 
 def market_table(seeds: list[int], runs: dict, rows: list[str]) -> list[str]:
     head = ["row", *[f"seed {s}" for s in seeds], "mean ± sd", "agent / oracle", "wall s", "gain vs blind / spread",
-            "helps"]
+            "helps", "paired gain, mean ± sd (seeds better)", "helps (paired)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = [runs[(BLIND, s)]["sharpe"] for s in seeds]
     for row in rows:
@@ -107,10 +108,14 @@ def market_table(seeds: list[int], runs: dict, rows: list[str]) -> list[str]:
         sharpe = [r["sharpe"] for r in rs]
         gain = statistics.mean(sharpe) - statistics.mean(base)
         noise = max(spread(sharpe), spread(base)) or float("nan")
+        # the same market seed with and without the row: its gain's own spread from seed to seed
+        paired = [x - b for x, b in zip(sharpe, base)]
         cells = [row, *[f"{x:.2f}" for x in sharpe], f"{statistics.mean(sharpe):.2f} ± {spread(sharpe):.2f}",
                  f"{statistics.mean(r['oracle_fraction'] for r in rs):.2f}",
                  f"{statistics.mean(r['seconds'] for r in rs):.0f}", f"{gain:+.2f} / {noise:.2f}",
-                 "yes" if row != BLIND and gain > noise else "no"]
+                 "yes" if row != BLIND and gain > noise else "no",
+                 f"{statistics.mean(paired):+.2f} ± {spread(paired):.2f} ({sum(p > 0 for p in paired)} of {len(paired)})",
+                 "yes" if row != BLIND and statistics.mean(paired) > spread(paired) else "no"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
