@@ -25,6 +25,7 @@ from parallel_dqn.errors import UserError
 from parallel_dqn.sweep.array import INDICES_VARIABLE, array_task_index, task_command
 from tests.helpers import (
     STOCKS,
+    StoreCheckpoints,
     make_market,
     run_cli,
     start_job,
@@ -212,8 +213,6 @@ def test_spot_reclaimed_child_exits_75_and_its_retry_finishes_from_the_store(aws
     """The contract the job definition relies on: an array child stopped by SIGTERM checkpoints to the store and
     exits 75 (RETRY); the retried attempt, on a fresh machine (empty cache and working folder), continues from that
     checkpoint and finishes its combination in the store."""
-    from tests.test_run_outputs_cloud import StoreCheckpoints
-
     market = make_market(tmp_path / "market")
     cfg = tiny_config(market, tmp_path / "unused")
     sweep_file = tmp_path / "sweep.toml"
