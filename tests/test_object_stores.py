@@ -11,7 +11,9 @@ gcp-storage-emulator, Azurite: tests/conftest.py).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -257,3 +259,33 @@ def test_corrupt_object_is_named_by_its_url_and_a_fixed_one_replaces_the_cached_
     proc = run_cli(*cli_train(url, tmp_path / "good"), env=store_env)
     assert proc.returncode == 0, proc.stderr
     assert counts((tmp_path / "good" / "run.log").read_text())["FOLW"] == (DAYS, 1, DAYS - 1)
+
+
+# ---- what sync compares, and how failures are classified (no emulator) ---------------------------------------------
+def test_stored_md5_is_each_stores_own_digest_and_none_when_it_keeps_none():
+    from parallel_dqn.data.sync import stored_md5
+
+    digest = hashlib.md5(b"bars", usedforsecurity=False)
+    assert stored_md5({"ETag": f'"{digest.hexdigest()}"'}) == digest.hexdigest()  # S3, single-part
+    assert stored_md5({"ETag": '"0123456789abcdef0123456789abcdef-2"'}) is None  # S3 multipart: not an MD5
+    assert stored_md5({"md5Hash": base64.b64encode(digest.digest()).decode(), "etag": "CJ2"}) == digest.hexdigest()
+    assert stored_md5({"content_settings": {"content_md5": bytearray(digest.digest())}, "etag": '"0x8D"'}) \
+        == digest.hexdigest()  # Azure
+    assert stored_md5({"etag": '"0x8D"'}) is None  # Azure without Content-MD5
+
+
+def test_cloud_errors_classify_each_clients_failures():
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    from parallel_dqn.cloud import cloud_errors
+
+    cases = [(FileNotFoundError("b/k"), "does not exist"), (PermissionError("Forbidden"), "was refused"),
+             (NoCredentialsError(), "was refused"), (EndpointConnectionError(endpoint_url="http://x"), "after 3 tries"),
+             (OSError(22, "The specified bucket is not valid."), "the store refused the request"),
+             (ConnectionResetError(), "could not be reached")]
+    for err, words in cases:
+        with pytest.raises(UserError) as caught, cloud_errors("s3://bkt/p", "listing"):
+            raise err
+        assert caught.value.line().startswith("listing: ") and words in caught.value.line(), (err, caught.value.line())
+    with pytest.raises(KeyError), cloud_errors("s3://bkt/p", "listing"):  # not a store's failure: left as it is
+        raise KeyError("a bug")
