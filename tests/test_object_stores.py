@@ -185,9 +185,13 @@ def test_wrong_s3_credentials_are_one_line(checking_s3, tmp_path):
     proc = run_cli("data", "sync", "s3://keys/data", tmp_path / "copy", env=env)  # the last wrong key
     user_error(proc, "access to s3://keys/data was refused")
     assert not (tmp_path / "copy").exists()
-    # the right key reads it (the refusal above was the key's, not the server's)
-    proc = run_cli("data", "ls", "s3://keys/data", env=checking_s3)
-    assert proc.returncode == 0 and f"{len(STOCKS)} stocks in s3://keys/data" in proc.stdout, proc.stderr
+    # the right key trains from it (the refusal above was the key's, not the server's), and no output holds it
+    env = {**checking_s3, "PARALLEL_DQN_CACHE": str(tmp_path / "cache")}
+    proc = run_cli(*cli_train("s3://keys/data", tmp_path / "good", "--episodes", "1"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    files = [p for p in [*(tmp_path / "good").rglob("*"), *(tmp_path / "cache").rglob("*")] if p.is_file()]
+    assert {"metrics.json", "config.toml", "run.json", "trained_model.pth", "run.log"} <= {p.name for p in files}
+    assert not [p for p in files if secret.encode() in p.read_bytes()] and secret not in proc.stdout + proc.stderr
 
 
 def test_wrong_azure_key_through_adlfs_is_one_line(azurite, tmp_path, market):
