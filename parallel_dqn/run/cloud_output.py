@@ -25,7 +25,6 @@ runs one job per output). ``report`` and ``evaluate`` read runs from a store thr
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import time
@@ -36,13 +35,12 @@ from parallel_dqn import outputs
 from parallel_dqn.checkpoint.format import MANIFEST, CheckpointStore, CorruptCheckpoint, verify
 from parallel_dqn.cloud import CloudURL, cloud_errors, filesystem, is_cloud_url
 from parallel_dqn.config import Config
-from parallel_dqn.data.cache import ENV_CACHE
+from parallel_dqn.data.remote import cache_root
 from parallel_dqn.errors import UserError
 from parallel_dqn.run.folder import FolderLock, claim
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = Path("~/.cache/parallel-dqn")
 #: a committed checkpoint's folder inside the run: checkpoints/ckpt-NNNNNN
 _CHECKPOINT = re.compile(rf"{outputs.CHECKPOINTS}/ckpt-(\d+)")
 #: the run's own files (what a fresh run replaces and a mirror may delete); a user's other files are never touched
@@ -57,14 +55,10 @@ _LOCAL_ONLY = re.compile(rf"{re.escape(outputs.LOCK)}|{outputs.CHECKPOINTS}/\.st
 _STAGED: dict[Path, StoreMirror] = {}  # staging folder -> its mirror, for the process that claims it
 
 
-def cache_root() -> Path:
-    """``$PARALLEL_DQN_CACHE`` or ``~/.cache/parallel-dqn`` (the root the data caches use too)."""
-    return Path(os.environ.get(ENV_CACHE) or DEFAULT_ROOT).expanduser()
-
-
 def staging_folder(url: CloudURL, purpose: str = "runs") -> Path:
-    """The local folder of ``url``'s run: ``CACHE/runs/SCHEME/BUCKET/PREFIX`` (``read/...`` for a read-only copy)."""
-    return cache_root() / purpose / url.scheme / url.bucket / url.prefix
+    """The local folder of ``url``'s run: ``CACHE/runs/SCHEME/BUCKET/PREFIX`` (``read/...`` for a read-only copy),
+    under the cache root the data stores' downloads use (``$PARALLEL_DQN_CACHE`` or ``~/.cache/parallel-dqn``)."""
+    return cache_root(purpose) / url.scheme / url.bucket / url.prefix
 
 
 def stage(cfg: Config) -> StoreMirror | None:
