@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from parallel_dqn.checkpoint.format import CheckpointStore, write_state
 from parallel_dqn.cloud import CloudURL, filesystem
 from parallel_dqn.errors import UserError
 from parallel_dqn.run.cloud_output import StoreMirror, readable
@@ -172,3 +173,53 @@ def test_store_down_at_upload_keeps_the_staging_copy(bucket, s3_emulator, spare_
     assert "holds a newer checkpoint" in again.stderr and "resuming from" in again.stderr
     back.invalidate_cache()
     assert back.exists(f"{bucket}/down/metrics.json") and StoreCheckpoints(back, f"{bucket}/down").committed()
+
+
+def test_mirror_writes_manifests_last_drops_them_first_and_keeps_the_users_objects(bucket, tmp_path):
+    """The mirror's rules on real checkpoints, without training: a checkpoint's manifest is uploaded after its
+    state files and deleted before them; the run's files follow the staging folder; a user's object stays; a reader
+    takes the newest checkpoint that verifies."""
+    url = CloudURL.parse(f"s3://{bucket}/run")
+    fs = filesystem(url)
+    fs.pipe_file(f"{bucket}/run/notes.txt", b"the user's own")
+    staging = tmp_path / "staging"
+    mirror = StoreMirror(url, staging)
+    staging.mkdir()
+    mirror.prepare(overwrite=False, resume=None)  # no run there yet: the user's object is no run
+    checkpoints = CheckpointStore(staging / "checkpoints", keep=2)
+    calls: list[tuple[str, str]] = []
+    put, rm = fs.put_file, fs.rm_file
+    mirror._fs = fs
+    fs.put_file = lambda local, remote, **kw: (calls.append(("put", remote)), put(local, remote, **kw))
+    fs.rm_file = lambda path, **kw: (calls.append(("rm", path)), rm(path, **kw))
+
+    def checkpoint(seq: int) -> None:
+        folder = checkpoints.staging(seq)
+        files = {name: write_state(folder / name, {"seq": seq, "who": name}) for name in ("server.pt", "worker-000.pt")}
+        checkpoints.commit(seq, files, {"reason": f"test {seq}"})
+        (staging / f"portfolio_ep{seq}.csv").write_text(f"episode {seq}\n")
+        mirror.push()
+
+    for seq in (1, 2, 3):
+        checkpoint(seq)
+    order = [(op, path.rsplit("/run/", 1)[1]) for op, path in calls]
+    for seq in (1, 2, 3):
+        name = f"checkpoints/ckpt-{seq:06d}"
+        puts = [p for op, p in order if op == "put" and p.startswith(name)]
+        assert puts[-1] == f"{name}/manifest.json" and len(puts) == 3, order
+    dropped = [p for op, p in order if op == "rm"]  # keep=2: ckpt 1 rotated away, its manifest first
+    assert dropped[0] == "checkpoints/ckpt-000001/manifest.json" and len(dropped) == 3, order
+    fs.invalidate_cache()
+    stored = {p.rsplit("/run/", 1)[1] for p in fs.find(f"{bucket}/run")}
+    assert "notes.txt" in stored and not any(p.startswith("checkpoints/ckpt-000001") for p in stored)
+    assert {"portfolio_ep1.csv", "checkpoints/ckpt-000003/manifest.json"} <= stored
+
+    # a reader on another machine: the newest checkpoint is damaged in the store, the next older one is used
+    fs.pipe_file(f"{bucket}/run/checkpoints/ckpt-000003/server.pt", b"damaged")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(UserError, match="already holds a run"):
+        StoreMirror(url, elsewhere).prepare(overwrite=False, resume=None)
+    StoreMirror(url, elsewhere).prepare(overwrite=False, resume="auto")
+    assert [p.name for p in CheckpointStore(elsewhere / "checkpoints").committed()] == ["ckpt-000002"]
+    assert (elsewhere / "portfolio_ep3.csv").read_text() == "episode 3\n" and not (elsewhere / "notes.txt").exists()
