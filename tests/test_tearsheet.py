@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from parallel_dqn.cli.output import print_results
 from parallel_dqn.evaluation import formats, tearsheet
 
 BPY = 252 * 390  # minute bars: the annualisation of an intraday run
@@ -119,3 +120,13 @@ def test_formats_by_kind():
     assert formats.format_metric("lr", 0.0001) == "0.0001"
     assert formats.format_metric("sharpe", None) == formats.MISSING == formats.format_metric("sharpe", float("nan"))
     assert formats.format_metric("stock", "LEAD") == "LEAD"
+
+
+def test_the_cli_results_table_uses_the_formats(capsys):
+    figures = {"total_return": 0.104553, "sharpe": 89.709093, "sortino": 1.5, "max_drawdown": 0.0321, "turnover": 0.5}
+    print_results({"eval": figures, "baselines": {"buy_and_hold": {**figures, "sharpe": -0.1}},
+                   "period": ["2024-01-08", "2024-01-09"]}, "runs/x")
+    lines = capsys.readouterr().out.splitlines()
+    agent = next(line for line in lines if line.startswith("agent"))
+    assert agent.split()[-5:] == ["10.46%", "89.71", "1.50", "3.21%", "50.00%"]
+    assert next(line for line in lines if line.startswith("buy_and_hold")).split()[2] == "-0.10"

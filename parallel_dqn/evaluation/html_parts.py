@@ -27,7 +27,10 @@ def table(head: Sequence[Any], rows: Iterable[Sequence[Any]], css_id: str | None
     ident = f' id="{escape(css_id)}"' if css_id else ""
     last = f'<td class="{escape(last_column_class)}">' if last_column_class else "<td>"
     column_kinds = list(kinds) if kinds is not None else [formats.kind_of(str(h)) for h in head]
-    out = [f'<div class="wide"><table{ident}><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+    heads = [f'<th class="{escape(last_column_class)}">' if last_column_class and j == len(head) - 1 else "<th>"
+             for j in range(len(head))]
+    out = [f'<div class="wide"><table{ident}><tr>' + "".join(f"{t}{escape(h)}</th>" for t, h in zip(heads, head))
+           + "</tr>"]
     for i, row in enumerate(rows):
         cls = f' class="{escape(first_row_class)}"' if first_row_class and i == 0 else ""
         cells = [f"{last if j == len(row) - 1 else '<td>'}"
