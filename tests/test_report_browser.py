@@ -150,3 +150,18 @@ def test_reports_of_5_and_500_stocks_fit_1280_px_and_every_image_loads(chromium,
     assert sum(c.endswith("%") for c in numbers) >= 6 * 4  # returns, volatility, drawdown: percentages
     comparison = both.read_text()
     assert 'id="comparison-settings"' in comparison and "[500 items: S000, S001, S002, ...]" in comparison
+
+
+@pytest.mark.slow  # a few seconds of plotting
+def test_a_daily_run_gets_monthly_returns_and_a_damaged_file_a_note(tmp_path):
+    """No browser: a run of daily bars over half a year gets the monthly table (and a calendar axis); a
+    portfolio_eval.csv cut short leaves the tear sheet out with a note, the rest of the report intact."""
+    daily = synthetic_run(tmp_path / "daily", 5, days=130, bars_per_day=1)
+    page = write_report([daily], tmp_path / "daily.html").read_text()
+    assert 'id="monthly-returns"' in page and "<th>Jan</th>" in page and 'id="daily-returns"' not in page
+    assert "annualised with 252 bars a year" in page and "the tear sheet cannot be drawn" not in page
+    lines = (daily / "portfolio_eval.csv").read_text().splitlines()
+    (daily / "portfolio_eval.csv").write_text("\n".join(lines[:50]) + "\n")
+    page = write_report([daily], tmp_path / "cut.html").read_text()
+    assert "the tear sheet cannot be drawn (portfolio_eval.csv has 49 rows for 130 evaluation bars)" in page
+    assert 'id="tearsheet-summary"' not in page and "Evaluation: agent vs baselines" in page
