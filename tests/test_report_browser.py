@@ -160,6 +160,11 @@ def test_a_daily_run_gets_monthly_returns_and_a_damaged_file_a_note(tmp_path):
     page = write_report([daily], tmp_path / "daily.html").read_text()
     assert 'id="monthly-returns"' in page and "<th>Jan</th>" in page and 'id="daily-returns"' not in page
     assert "annualised with 252 bars a year" in page and "the tear sheet cannot be drawn" not in page
+    old = synthetic_run(tmp_path / "old", 3, days=3, bars_per_day=78)  # a run from before "annualisation"
+    metrics = json.loads((old / "metrics.json").read_text())
+    del metrics["annualisation"]
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    assert "annualised with 19,656 bars a year (78 a day x 252)" in write_report([old], tmp_path / "o.html").read_text()
     lines = (daily / "portfolio_eval.csv").read_text().splitlines()
     (daily / "portfolio_eval.csv").write_text("\n".join(lines[:50]) + "\n")
     page = write_report([daily], tmp_path / "cut.html").read_text()

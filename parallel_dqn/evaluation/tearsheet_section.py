@@ -43,8 +43,8 @@ def tearsheet_html(folder: Path, metrics: Mapping[str, Any], settings: Mapping[s
         raise ValueError(f"{outputs.RETURNS_EVAL} has no agent or timestamp column")
     stamps = pd.to_datetime(frame["timestamp"], utc=True, format="mixed")
     annual = metrics.get("annualisation") if isinstance(metrics.get("annualisation"), Mapping) else {}
-    bpy = float(annual.get("bars_per_year") or 252.0)
-    per_day = float(annual.get("bars_per_day") or 1.0)
+    per_day = float(annual.get("bars_per_day") or _bars_per_day(stamps))  # a run from before it was recorded
+    bpy = float(annual.get("bars_per_year") or 252.0 * per_day)
     strategies = {str(c): pd.to_numeric(frame[c]).to_numpy(dtype=np.float64) for c in frame.columns
                   if c != "timestamp"}
     agent = strategies[AGENT]
@@ -69,6 +69,13 @@ def tearsheet_html(folder: Path, metrics: Mapping[str, Any], settings: Mapping[s
         kinds=[formats.PLAIN, formats.PERCENT, formats.PLAIN, formats.PERCENT]))
     parts.append(_over_time(agent, weights, stamps, bpy, per_day))
     return "\n".join(parts)
+
+
+def _bars_per_day(stamps: pd.Series) -> float:
+    """The median number of bars per UTC day: the run's own rule (:mod:`.metrics`), for a run that did not record
+    its annualisation."""
+    counts = stamps.dt.floor("D").value_counts()
+    return float(counts.median()) if len(counts) else 1.0
 
 
 def _summary_table(strategies: Mapping[str, np.ndarray], bpy: float, per_day: float) -> str:
