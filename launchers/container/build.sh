@@ -85,7 +85,7 @@ fi
 context="$here/context"
 deps="$context/wheels/deps"
 project="$context/wheels/project"
-stamp="$deps/.stamp"
+stamp="$context/deps.stamp"  # outside the folder the image copies: its cache stays valid
 want="$(cat "$root/requirements.lock" "$root/setup.cfg" <(echo "$torch $torch_index") | sha256sum | cut -c1-16)"
 mkdir -p "$context" "$project"
 rm -f "$project"/*.whl
