@@ -134,6 +134,13 @@ def check_walk_forward_section(page: str, folder: Path) -> None:
     starts = np.r_[0, np.cumsum(lengths)[:-1]]
     for start, f in zip(starts, result["folds"]):
         assert f"bar {start} ({f['fold']} {f['test'][0]})" in section
+    assert f"Tear sheet: {sum(lengths):,} out-of-sample bars" in section  # the joined record's tear sheet
+
+
+def tear_sheet_sharpe(section: str) -> str:
+    """The agent's Sharpe in the first tear-sheet summary of ``section``."""
+    summary = section[section.index('<table id="tearsheet-summary">'):]
+    return re.search(r'<tr class="agent"><td>agent</td>(?:<td>[^<]*</td>){3}<td>([^<]*)</td>', summary).group(1)
 
 
 def test_report_of_a_walk_forward_folder(walk_forward):
@@ -177,6 +184,7 @@ def test_a_fold_without_returns_is_a_note_not_a_failure(walk_forward, tmp_path):
     section = walk_forward_section((copy / "report.html").read_text())
     assert "returns_eval.csv cannot be joined" in section and "the equity curve is left out" in section
     assert "walk_forward_equity" not in section and '<p class="verdict">' in section
+    assert "as is the out-of-sample tear sheet" in section and "Tear sheet" not in section
 
 
 def test_an_unjoined_walk_forward_names_the_folds_not_finished(walk_forward, tmp_path):
@@ -219,4 +227,7 @@ def test_report_of_a_trained_walk_forward(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (out / "report.html").read_text()
     check_walk_forward_section(page, out)
-    assert len(json.loads((out / "walk_forward.json").read_text())["folds"]) == 2
+    result = json.loads((out / "walk_forward.json").read_text())
+    assert len(result["folds"]) == 2
+    # annualised as the folds were: the joined tear sheet's Sharpe is the out-of-sample table's
+    assert tear_sheet_sharpe(walk_forward_section(page)) == f"{result['oos']['sharpe']:.2f}"

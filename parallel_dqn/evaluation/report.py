@@ -4,7 +4,7 @@ Everything the report shows is read back from what a run wrote (``metrics.json``
 ``metrics.jsonl``, ``portfolio_eval.csv``, the PNG plots, ``config.toml``, ``run.json``), so
 a report can be made from any finished run, anywhere, later. A walk-forward (:class:`WalkForward`: its
 ``walk_forward.json`` and each fold's ``returns_eval.csv``) comes first, in its own section: the verdict,
-the folds, the joined out-of-sample table, the significance figures and the joined equity curve. The
+the folds, the joined out-of-sample table, the joined equity curve and tear sheet, and the significance figures. The
 comparison of a sweep's runs may carry each one's deflated Sharpe ratio, computed by the caller
 (:func:`parallel_dqn.sweep.deflated_sharpe_ratios`). The file stands alone: images
 are embedded as base64 ``data:`` URIs, the CSS is inline, there is no script and no link to
@@ -36,7 +36,7 @@ from parallel_dqn.evaluation import formats, plots, tearsheet
 from parallel_dqn.evaluation.html_parts import escape as _e
 from parallel_dqn.evaluation.html_parts import figure, table
 from parallel_dqn.evaluation.html_parts import png as _png
-from parallel_dqn.evaluation.tearsheet_section import tearsheet_html
+from parallel_dqn.evaluation.tearsheet_section import returns_tearsheet_html, tearsheet_html
 from parallel_dqn.files import write_atomically
 
 #: metric key -> column heading of the evaluation tables
@@ -184,10 +184,20 @@ def walk_forward_html(wf: WalkForward) -> str:
              f"<p>{_e(_walk_forward_summary(res))}</p>",
              "<h3>Folds</h3>" + folds_table(_folds(res)),
              "<h3>Out of sample: every fold's test bars joined</h3>" + out_of_sample_table(res)]
+    joined = None
     try:
-        parts.append(fold_equity_html(wf))
+        names = [str(f.get("fold")) for f in _folds(res)]
+        joined = joined_fold_returns([wf.fold_dirs[n] for n in names])
+        parts.append(fold_equity_html(names, *joined))
     except (OSError, ValueError, KeyError, TypeError) as exc:  # a fold's returns_eval.csv missing or damaged
-        notes.append(f"the folds' returns_eval.csv cannot be joined ({_reason(exc)}); the equity curve is left out")
+        notes.append(f"the folds' returns_eval.csv cannot be joined ({_reason(exc)}); the equity curve is left out, "
+                     "as is the out-of-sample tear sheet")
+    if joined is not None:
+        try:  # annualised as the folds were (their data's bars per day)
+            first = _read_optional_json(wf.fold_dirs[names[0]] / outputs.METRICS, "the annualisation", notes)
+            parts.append(returns_tearsheet_html(joined[0], _mapping(first).get("annualisation"), "out-of-sample"))
+        except (ValueError, KeyError, TypeError) as exc:
+            notes.append(f"the out-of-sample tear sheet cannot be drawn ({_reason(exc)}); it is left out")
     parts.append("<h3>Significance of the agent's out-of-sample record</h3>"
                  + significance_table(sig, _mapping(res.get("significance_detail"))))
     parts += [f'<p class="note">{_e(note)}</p>' for note in notes]
@@ -260,10 +270,9 @@ def significance_table(sig: Mapping[str, Any], detail: Mapping[str, Any]) -> str
     return table(["figure", "value", "how to read it"], rows, css_id="significance", last_column_class="how")
 
 
-def fold_equity_html(wf: WalkForward) -> str:
-    """The joined equity curve of the agent, every baseline (and the oracle) with the fold boundaries marked."""
-    names = [str(f.get("fold")) for f in _folds(wf.result)]
-    frame, starts = joined_fold_returns([wf.fold_dirs[n] for n in names])
+def fold_equity_html(names: Sequence[str], frame: pd.DataFrame, starts: Sequence[int]) -> str:
+    """The joined equity curve of the agent, every baseline (and the oracle) with the fold boundaries marked:
+    ``frame`` and ``starts`` from :func:`joined_fold_returns` over the folds ``names``."""
     firsts = [str(pd.Timestamp(frame["timestamp"].iloc[s]).date()) for s in starts]
     curves = {str(c): np.r_[1.0, np.cumprod(1.0 + pd.to_numeric(frame[c]).to_numpy(dtype=np.float64))]
               for c in frame.columns if c != "timestamp"}

@@ -9,7 +9,7 @@ months), best and worst periods; rolling Sharpe, exposure and turnover over the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +39,34 @@ def tearsheet_html(folder: Path, metrics: Mapping[str, Any], settings: Mapping[s
     if not path.is_file():
         return ""
     frame = pd.read_csv(path)
+    weights, positions = _portfolio(folder / outputs.PORTFOLIO_EVAL, len(frame))
+    ev = metrics.get("eval") if isinstance(metrics.get("eval"), Mapping) else {}
+    return returns_tearsheet_html(frame, metrics.get("annualisation"), "evaluation",
+                                  _trading_table_of(ev, settings, weights, positions), weights)
+
+
+def returns_tearsheet_html(frame: pd.DataFrame, annualisation: Any, period: str,
+                           trading: Callable[[float, int], str] | None = None,
+                           weights: np.ndarray | None = None) -> str:
+    """The tear sheet of every strategy's return per bar in ``frame`` (``timestamp``, ``agent``, baselines: a
+    run's ``returns_eval.csv`` or a walk-forward's folds joined); ``trading(per_day, n)`` gives the trading
+    table's HTML when the weights and positions are known; ``period`` names the bars (``evaluation``)."""
     if AGENT not in frame or "timestamp" not in frame:
         raise ValueError(f"{outputs.RETURNS_EVAL} has no agent or timestamp column")
     stamps = pd.to_datetime(frame["timestamp"], utc=True, format="mixed")
-    annual = metrics.get("annualisation") if isinstance(metrics.get("annualisation"), Mapping) else {}
+    annual = annualisation if isinstance(annualisation, Mapping) else {}
     per_day = float(annual.get("bars_per_day") or _bars_per_day(stamps))  # a run from before it was recorded
     bpy = float(annual.get("bars_per_year") or 252.0 * per_day)
     strategies = {str(c): pd.to_numeric(frame[c]).to_numpy(dtype=np.float64) for c in frame.columns
                   if c != "timestamp"}
     agent = strategies[AGENT]
-    parts = [f"<h3>Tear sheet: {len(agent):,} evaluation bars, annualised with {bpy:,.0f} bars a year "
-             f"({per_day:g} a day x 252)</h3>", _summary_table(strategies, bpy, per_day)]
+    parts = [f"<h3>Tear sheet: {len(agent):,} {period} bars, annualised with {bpy:,.0f} bars a year "
+             f"({per_day:g} a day x 252)</h3>", _summary_table(strategies, bpy, per_day, period)]
     bench = tearsheet.benchmark_name(list(strategies))
     if bench is not None:
         parts.append(_relative_table(agent, strategies[bench], bpy))
-    weights, positions = _portfolio(folder / outputs.PORTFOLIO_EVAL, len(agent))
-    ev = metrics.get("eval") if isinstance(metrics.get("eval"), Mapping) else {}
-    parts.append(_trading_table(ev, settings, weights, positions, per_day, len(agent)))
+    if trading is not None:
+        parts.append(trading(per_day, len(agent)))
     kind, periods = tearsheet.period_returns(pd.Series(agent, index=pd.DatetimeIndex(stamps)))
     head, rows = tearsheet.calendar_table(kind, periods)
     parts.append(f"<h4>{kind.capitalize()} returns of the agent</h4>"
@@ -67,8 +78,14 @@ def tearsheet_html(folder: Path, metrics: Mapping[str, Any], settings: Mapping[s
     parts.append(f"<h4>Best and worst {unit}s</h4>" + table(
         [f"best {unit}", "return", f"worst {unit}", "return"], pairs, css_id="extremes",
         kinds=[formats.PLAIN, formats.PERCENT, formats.PLAIN, formats.PERCENT]))
-    parts.append(_over_time(agent, weights, stamps, bpy, per_day))
+    parts.append(_over_time(agent, weights, stamps, bpy, per_day, period))
     return "\n".join(parts)
+
+
+def _trading_table_of(ev: Mapping[str, Any], settings: Mapping[str, Any], weights: np.ndarray | None,
+                      positions: np.ndarray | None) -> Callable[[float, int], str]:
+    """The trading table, once the bars per day are known (:func:`returns_tearsheet_html` finds them)."""
+    return lambda per_day, n: _trading_table(ev, settings, weights, positions, per_day, n)
 
 
 def _bars_per_day(stamps: pd.Series) -> float:
@@ -78,12 +95,12 @@ def _bars_per_day(stamps: pd.Series) -> float:
     return float(counts.median()) if len(counts) else 1.0
 
 
-def _summary_table(strategies: Mapping[str, np.ndarray], bpy: float, per_day: float) -> str:
+def _summary_table(strategies: Mapping[str, np.ndarray], bpy: float, per_day: float, period: str) -> str:
     rows = []
     for name, r in strategies.items():
         s = tearsheet.summary(r, bpy)
         rows.append([name, *(s[k] for k in SUMMARY), s["max_drawdown_duration_bars"] / max(per_day, 1.0)])
-    return "<h4>Summary (evaluation)</h4>" + table(
+    return f"<h4>Summary ({period})</h4>" + table(
         ["strategy", *SUMMARY.values(), "max drawdown duration (days)"], rows, css_id="tearsheet-summary",
         first_row_class="agent")
 
@@ -146,8 +163,8 @@ def _trading_table(ev: Mapping[str, Any], settings: Mapping[str, Any], weights: 
 
 
 def _over_time(agent: np.ndarray, weights: np.ndarray | None, stamps: pd.Series, bpy: float,
-               per_day: float) -> str:
-    """Rolling Sharpe, exposure and turnover over the evaluation, one figure of stacked panels."""
+               per_day: float, period: str) -> str:
+    """Rolling Sharpe, exposure and turnover (with the weights) over the bars, one figure of stacked panels."""
     window = tearsheet.rolling_window(len(agent), per_day)
     panels: list[tuple[str, Mapping[str, np.ndarray]]] = [
         (f"rolling Sharpe ({window} bars)", {"agent": tearsheet.rolling_sharpe(agent, window, bpy)})]
@@ -157,6 +174,7 @@ def _over_time(agent: np.ndarray, weights: np.ndarray | None, stamps: pd.Series,
         traded = pd.Series(tearsheet.weight_change(weights)).rolling(window, min_periods=1).mean().to_numpy()
         panels.append(("turnover (%)", {"weight change": 100 * traded}))
     times = stamps.dt.tz_convert(None).to_numpy()
-    fig = plots.panels_figure(panels, times, "The agent over the evaluation")
-    return figure(png(fig), f"rolling Sharpe (annualised, trailing {window} bars), gross and net exposure, and "
-                            f"turnover (weight change, {window}-bar mean) over the evaluation", "tearsheet_over_time")
+    fig = plots.panels_figure(panels, times, f"The agent over the {period}")
+    what = ", gross and net exposure, and turnover (weight change, {window}-bar mean)" if len(panels) > 1 else ""
+    return figure(png(fig), f"rolling Sharpe (annualised, trailing {window} bars){what.format(window=window)} "
+                            f"over the {period}", "tearsheet_over_time")
