@@ -319,36 +319,25 @@ class LoopbackEmulator:
         self.log.close()
 
 
-@pytest.fixture(scope="session")
-def s3_emulator() -> Iterator[LoopbackEmulator]:
-    """moto's S3 server for the whole session; FAILS (not skips) when it is not installed."""
-    emulator = LoopbackEmulator("s3")
-    yield emulator
-    emulator.stop()
+def _emulator_fixture(kind: str, name: str, spare: bool, what: str):
+    """A fixture ``name`` yielding a :class:`LoopbackEmulator` of ``kind``: for the whole session, or (``spare``)
+    a private one per test that the test may stop mid-run."""
+
+    @pytest.fixture(name=name, scope="function" if spare else "session")
+    def fixture() -> Iterator[LoopbackEmulator]:
+        emulator = LoopbackEmulator(kind)
+        yield emulator
+        emulator.stop()
+
+    fixture.__doc__ = (f"A second, private {what} that a test may stop mid-run." if spare else
+                       f"{what} for the whole session; FAILS (not skips) when it is not installed.")
+    return fixture
 
 
-@pytest.fixture
-def spare_s3_emulator() -> Iterator[LoopbackEmulator]:
-    """A second, private S3 emulator that a test may stop mid-run."""
-    emulator = LoopbackEmulator("s3")
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture(scope="session")
-def gcs_emulator() -> Iterator[LoopbackEmulator]:
-    """gcp-storage-emulator for the whole session; FAILS (not skips) when it is not installed."""
-    emulator = LoopbackEmulator("gcs")
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture
-def spare_gcs_emulator() -> Iterator[LoopbackEmulator]:
-    """A second, private GCS emulator that a test may stop mid-run."""
-    emulator = LoopbackEmulator("gcs")
-    yield emulator
-    emulator.stop()
+s3_emulator = _emulator_fixture("s3", "s3_emulator", False, "moto's S3 server")
+spare_s3_emulator = _emulator_fixture("s3", "spare_s3_emulator", True, "moto's S3 server")
+gcs_emulator = _emulator_fixture("gcs", "gcs_emulator", False, "gcp-storage-emulator")
+spare_gcs_emulator = _emulator_fixture("gcs", "spare_gcs_emulator", True, "gcp-storage-emulator")
 
 
 # ---- SLURM: a real cluster (launchers/slurm/local_cluster.sh start; .ci/run starts one) ------------------------------
