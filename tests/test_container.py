@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,20 +80,23 @@ def test_sync_run_under_mpiexec_in_the_container_equals_the_host_run(container, 
 
 # ---- HPC: the same image through Charliecloud under SLURM --------------------------------------------------------
 @pytest.fixture(scope="module")
-def charliecloud_image(container, tmp_path_factory) -> Path:
-    """The docker image as a Charliecloud directory image (``ch-convert -i docker``, ~2 min here), made once; or
-    the one ``PARALLEL_DQN_TEST_CH_IMAGE`` names (converted already, to save the 2 minutes when iterating)."""
+def charliecloud_image(container, tmp_path_factory) -> Iterator[Path]:
+    """The docker image as a Charliecloud directory image (``ch-convert -i docker``, ~1.5 min here), made once
+    and removed after the module (1.6 GB); or the one ``PARALLEL_DQN_TEST_CH_IMAGE`` names (converted already,
+    to save that time when iterating)."""
     if shutil.which("ch-convert") is None or shutil.which("ch-run") is None:
         pytest.fail("Charliecloud is not installed (apt-get install charliecloud); .ci/run installs it", pytrace=False)
     if os.environ.get("PARALLEL_DQN_TEST_CH_IMAGE"):
-        return Path(os.environ["PARALLEL_DQN_TEST_CH_IMAGE"])
+        yield Path(os.environ["PARALLEL_DQN_TEST_CH_IMAGE"])
+        return
     target = tmp_path_factory.mktemp("charliecloud") / "parallel-dqn"
     # ch-convert finds docker on PATH: Debian's client first (the one that talks to Debian's daemon)
     env = {**os.environ, "PATH": f"{Path(container.docker).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(["ch-convert", "-i", "docker", container.image, str(target)], capture_output=True,
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return target
+    yield target
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def test_a_two_node_slurm_job_trains_through_charliecloud(slurm, charliecloud_image, market, tmp_path, monkeypatch):
