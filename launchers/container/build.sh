@@ -41,7 +41,7 @@ while [ "$#" -gt 0 ]; do
         --torch-index) torch_index="$2"; shift 2 ;;
         --uid) uid="$2"; shift 2 ;;
         --mirror) mirror="$2"; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0" | cut -c3-; exit 0 ;;
         *) echo "build.sh: error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
