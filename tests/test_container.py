@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ContainerImage
-from tests.helpers import assert_same_run, make_market, mpiexec, tiny_config, train_args
-from tests.test_slurm import submit_until_it_runs, wait_for
+from tests.helpers import assert_same_run, make_market, mpiexec, submit_until_it_runs, tiny_config, train_args, wait_for
 
 pytestmark = pytest.mark.slow  # every test trains, in a container
 

@@ -15,12 +15,11 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_same_run, make_market, mpiexec, tiny_config
+from tests.helpers import assert_same_run, make_market, mpiexec, submit_until_it_runs, tiny_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.slow]  # every test runs training jobs
@@ -29,58 +28,6 @@ pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.slow]  # every test 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
     return make_market(tmp_path_factory.mktemp("slurm_market"))
-
-
-def sbatch(*args: str) -> str:
-    """Submit from the repository root (the scripts' default PARALLEL_DQN_ROOT); the job id."""
-    proc = subprocess.run(["sbatch", "--parsable", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().split(";")[0]
-
-
-def job_info(job: str) -> dict[str, str]:
-    """``scontrol show job`` as a dict (finished jobs stay visible for MinJobAge)."""
-    proc = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30)
-    return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
-
-
-def wait_for(job: str, timeout: float = 240, console: Path | None = None) -> dict[str, str]:
-    """Wait until ``job`` has ended (after any requeue); its final scontrol record. A job still running after
-    ``timeout`` is cancelled and the test fails with the end of its ``console`` output."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = job_info(job)
-        if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            return info
-        time.sleep(1.0)
-    subprocess.run(["scancel", job], timeout=30)
-    text = console.read_text()[-3000:] if console is not None and console.exists() else ""
-    pytest.fail(f"job {job} did not end within {timeout} s: {job_info(job)}\n{text}")
-
-
-#: what MPICH's PMI-2 start-up prints when it breaks under srun before a rank runs any code of ours; seen
-#: intermittently on the one-machine cluster under load (upstream: pmodels/mpich#7957, MPICH 5.0.2)
-MPI_STARTUP_FAILURE = re.compile(r"mpi/pmi2: (invalid client request|value not properly terminated)")
-
-
-def submit_until_it_runs(args: list[str], started: Path, console: Path, timeout: float = 120) -> str:
-    """Submit ``args``; wait until ``started`` exists. A job whose MPI start-up broke (it never reached the run:
-    no ``started``, and the PMI-2 failure in its output) is cancelled and submitted once more; any other job
-    that does not get there is cancelled and the test fails."""
-    for attempt in (1, 2):
-        job = sbatch(*args)
-        deadline = time.monotonic() + timeout
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if started.exists():
-            return job
-        subprocess.run(["scancel", job], timeout=30)
-        wait_for(job)
-        log = console.with_name(console.name.replace("%j", job))
-        text = log.read_text() if log.exists() else ""
-        if attempt == 2 or not MPI_STARTUP_FAILURE.search(text):
-            pytest.fail(f"job {job} did not get to {started.name} within {timeout:.0f} s:\n{text[-2000:]}")
-    raise AssertionError("unreachable")
 
 
 def run_config(market: Path, out: Path, path: Path, **overrides) -> Path:
