@@ -16,7 +16,9 @@ import pytest
 
 from parallel_dqn.checkpoint.format import CheckpointStore, write_state
 from parallel_dqn.cloud import CloudURL, filesystem
+from parallel_dqn.config import Config
 from parallel_dqn.errors import UserError
+from parallel_dqn.run import cloud_output
 from parallel_dqn.run.cloud_output import StoreMirror, readable
 from tests.helpers import (
     ERROR_LINE,
@@ -223,3 +225,21 @@ def test_mirror_writes_manifests_last_drops_them_first_and_keeps_the_users_objec
     StoreMirror(url, elsewhere).prepare(overwrite=False, resume="auto")
     assert [p.name for p in CheckpointStore(elsewhere / "checkpoints").committed()] == ["ckpt-000002"]
     assert (elsewhere / "portfolio_ep3.csv").read_text() == "episode 3\n" and not (elsewhere / "notes.txt").exists()
+
+
+def test_stage_hands_its_mirror_to_the_caller_and_the_module_keeps_no_state(tmp_path, monkeypatch):
+    """``stage`` returns a cloud output's mirror for the caller to pass on (claim, lifecycle, full-workflow's
+    upload): a new one each time, and no registry of mirrors (or other mutable state) in the module."""
+    monkeypatch.setenv("PARALLEL_DQN_CACHE", str(tmp_path / "cache"))
+    cfg, again, local = Config(), Config(), Config()
+    cfg.set("run.output", "s3://runs/team/a")
+    again.set("run.output", "s3://runs/team/a")
+    local.set("run.output", str(tmp_path / "out"))
+    mirror = cloud_output.stage(cfg)
+    assert mirror is not None and mirror.url == CloudURL.parse("s3://runs/team/a")
+    assert mirror.folder == Path(cfg.run.output) == tmp_path / "cache" / "runs" / "s3" / "runs" / "team" / "a"
+    assert cloud_output.stage(again) is not mirror
+    assert cloud_output.stage(local) is None and local.run.output == str(tmp_path / "out")
+    state = [name for name, value in vars(cloud_output).items()
+             if not name.startswith("__") and isinstance(value, (dict, list, set))]
+    assert not state, state

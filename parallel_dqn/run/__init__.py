@@ -18,23 +18,30 @@ def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> di
     A cloud ``run.output`` (``s3://``, ``gs://``, ``azure://``) is staged: ``cfg.run.output`` becomes the local
     folder the run writes, mirrored to the store (:mod:`parallel_dqn.run.cloud_output`).
     """
+    return _train(cfg, overwrite, resume)[0]
+
+
+def _train(
+    cfg: Config, overwrite: bool, resume: str | None
+) -> tuple[dict[str, Any] | None, cloud_output.StoreMirror | None]:
+    """:func:`train`, and the staged output's mirror (None for a local output) for the caller's later uploads."""
     cfg.validate()
-    cloud_output.stage(cfg)
+    mirror = cloud_output.stage(cfg)
     if cfg.dist.mode == "parallel":
         from parallel_dqn.run.mpi import train_parallel  # imports mpi4py only when it is needed
 
-        return train_parallel(cfg, overwrite=overwrite, resume=resume)
+        return train_parallel(cfg, overwrite=overwrite, resume=resume, mirror=mirror), mirror
     from parallel_dqn.run.single import train as train_single
 
-    return train_single(cfg, overwrite=overwrite, resume=resume)
+    return train_single(cfg, overwrite=overwrite, resume=resume, mirror=mirror), mirror
 
 
 def evaluate(cfg: Config, model_path: str, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate a saved model on held-out days (one process); the model and ``run.output`` may be in a store."""
     from parallel_dqn.run.single import evaluate as evaluate_single
 
-    cloud_output.stage(cfg)
-    return evaluate_single(cfg, cloud_output.readable(model_path), overwrite=overwrite)
+    mirror = cloud_output.stage(cfg)
+    return evaluate_single(cfg, cloud_output.readable(model_path), overwrite=overwrite, mirror=mirror)
 
 
 def full_workflow(
@@ -46,7 +53,7 @@ def full_workflow(
     """
     from parallel_dqn.evaluation.report import write_report
 
-    trained = train(cfg, overwrite=overwrite, resume=resume)
+    trained, mirror = _train(cfg, overwrite, resume)
     if trained is None:  # an MPI worker rank: rank 0 evaluates and reports
         return None
     output = Path(cfg.run.output)
@@ -60,5 +67,6 @@ def full_workflow(
     # the evaluation belongs to this run: a resumed workflow redoes it over an earlier attempt's
     evaluated = evaluate(eval_cfg, str(output / outputs.MODEL), overwrite=overwrite or resume is not None)
     report = write_report([output], output / outputs.REPORT)
-    cloud_output.push(output)  # a cloud output: the evaluation and the report go to the store too
+    if mirror is not None:  # a cloud output: the evaluation and the report go to the store too
+        mirror.push()
     return trained, evaluated, report

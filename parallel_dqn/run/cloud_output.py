@@ -18,6 +18,10 @@ complete checkpoint), so a spot job restarted on another machine (an empty disk)
 ``--output`` continues from the store's newest checkpoint. Only a staging folder holding a newer checkpoint than the
 store (an upload that failed here) is kept as it is, and uploaded once the store answers again.
 
+:func:`stage` makes the run's :class:`StoreMirror`; the caller hands it on explicitly: to :func:`claim_output`
+(the store decides whether the output holds a run) and to the run's lifecycle, which registers it as the last
+observer (:class:`~parallel_dqn.run.lifecycle.RankZero`). Nothing here keeps state between calls.
+
 The folder lock is per machine: two jobs writing one URL from two machines at once are not detected (a scheduler
 runs one job per output). ``report`` and ``evaluate`` read runs from a store through :func:`readable`.
 """
@@ -52,8 +56,6 @@ _OWNED = re.compile(
 #: never uploaded: the per-machine lock, and checkpoints still being written
 _LOCAL_ONLY = re.compile(rf"{re.escape(outputs.LOCK)}|{outputs.CHECKPOINTS}/\.staging-.*|.*/{re.escape(outputs.LOCK)}")
 
-_STAGED: dict[Path, StoreMirror] = {}  # staging folder -> its mirror, for the process that claims it
-
 
 def staging_folder(url: CloudURL, purpose: str = "runs") -> Path:
     """The local folder of ``url``'s run: ``CACHE/runs/SCHEME/BUCKET/PREFIX`` (``read/...`` for a read-only copy),
@@ -62,7 +64,8 @@ def staging_folder(url: CloudURL, purpose: str = "runs") -> Path:
 
 
 def stage(cfg: Config) -> StoreMirror | None:
-    """For a cloud ``run.output``: point ``cfg.run.output`` at its staging folder and register its mirror.
+    """For a cloud ``run.output``: point ``cfg.run.output`` at its staging folder and return its mirror, for
+    the caller to pass to :func:`claim_output` and the run's lifecycle.
 
     Every process of a run calls it (every MPI rank: they all write into the staging folder); nothing is
     read or written yet. None for a local output.
@@ -72,22 +75,16 @@ def stage(cfg: Config) -> StoreMirror | None:
     url = CloudURL.parse(str(cfg.run.output))
     folder = staging_folder(url)
     cfg.run.output = str(folder)
-    mirror = _STAGED.get(folder.resolve())
-    if mirror is None or mirror.url != url:
-        mirror = _STAGED[folder.resolve()] = StoreMirror(url, folder)
     log.debug("--output %s is staged in %s", url, folder)
-    return mirror
+    return StoreMirror(url, folder)
 
 
-def mirror_of(folder: Path) -> StoreMirror | None:
-    """The mirror of a staging folder :func:`stage` registered in this process, else None (a local output)."""
-    return _STAGED.get(Path(folder).resolve())
-
-
-def claim_output(output: Path, overwrite: bool, resume: str | None, what: str = "train") -> FolderLock:
-    """:func:`~parallel_dqn.run.folder.claim` for the writing process; for a staged cloud output the store
-    decides whether it holds a run, and the staging folder is made ready (:meth:`StoreMirror.prepare`)."""
-    mirror = mirror_of(output)
+def claim_output(
+    output: Path, overwrite: bool, resume: str | None, what: str = "train", mirror: StoreMirror | None = None
+) -> FolderLock:
+    """:func:`~parallel_dqn.run.folder.claim` for the writing process; for a staged cloud output (``mirror``, from
+    :func:`stage`) the store decides whether it holds a run, and the staging folder is made ready
+    (:meth:`StoreMirror.prepare`)."""
     if mirror is None:
         return claim(output, replace=overwrite or resume is not None, what=what)
     lock = claim(output, replace=True, what=what)  # the staging folder is a copy: the store is checked instead
@@ -97,13 +94,6 @@ def claim_output(output: Path, overwrite: bool, resume: str | None, what: str = 
         lock.release()
         raise
     return lock
-
-
-def push(folder: Path) -> None:
-    """Upload what changed in a staged folder (a no-op for a local one): full-workflow's evaluation and report."""
-    mirror = mirror_of(folder)
-    if mirror is not None:
-        mirror.push()
 
 
 def readable(spec: str) -> str:

@@ -11,7 +11,8 @@ once:
    or not at all because it has finished (:func:`decide_start`, logged to the run's ``run.log``).
 3. **Open** (:class:`RankZero`): logging, the parameter server (restored from the checkpoint), rank 0's
    protocol endpoint, the checkpoint coordinator, and the observers: the recorder, TensorBoard,
-   ``status.json``, notifications, the progress bar.
+   ``status.json``, notifications, the progress bar, and last, for an output in object storage, the
+   store's mirror the caller passes (:mod:`parallel_dqn.run.cloud_output`).
 4. **Run** the workers through the wiring, inside :meth:`RankZero.watching`, which tells the observers
    how it ended: a stop after a checkpoint, a failure (one line in ``status.json`` and the
    notification), or
@@ -51,7 +52,7 @@ from parallel_dqn.errors import StoppedAfterCheckpoint, UserError
 from parallel_dqn.evaluation.results import RunRecorder
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.saved import load_model
-from parallel_dqn.run.cloud_output import mirror_of
+from parallel_dqn.run.cloud_output import StoreMirror
 from parallel_dqn.run.folder import holds_run, retire_earlier_run
 from parallel_dqn.telemetry.logs import setup_logging
 from parallel_dqn.telemetry.notify import Notifier, NotifyingObserver
@@ -156,7 +157,8 @@ def decide_start(cfg: Config, output: Path, overwrite: bool, resume: str | None)
 class RankZero:
     """Rank 0's part of a run (in one process, beside the workers): server, endpoint, checkpoints, observers.
 
-    ``initial_state``: a saved model to evaluate (then no checkpoints, no ``status.json``).
+    ``initial_state``: a saved model to evaluate (then no checkpoints, no ``status.json``). ``mirror``: a cloud
+    ``--output``'s store copy (:func:`~parallel_dqn.run.cloud_output.stage`), told of the run's events last.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class RankZero:
         start: RunStart,
         stop_signal: Callable[[], str | None] = lambda: None,
         initial_state: dict | None = None,
+        mirror: StoreMirror | None = None,
     ) -> None:
         self.cfg, self.plan, self.mode, self.n_workers, self.start = cfg, plan, mode, n_workers, start
         self.output = Path(cfg.run.output)
@@ -188,8 +191,7 @@ class RankZero:
             self.observers.register(StatusFile(self.output))
         self.observers.register(NotifyingObserver(Notifier.from_config(cfg.notify, self.output.name), cfg.notify.every))
         self.observers.register(Progress(total_steps=0, enabled=cfg.run.progress, without_terminal=mode == "parallel"))
-        mirror = mirror_of(self.output)  # a cloud --output: last, once every other observer has written its files
-        if mirror is not None:
+        if mirror is not None:  # a cloud --output: last, once every other observer has written its files
             self.observers.register(mirror)
 
         self.server = ParameterServer(

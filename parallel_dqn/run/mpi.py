@@ -32,7 +32,7 @@ from parallel_dqn.data.store import open_store
 from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import EXIT_PREEMPTED, StoppedAfterCheckpoint, UserError
 from parallel_dqn.model.device import resolve_device
-from parallel_dqn.run.cloud_output import claim_output
+from parallel_dqn.run.cloud_output import StoreMirror, claim_output
 from parallel_dqn.run.folder import FolderLock
 from parallel_dqn.run.lifecycle import RankZero, RunStart, decide_start, open_process
 from parallel_dqn.run.signals import StopSignals
@@ -44,13 +44,20 @@ log = logging.getLogger(__name__)
 
 
 def train_parallel(
-    cfg: Config, overwrite: bool = False, world: MPI.Comm | None = None, resume: str | None = None
+    cfg: Config,
+    overwrite: bool = False,
+    world: MPI.Comm | None = None,
+    resume: str | None = None,
+    mirror: StoreMirror | None = None,
 ) -> dict[str, Any] | None:
-    """Train across the ranks of ``world`` (default COMM_WORLD); rank 0 returns the results."""
+    """Train across the ranks of ``world`` (default COMM_WORLD); rank 0 returns the results.
+
+    ``mirror``: a cloud ``--output``'s store copy (:func:`~parallel_dqn.run.cloud_output.stage`), used by rank 0.
+    """
     mpi = World(world)
     lock: FolderLock | None = None
     try:
-        plan, store, lock, start = mpi.agree(lambda: _plan_and_claim(mpi, cfg, overwrite, resume))
+        plan, store, lock, start = mpi.agree(lambda: _plan_and_claim(mpi, cfg, overwrite, resume, mirror))
         start = mpi.bcast(start)
         if start.finished is not None:
             return start.finished if mpi.is_server else None
@@ -60,7 +67,7 @@ def train_parallel(
         with StopSignals() as signals:
             try:
                 if mpi.is_server:
-                    return _serve(mpi, cfg, plan, start, stop_signal=lambda: signals.received)
+                    return _serve(mpi, cfg, plan, start, stop_signal=lambda: signals.received, mirror=mirror)
                 shard = LocalShard(mpi.rank - 1, plan.shards[mpi.rank - 1])
                 log.info("rank %d (pid %d, node %s): worker %d owns %s", mpi.rank, os.getpid(), _node(),
                          shard.worker_id, " ".join(plan.symbols[i] for i in shard.stocks))
@@ -83,7 +90,9 @@ def train_parallel(
     return None
 
 
-def _plan_and_claim(mpi: World, cfg: Config, overwrite: bool, resume: str | None) -> tuple[Any, Any, Any, RunStart]:
+def _plan_and_claim(
+    mpi: World, cfg: Config, overwrite: bool, resume: str | None, mirror: StoreMirror | None
+) -> tuple[Any, Any, Any, RunStart]:
     """Every rank plans; rank 0 claims the output folder and decides how the run starts."""
     check_resume_flags(overwrite, resume)
     n_workers = mpi.n_workers
@@ -110,7 +119,7 @@ def _plan_and_claim(mpi: World, cfg: Config, overwrite: bool, resume: str | None
     lock, start = None, RunStart()
     if mpi.is_server:
         output = Path(cfg.run.output)
-        lock = claim_output(output, overwrite, resume)
+        lock = claim_output(output, overwrite, resume, mirror=mirror)
         try:
             open_process(cfg, output / outputs.LOG)
             start = decide_start(cfg, output, overwrite, resume)
@@ -120,7 +129,9 @@ def _plan_and_claim(mpi: World, cfg: Config, overwrite: bool, resume: str | None
     return plan, store, lock, start
 
 
-def _serve(mpi: World, cfg: Config, plan: Any, start: RunStart, stop_signal: Any) -> dict[str, Any]:
+def _serve(
+    mpi: World, cfg: Config, plan: Any, start: RunStart, stop_signal: Any, mirror: StoreMirror | None
+) -> dict[str, Any]:
     n_workers = mpi.n_workers
     log.info(
         "parallel run: %d ranks (rank 0 on %s), %d workers for %d stocks, train %s..%s, eval %s..%s, %d episodes -> %s",
@@ -129,7 +140,7 @@ def _serve(mpi: World, cfg: Config, plan: Any, start: RunStart, stop_signal: Any
     )
     for w, stocks in enumerate(plan.shards):
         log.info("worker %d (rank %d): %s", w, w + 1, " ".join(plan.symbols[i] for i in stocks))
-    rank0 = RankZero(cfg, plan, "parallel", n_workers, start, stop_signal)
+    rank0 = RankZero(cfg, plan, "parallel", n_workers, start, stop_signal, mirror=mirror)
     pump = mpi.server_pump(rank0.endpoint, cfg.dist.timeout)
     with rank0.watching():
         pump.run()

@@ -21,7 +21,7 @@ from parallel_dqn.data.synthetic import load_structure
 from parallel_dqn.errors import UserError
 from parallel_dqn.model.device import resolve_device
 from parallel_dqn.model.saved import load_model
-from parallel_dqn.run.cloud_output import claim_output
+from parallel_dqn.run.cloud_output import StoreMirror, claim_output
 from parallel_dqn.run.lifecycle import RankZero, RunStart, decide_start, open_process, plan_run, refuse_mpi_launch
 from parallel_dqn.run.signals import StopSignals
 from parallel_dqn.training.driver import LocalShard, run_workers
@@ -36,35 +36,41 @@ EVALUATE_SETTINGS = ("data.data", "data.cache", "data.eval_start", "data.eval_en
 EVALUATE_OVERRIDES = ("meta.enabled", "meta.max_weight")
 
 
-def train(cfg: Config, overwrite: bool = False, resume: str | None = None) -> dict[str, Any]:
+def train(
+    cfg: Config, overwrite: bool = False, resume: str | None = None, mirror: StoreMirror | None = None
+) -> dict[str, Any]:
     """Train on the training period, evaluate on the held-out one, write every output.
 
     ``resume`` (``--resume``): ``"auto"`` or a run / checkpoint folder (:mod:`parallel_dqn.checkpoint.resume`).
+    ``mirror``: a cloud ``--output``'s store copy (:func:`~parallel_dqn.run.cloud_output.stage`).
     """
     check_resume_flags(overwrite, resume)
     refuse_mpi_launch("single")
     plan, store = plan_run(cfg)
     output = Path(cfg.run.output)
-    with claim_output(output, overwrite, resume):
+    with claim_output(output, overwrite, resume, mirror=mirror):
         open_process(cfg, output / outputs.LOG)
         start = decide_start(cfg, output, overwrite, resume)
         if start.finished is not None:
             return start.finished
         with StopSignals() as signals:
-            return _run_here(cfg, plan, store, start, stop_signal=lambda: signals.received)
+            return _run_here(cfg, plan, store, start, stop_signal=lambda: signals.received, mirror=mirror)
 
 
-def evaluate(cfg: Config, model_path: str, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate a saved model greedily on ``--eval_start``..``--eval_end`` (days it was not trained on)."""
+def evaluate(
+    cfg: Config, model_path: str, overwrite: bool = False, mirror: StoreMirror | None = None
+) -> dict[str, Any]:
+    """Evaluate a saved model greedily on ``--eval_start``..``--eval_end`` (days it was not trained on); ``mirror``
+    as for :func:`train`."""
     saved = load_model(model_path)
     model_cfg = evaluation_config(cfg, saved, str(model_path))
     store = open_store(model_cfg.data.data)
     plan = plan_evaluation(model_cfg, store, tuple(saved["symbols"]), saved, structure=load_structure(model_cfg.data.data))
     output = Path(model_cfg.run.output)
-    with claim_output(output, overwrite, None, what="evaluate"):
+    with claim_output(output, overwrite, None, what="evaluate", mirror=mirror):
         open_process(model_cfg, output / outputs.LOG)
         # an evaluation writes no checkpoints: it just ends on a signal
-        return _run_here(model_cfg, plan, store, RunStart(), initial_state=saved)
+        return _run_here(model_cfg, plan, store, RunStart(), initial_state=saved, mirror=mirror)
 
 
 def evaluation_config(cfg: Config, saved: dict[str, Any], source: str) -> Config:
@@ -118,6 +124,7 @@ def _run_here(
     start: RunStart,
     stop_signal=lambda: None,
     initial_state: dict | None = None,
+    mirror: StoreMirror | None = None,
 ) -> dict[str, Any]:
     """Rank 0 and every worker in this process."""
     n_workers = len(plan.shards)
@@ -126,7 +133,7 @@ def _run_here(
         len(plan.symbols), n_workers, plan.train_start, plan.train_end, plan.eval_start, plan.eval_end,
         plan.episodes, cfg.run.output,
     )
-    rank0 = RankZero(cfg, plan, "single", n_workers, start, stop_signal, initial_state)
+    rank0 = RankZero(cfg, plan, "single", n_workers, start, stop_signal, initial_state, mirror)
     transport = InProcessTransport(rank0.endpoint)
     shards = [LocalShard(i, stocks) for i, stocks in enumerate(plan.shards)]
     saved = load_worker_states(start.checkpoint, range(n_workers)) if start.checkpoint else None
