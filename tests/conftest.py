@@ -203,35 +203,25 @@ DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-class Azurite:
-    """One Azurite blob service on a free loopback port, in memory; :meth:`stop` ends it and waits."""
+class LoopbackService:
+    """A service process on a free loopback port (``.port``), logging to a file (not a pipe: emulators log every
+    request, and a pipe nobody reads blocks them once full); ready when the port answers, :meth:`stop` ends it."""
 
-    def __init__(self) -> None:
-        if not AZURITE_BLOB.is_file():
-            pytest.fail(f"Azurite is not installed ({AZURITE_BLOB} missing): run `npm ci` in {ROOT} "
-                        "(launchers/test.sh does it); the Azure tests need the real emulator", pytrace=False)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.process = subprocess.Popen(
-            ["node", str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-             "--inMemoryPersistence", "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+    def __init__(self, name: str, command: list[str], port: int) -> None:
+        self.name, self.port = name, port
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                        text=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"Azurite exited at start: {self.process.stderr.read()[-2000:]}", pytrace=False)
+                self.log.seek(0)
+                pytest.fail(f"{name} exited at start: {self.log.read()[-2000:]}", pytrace=False)
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return
             time.sleep(0.1)
         self.stop()
-        pytest.fail(f"Azurite did not answer on port {self.port} within 30 s", pytrace=False)
-
-    @property
-    def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{self.port}/{DEV_ACCOUNT};")
+        pytest.fail(f"{name} did not answer on port {self.port} within 30 s", pytrace=False)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -241,7 +231,31 @@ class Azurite:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.process.stderr.close()
+        self.log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Azurite(LoopbackService):
+    """One Azurite blob service on a free loopback port, in memory; :meth:`stop` ends it and waits."""
+
+    def __init__(self) -> None:
+        if not AZURITE_BLOB.is_file():
+            pytest.fail(f"Azurite is not installed ({AZURITE_BLOB} missing): run `npm ci` in {ROOT} "
+                        "(launchers/test.sh does it); the Azure tests need the real emulator", pytrace=False)
+        port = _free_port()
+        super().__init__("Azurite", [
+            "node", str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+            "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose"], port)
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.port}/{DEV_ACCOUNT};")
 
 
 @pytest.fixture(scope="session")
@@ -261,13 +275,7 @@ def spare_azurite() -> Iterator[Azurite]:
 
 
 # ---- S3 and GCS: moto's server and gcp-storage-emulator (PyPI, the test extras) -----------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LoopbackEmulator:
+class LoopbackEmulator(LoopbackService):
     """An object-store emulator (a console script of the venv) on a free loopback port, in memory; ``.endpoint``
     is its URL, ``.env`` the standard variables that point a client (and a ``parallel-dqn`` child) at it."""
 
@@ -288,35 +296,10 @@ class LoopbackEmulator:
             pytest.fail(f"{script} is not installed ({program} missing): run `bash launchers/setup_env.sh` "
                         "(it installs requirements.lock); the cloud tests need the real emulator", pytrace=False)
         self.kind = kind
-        self.port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
         self.env = variables(self.endpoint)
-        # its log to a file, not a pipe: both log every request, and a pipe nobody reads blocks them once full
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            [str(program), *arguments(self.port)],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, text=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                pytest.fail(f"{script} exited at start: {self.log.read()[-2000:]}", pytrace=False)
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"{script} did not answer on port {self.port} within 30 s", pytrace=False)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        super().__init__(script, [str(program), *arguments(port)], port)
 
 
 def _emulator_fixture(kind: str, name: str, spare: bool, what: str):
