@@ -52,9 +52,10 @@ MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 ERROR_LINE = re.compile(r"^parallel-dqn(?: [a-z-]+)*: error: \S")
 
 
-def make_market(out: Path, days: int = 5, seed: int = 11, bar_minutes: int = 5) -> Path:
-    """A synthetic market of STOCKS from 2024-01-02 (5-minute bars: small and fast)."""
-    spec = SyntheticSpec(bar_minutes=bar_minutes)
+def make_market(out: Path, days: int = 5, seed: int = 11, bar_minutes: int = 5, regime_flip: bool = False) -> Path:
+    """A synthetic market of STOCKS from 2024-01-02 (5-minute bars: small and fast); ``regime_flip``: the
+    follower's relation flips with the hidden volatility regime (the regime tests' market)."""
+    spec = SyntheticSpec(bar_minutes=bar_minutes, regime_flip=regime_flip)
     write_market(generate_market(STOCKS, dt.date(2024, 1, 2), days, seed=seed, spec=spec), out)
     return out
 

@@ -5,18 +5,16 @@ inputs appended after the features go through the augmenter's path."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
 
-from parallel_dqn.data.synthetic import SyntheticSpec, generate_market, write_market
 from parallel_dqn.run.single import train
 from tests.helpers import (
-    STOCKS,
     assert_same_run,
     kill_9_then_resume_equals_uninterrupted,
+    make_market,
     mpiexec,
     tiny_config,
     train_args,
@@ -41,10 +39,7 @@ def flags() -> list[str]:
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
     """The tests' small market with the planted relation flipping with the hidden regime."""
-    out = tmp_path_factory.mktemp("regime_market")
-    spec = SyntheticSpec(bar_minutes=5, regime_flip=True)
-    write_market(generate_market(STOCKS, dt.date(2024, 1, 2), 5, seed=11, spec=spec), out)
-    return out
+    return make_market(tmp_path_factory.mktemp("regime_market"), regime_flip=True)
 
 
 def test_sync_under_mpiexec_equals_single_mode_with_an_ensemble_and_regimes(market, tmp_path):

@@ -28,15 +28,14 @@ from parallel_dqn.data.synthetic import (
     generate_market,
     oracle_expected_returns,
     regime_states,
-    write_market,
 )
 from parallel_dqn.errors import UserError
 from parallel_dqn.run.single import evaluate, train
 from parallel_dqn.training.server import _round_scale
 from tests.helpers import (
-    STOCKS,
     assert_same_run,
     kill_9_then_resume_equals_uninterrupted,
+    make_market,
     mpiexec,
     tiny_config,
     train_args,
@@ -242,10 +241,7 @@ def test_the_learning_rate_factor_travels_with_the_gradient():
 # ---- end to end ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    out = tmp_path_factory.mktemp("regime_market")
-    spec = SyntheticSpec(bar_minutes=5, regime_flip=True)
-    write_market(generate_market(STOCKS, dt.date(2024, 1, 2), 5, seed=11, spec=spec), out)
-    return out
+    return make_market(tmp_path_factory.mktemp("regime_market"), regime_flip=True)
 
 
 def test_single_mode_logs_regimes_keeps_the_detector_and_evaluate_reproduces_it(small, tmp_path):
