@@ -1,7 +1,7 @@
 """With every training-optimisation component off, a run gives the results it gave before them.
 
-The golden figures in ``tests/golden/optimisation_off.json`` were written by the code before issue 12's
-components (at 043db05) with ``python -m tests.test_optimisation_off --write``; every run here must reproduce
+The golden figures in ``tests/golden/optimisation_off.json`` are written with
+``python -m tests.test_optimisation_off --write SCRATCH``; every run here must reproduce
 them bit for bit: the trained weights, the portfolio files, the evaluation's figures. Components that are off
 must not draw a random number or reorder an operation. The component the ablation turned on by default
 (augmentation, README "Ablation") is switched off here
@@ -10,12 +10,20 @@ results, rewrite the golden file in the same commit and say why in its message.
 
 The runs cover the default learner (one worker over every stock), several simulated workers asynchronously
 and in ``--sync`` mode, and TD-prioritized replay (the priority that existed before the others).
+
+Float32 results depend on the CPU: MKL and torch's own kernels pick code paths by instruction set, and the
+golden figures written on one machine failed on another with the same code. So every case runs in a child
+process with portable numerics (:data:`PORTABLE`: torch's baseline kernels, MKL's reproducible mode), the same
+bits on any x86-64 machine. The figures were rewritten that way from the code at f029fc0, which the previous
+golden file (written at 043db05 on one machine, native numerics) had held unchanged until then.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +34,9 @@ from parallel_dqn.run.single import train
 from tests.helpers import OPTIMISATION_OFF, make_market, tiny_config, weights
 
 GOLDEN = Path(__file__).parent / "golden" / "optimisation_off.json"
+#: the environment of every case's process: torch's baseline (non-AVX) kernels and MKL's conditional
+#: numerical reproducibility, so the figures do not depend on the machine's instruction set
+PORTABLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 #: name -> settings over tests.helpers.tiny_config
 CASES: dict[str, dict[str, object]] = {
     "one learner": {"dist.workers": 0},
@@ -55,6 +66,17 @@ def fingerprint(out: Path) -> dict[str, object]:
 
 
 def run_case(market: Path, out: Path, name: str) -> dict[str, object]:
+    """Case ``name``'s fingerprint, from a child process with :data:`PORTABLE` numerics."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.test_optimisation_off", "--case", name, str(market), str(out)],
+        env={**os.environ, **PORTABLE}, cwd=Path(__file__).parent.parent, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_here(market: Path, out: Path, name: str) -> dict[str, object]:
     train(tiny_config(market, out, **{**OPTIMISATION_OFF, **CASES[name]}))
     return fingerprint(out)
 
@@ -87,7 +109,11 @@ def write_golden(folder: Path) -> None:
     GOLDEN.write_text(json.dumps({"torch": torch.__version__.split("+")[0], "cases": cases}, indent=1) + "\n")
 
 
-if __name__ == "__main__":  # python -m tests.test_optimisation_off --write FOLDER
-    if sys.argv[1:2] != ["--write"] or len(sys.argv) != 3:
+if __name__ == "__main__":  # python -m tests.test_optimisation_off --write FOLDER  (--case: run_case's child)
+    if sys.argv[1:2] == ["--case"] and len(sys.argv) == 5:
+        assert all(os.environ.get(k) == v for k, v in PORTABLE.items()), "a case runs with PORTABLE numerics only"
+        print(json.dumps(_run_here(Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[2])))
+    elif sys.argv[1:2] == ["--write"] and len(sys.argv) == 3:
+        write_golden(Path(sys.argv[2]))
+    else:
         sys.exit("usage: python -m tests.test_optimisation_off --write SCRATCH_FOLDER")
-    write_golden(Path(sys.argv[2]))
