@@ -161,3 +161,21 @@ def test_meta_policy_learns_to_favour_the_profitable_stock():
     meta.fit(feats, actions, r, cost_bps=0.0)
     after = np.abs(meta.weights(feats, actions)).mean(axis=0)
     assert after[0] - after[1] > before[0] - before[1] + 0.1
+
+
+def test_dense_attention_gives_what_gathering_every_pair_gives():
+    """With the dense graph (every stock a neighbour, in index order) attention runs as batched matrix
+    products; it must give the context and weights of the gathered path, for every stock or a shard's."""
+    from parallel_dqn.model.qnet import CrossStockAttention
+
+    torch.manual_seed(0)
+    attention, B = CrossStockAttention(16, 2), 4
+    attention.graph_bias.data.normal_()
+    emb, edges = torch.randn(B, S, 16), torch.randn(B, S, S, 2)
+    for shard in (list(range(S)), [1, 3]):
+        own, shard_edges = emb[:, shard], edges[:, shard]
+        index = torch.arange(S).expand(B, len(shard), S)
+        gathered_ctx, gathered_weights = attention(own, emb, shard_edges, index=index)
+        dense_ctx, dense_weights = attention(own, emb, shard_edges)
+        assert torch.allclose(dense_ctx, gathered_ctx, atol=1e-6)
+        assert torch.allclose(dense_weights, gathered_weights, atol=1e-6)

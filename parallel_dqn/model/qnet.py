@@ -73,6 +73,8 @@ class CrossStockAttention(nn.Module):
         """
         B, K, D = own.shape
         H, hd = self.heads, self.head_dim
+        if index is None and neighbours.dim() == 3:
+            return self._dense(own, neighbours, edges)
         keys, values = self.key(neighbours), self.value(neighbours)
         if index is not None:  # [B, N, D] -> [B, K, k, D]
             rows = torch.arange(B, device=index.device)[:, None, None]
@@ -86,6 +88,21 @@ class CrossStockAttention(nn.Module):
         weights = torch.softmax(logits, dim=2)
         ctx = (weights[..., None] * values).sum(2).reshape(B, K, D)
         return self.out(ctx), weights.permute(0, 3, 1, 2)
+
+    def _dense(
+        self, own: torch.Tensor, everyone: torch.Tensor, edges: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` where every asking stock attends over every stock ``everyone [B, N, D]`` in their
+        order (the dense graph: S <= k): batched matrix products instead of gathering each pair's key."""
+        B, K, D = own.shape
+        N, H, hd = everyone.shape[1], self.heads, self.head_dim
+        q = self.query(own).view(B, K, H, hd).transpose(1, 2)  # [B, H, K, hd]
+        keys = self.key(everyone).view(B, N, H, hd).permute(0, 2, 3, 1)  # [B, H, hd, N]
+        values = self.value(everyone).view(B, N, H, hd).transpose(1, 2)  # [B, H, N, hd]
+        bias = (edges @ self.graph_bias.T).permute(0, 3, 1, 2)  # [B, H, K, N]
+        weights = torch.softmax(q @ keys / hd**0.5 + bias, dim=-1)
+        ctx = (weights @ values).transpose(1, 2).reshape(B, K, D)
+        return self.out(ctx), weights
 
 
 class DuelingHead(nn.Module):
@@ -163,12 +180,12 @@ class QNetwork(nn.Module):
         q, weights = self.decide(own, emb[:, None], edges[:, None], positions[:, None])
         return q[:, 0], weights
 
-    def embed(self, windows: torch.Tensor, stocks: torch.Tensor) -> torch.Tensor:
+    def embed(self, windows: torch.Tensor, stocks: torch.Tensor | None) -> torch.Tensor:
         """Embeddings ``[..., D]`` of stocks ``[...]`` from their windows ``[..., W, F]``: the encoded window
-        plus the stock's identity vector."""
+        plus the stock's identity vector (``stocks`` None: the windows are every stock's, ``[..., S, W, F]``)."""
         emb = self.encoder(windows)
         if self.stock_embedding is not None:
-            emb = emb + self.stock_embedding(stocks.long())
+            emb = emb + (self.stock_embedding.weight if stocks is None else self.stock_embedding(stocks.long()))
         return emb
 
     def decide(

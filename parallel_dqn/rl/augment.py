@@ -108,29 +108,44 @@ class Augmenter:
         if stocks is None:
             spread, offset = spread[None], offset[None]
         factor = None
+        # Warps and scenarios change a share of the units only: each is computed on those units' rows and put
+        # back (the others would come out exactly as they went in), a few small operations instead of passes
+        # over the whole batch.
         if self.cfg.time_warp:
-            windows = _resample(windows, self._repeat(self.warp_grid(n, W), halves))
+            warped, grid = self.warp_grid(n, W)
+            rows = self._rows(warped, n, halves)
+            if len(rows):
+                windows = windows.index_put((rows,), _resample(windows[rows], grid[rows % n]))
         if self.cfg.scenarios:
             factor = self.scenario_factors(n)
-            c = self._repeat(factor, halves)[:, None, None, None]
-            rescaled = (c * windows + (c - 1) * offset[:, :, None, :]).clamp(-CLIP, CLIP)
-            windows = torch.where(self.return_scale, rescaled, windows)
+            rows = self._rows(factor != 1.0, n, halves)  # a factor of 1 changes nothing
+            if len(rows):
+                part, c = windows[rows], factor[rows % n][:, None, None, None]
+                shift = (offset[rows] if stocks is not None else offset)[:, :, None, :]
+                rescaled = (c * part + (c - 1) * shift).clamp(-CLIP, CLIP)
+                windows = windows.index_put((rows,), torch.where(self.return_scale, rescaled, part))
         if self.cfg.noise:
             noise = self._repeat(self._draw(torch.randn, n, K, W, F), halves)
-            windows = windows + self.cfg.noise * spread[:, :, None, :] * noise
+            windows = torch.addcmul(windows, self.cfg.noise * spread[:, :, None, :], noise)
         if self.cfg.feature_dropout:
             dropped = self._repeat(self._draw(torch.rand, n, K, F) < self.cfg.feature_dropout, halves) & ~self.flags
-            windows = torch.where(dropped[:, :, None, :], torch.zeros((), device=self.device), windows)
+            windows = windows.masked_fill(dropped[:, :, None, :], 0.0)
         return windows, factor
 
-    def warp_grid(self, n: int, W: int) -> torch.Tensor:
-        """``[n, W]`` row positions in ``[0, W - 1]``, nondecreasing, first 0 and last ``W - 1``: a random warp
-        for a share ``time_warp`` of the units, the rows themselves for the others."""
+    def _rows(self, changed: torch.Tensor, n: int, halves: int) -> torch.Tensor:
+        """The batch rows of the units ``changed [n]`` marks, in every half."""
+        units = changed.nonzero()[:, 0]
+        return (units[None, :] + n * torch.arange(halves, device=self.device)[:, None]).reshape(-1)
+
+    def warp_grid(self, n: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which units are warped ``[n]`` (a share ``time_warp`` of them) and ``[n, W]`` row positions in
+        ``[0, W - 1]``, nondecreasing, first 0 and last ``W - 1``: a random warp for the warped units, the rows
+        themselves for the others."""
         warped = self._draw(torch.rand, n) < self.cfg.time_warp
         steps = 1.0 + WARP_STRENGTH * (2.0 * self._draw(torch.rand, n, max(W - 1, 0)) - 1.0)
         grid = torch.cat([torch.zeros(n, 1, device=self.device), steps.cumsum(dim=1)], dim=1)
         grid = (grid / grid[:, -1:].clamp(min=1e-12) * (W - 1)).clamp(0.0, W - 1)
-        return torch.where(warped[:, None], grid, torch.arange(W, dtype=grid.dtype, device=self.device))
+        return warped, torch.where(warped[:, None], grid, torch.arange(W, dtype=grid.dtype, device=self.device))
 
     def scenario_factors(self, n: int) -> torch.Tensor:
         """``[n]`` factors: log-uniform in ``[1/2, 2]`` for a share ``scenarios`` of the units, 1 for the others."""

@@ -439,13 +439,14 @@ class Worker:
         Every stock of the market is embedded once per bar, then the asked stocks attend over their neighbours;
         each row is computed alone, so a stock gets the same values whichever others are asked with it.
         """
-        everyone = torch.arange(self.obs.n_stocks, device=self.device)[None].expand(len(bars), -1)
-        emb = net.embed(self.obs.windows(bars) if windows is None else windows, everyone)  # [U, S, D]
+        emb = net.embed(self.obs.windows(bars) if windows is None else windows, None)  # [U, S, D]
         neighbours, edges = self.obs.neighbours_at(bars)  # [U, S, k], [U, S, k, C]
         own = emb
         if stocks is not None and len(stocks) < self.obs.n_stocks:  # a shard: its own stocks ask
             own, neighbours, edges = emb[:, stocks], neighbours[:, stocks], edges[:, stocks]
-        ctx, weights = net.context(own, emb, edges, index=neighbours)
+        # the dense graph (S <= k) lists every stock in order: each attends over all of them, nothing gathered
+        dense = neighbours.shape[-1] == self.obs.n_stocks
+        ctx, weights = net.context(own, emb, edges, index=None if dense else neighbours)
         return own, ctx, neighbours, weights
 
     def end_episode(self) -> None:
