@@ -101,9 +101,9 @@ class Augmenter:
         """``windows [halves * N, K, W, F]`` of ``stocks [halves * N, K]`` (None: every stock, K = S), the
         halves one after the other (``s`` then ``s'``), augmented with one draw per unit ``n < N`` for every
         half; and each unit's scenario factor ``[N]`` for its reward (None when scenarios are off)."""
-        rows, K, W, F = windows.shape
-        n = rows // halves
-        spread = self.spread if stocks is None else self.spread[stocks]  # [S, F] or [rows, K, F]
+        R, K, W, F = windows.shape
+        n = R // halves
+        spread = self.spread if stocks is None else self.spread[stocks]  # [S, F] or [R, K, F]
         offset = self.offset if stocks is None else self.offset[stocks]
         if stocks is None:
             spread, offset = spread[None], offset[None]
@@ -124,12 +124,15 @@ class Augmenter:
                 shift = (offset[rows] if stocks is not None else offset)[:, :, None, :]
                 rescaled = (c * part + (c - 1) * shift).clamp(-CLIP, CLIP)
                 windows = windows.index_put((rows,), torch.where(self.return_scale, rescaled, part))
-        if self.cfg.noise:
-            noise = self._repeat(self._draw(torch.randn, n, K, W, F), halves)
-            windows = torch.addcmul(windows, self.cfg.noise * spread[:, :, None, :], noise)
-        if self.cfg.feature_dropout:
-            dropped = self._repeat(self._draw(torch.rand, n, K, F) < self.cfg.feature_dropout, halves) & ~self.flags
-            windows = windows.masked_fill(dropped[:, :, None, :], 0.0)
+        if self.cfg.noise or self.cfg.feature_dropout:
+            windows = windows.reshape(halves, n, K, W, F)  # a unit's draws broadcast over its halves, not copied
+            if self.cfg.noise:
+                scale = self.cfg.noise * spread.reshape(halves if stocks is not None else 1, -1, K, 1, F)
+                windows = torch.addcmul(windows, scale, self._draw(torch.randn, n, K, W, F))
+            if self.cfg.feature_dropout:
+                dropped = (self._draw(torch.rand, n, K, F) < self.cfg.feature_dropout) & ~self.flags
+                windows = windows.masked_fill(dropped[:, :, None, :], 0.0)
+            windows = windows.reshape(R, K, W, F)
         return windows, factor
 
     def _rows(self, changed: torch.Tensor, n: int, halves: int) -> torch.Tensor:
@@ -156,11 +159,6 @@ class Augmenter:
     def _draw(self, sampler, *shape: int) -> torch.Tensor:
         """``sampler``'s numbers from this augmenter's stream (on the CPU), on its device."""
         return sampler(shape, generator=self.generator).to(self.device)
-
-    @staticmethod
-    def _repeat(per_unit: torch.Tensor, halves: int) -> torch.Tensor:
-        """The units' values once for every half (``s``, then ``s'``)."""
-        return per_unit.repeat(halves, *([1] * (per_unit.dim() - 1)))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"rng": self.generator.get_state().numpy().copy()}
