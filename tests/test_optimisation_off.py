@@ -13,9 +13,11 @@ and in ``--sync`` mode, and TD-prioritized replay (the priority that existed bef
 
 Float32 results depend on the CPU: MKL and torch's own kernels pick code paths by instruction set, and the
 golden figures written on one machine failed on another with the same code. So every case runs in a child
-process with portable numerics (:data:`PORTABLE`: torch's baseline kernels, MKL's reproducible mode), the same
-bits on any x86-64 machine. The figures were rewritten that way from the code at f029fc0, which the previous
-golden file (written at 043db05 on one machine, native numerics) had held unchanged until then; and again
+process with portable numerics (:data:`PORTABLE`: torch's baseline kernels, MKL's conditional numerical
+reproducibility), meant to give the same bits on any x86-64 machine (checked so far on one: each knob alone
+changes the bits there, so both take effect). The figures were rewritten that way from the code at f029fc0,
+which the previous golden file (written at 043db05 on one machine, native numerics) had held unchanged until
+then; and again
 when dense attention (S <= k) became batched matrix products and whole bars add the identity vectors by
 broadcasting (float sums in another order: the last bits differ, nothing else).
 """
