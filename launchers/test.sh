@@ -3,6 +3,9 @@
 #   launchers/test.sh [--fast] [PYTEST ARGS...]
 # --fast: only the fast tier, -m "not slow and not mpi and not azure and not cloud and not slurm and not browser and not container" (1-2 minutes; the markers
 # are in setup.cfg and tests/conftest.py); it needs neither Azurite nor the S3/GCS emulators nor MPI nor SLURM nor docker. Other arguments go to pytest.
+# Tests run on PARALLEL_DQN_TEST_WORKERS parallel workers (pytest-xdist; default 2, 1: none, in this process);
+# each test module stays whole on one worker and every SLURM module shares one (tests/conftest.py). Most of the
+# slow tests wait on subprocesses, so two workers use a 2-core machine where one left a core idle.
 # The Azure tests run against the real Azurite emulator: it is installed from npm (version pinned in
 # package-lock.json) into node_modules/ when missing; Node.js >= 18 and npm must be on PATH.
 set -euo pipefail
@@ -14,6 +17,9 @@ for arg in "$@"; do
     if [ "$arg" = "--fast" ]; then fast=1; else args+=("$arg"); fi
 done
 bash launchers/setup_env.sh
+workers="${PARALLEL_DQN_TEST_WORKERS:-2}"
+[[ "$workers" =~ ^[1-9][0-9]*$ ]] || { echo "error: PARALLEL_DQN_TEST_WORKERS must be a whole number >= 1, not '$workers'" >&2; exit 2; }
+if [ "$workers" -gt 1 ]; then args=(-n "$workers" --dist loadgroup ${args[@]+"${args[@]}"}); fi
 if [ "$fast" = 1 ]; then
     exec .venv/bin/python -m pytest -m "not slow and not mpi and not azure and not cloud and not slurm and not browser and not container" ${args[@]+"${args[@]}"}
 fi
@@ -22,4 +28,4 @@ if [ ! -f node_modules/azurite/dist/src/blob/main.js ]; then
     echo "installing the Azurite emulator from npm (package-lock.json) ..." >&2
     npm ci --no-audit --no-fund --silent
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest ${args[@]+"${args[@]}"}

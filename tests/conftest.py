@@ -162,6 +162,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker("slow")
         elif any(_calls_training_function(f) or _runs_training_command(f.__code__, f) for f in functions):
             item.add_marker("slow")
+    _group_for_xdist(items)
+
+
+def _group_for_xdist(items: list[pytest.Item]) -> None:
+    """Where tests run on parallel workers (pytest-xdist, ``--dist loadgroup``): each module runs whole on one
+    worker, so its module fixtures are built once; every module with a SLURM test shares one worker, so the
+    two-node cluster runs one test's jobs at a time. Without xdist the marker does nothing."""
+    slurm_modules = {item.module.__name__ for item in items if item.get_closest_marker("slurm") and item.module}
+    for item in items:
+        module = item.module.__name__ if item.module else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("slurm" if module in slurm_modules else module))
 
 
 # ---- the CLI, and a tiny market ------------------------------------------------------------------------------------
