@@ -169,10 +169,12 @@ def _group_for_xdist(items: list[pytest.Item]) -> None:
     """Where tests run on parallel workers (pytest-xdist, ``--dist loadgroup``): each module runs whole on one
     worker, so its module fixtures are built once; every module with a SLURM test shares one worker, so the
     two-node cluster runs one test's jobs at a time. Without xdist the marker does nothing."""
-    slurm_modules = {item.module.__name__ for item in items if item.get_closest_marker("slurm") and item.module}
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]  # the test file, for any kind of item
+
+    slurm_modules = {module(item) for item in items if item.get_closest_marker("slurm")}
     for item in items:
-        module = item.module.__name__ if item.module else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("slurm" if module in slurm_modules else module))
+        item.add_marker(pytest.mark.xdist_group("slurm" if module(item) in slurm_modules else module(item)))
 
 
 # ---- the CLI, and a tiny market ------------------------------------------------------------------------------------
