@@ -56,7 +56,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli  # noqa: F401 - re-exported: `from tests.conftest import run_cli` works
+from tests.helpers import (
+    idle_slurm_cluster,
+    run_cli,  # noqa: F401 - re-exported: `from tests.conftest import run_cli` works
+    slurm_cluster_lock,
+)
 
 TINY_STOCKS = ("AAA", "BBB", "CCC")
 TINY_START = "2024-01-02"
@@ -162,19 +166,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker("slow")
         elif any(_calls_training_function(f) or _runs_training_command(f.__code__, f) for f in functions):
             item.add_marker("slow")
-    _group_for_xdist(items)
-
-
-def _group_for_xdist(items: list[pytest.Item]) -> None:
-    """Where tests run on parallel workers (pytest-xdist, ``--dist loadgroup``): each module runs whole on one
-    worker, so its module fixtures are built once; every module with a SLURM test shares one worker, so the
-    two-node cluster runs one test's jobs at a time. Without xdist the marker does nothing."""
-    def module(item: pytest.Item) -> str:
-        return item.nodeid.split("::")[0]  # the test file, for any kind of item
-
-    slurm_modules = {module(item) for item in items if item.get_closest_marker("slurm")}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("slurm" if module(item) in slurm_modules else module(item)))
 
 
 # ---- the CLI, and a tiny market ------------------------------------------------------------------------------------
@@ -338,17 +329,31 @@ spare_gcs_emulator = _emulator_fixture("gcs", "spare_gcs_emulator", True, "gcp-s
 
 # ---- SLURM: a real cluster (launchers/slurm/local_cluster.sh start; .ci/run starts one) ------------------------------
 @pytest.fixture(scope="session")
-def slurm() -> None:
-    """A SLURM cluster with idle nodes to submit to; skip without one, unless PARALLEL_DQN_REQUIRE_SLURM=1."""
+def _slurm_cluster() -> None:
+    """A SLURM cluster that answers; skip without one, unless PARALLEL_DQN_REQUIRE_SLURM=1."""
     problem = None
     if shutil.which("sbatch") is None:
         problem = "sbatch not found"
     else:
         proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0 or "idle" not in proc.stdout:
-            problem = f"no idle SLURM nodes (sinfo: {(proc.stdout + proc.stderr).strip()[:200]})"
-    if problem is None:
-        return
+        if proc.returncode != 0 or not proc.stdout.strip():
+            problem = f"no SLURM nodes (sinfo: {(proc.stdout + proc.stderr).strip()[:200]})"
+    if problem is not None:
+        _no_slurm(problem)
+
+
+@pytest.fixture
+def slurm(_slurm_cluster: None) -> Iterator[None]:
+    """The cluster for this test alone (a lock across pytest-xdist workers), once the jobs of the tests before it
+    have released its nodes."""
+    with slurm_cluster_lock():
+        problem = idle_slurm_cluster()
+        if problem is not None:
+            _no_slurm(problem)
+        yield
+
+
+def _no_slurm(problem: str) -> None:
     hint = "start one with: bash launchers/slurm/local_cluster.sh install && bash launchers/slurm/local_cluster.sh start"
     if os.environ.get("PARALLEL_DQN_REQUIRE_SLURM") == "1":
         pytest.fail(f"SLURM is required here (PARALLEL_DQN_REQUIRE_SLURM=1): {problem}; {hint}", pytrace=False)

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -23,8 +25,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -344,6 +347,48 @@ class LoopbackJSONServer:
 
 
 # ---- SLURM jobs (tests/test_slurm.py, tests/test_container.py) -----------------------------------------------
+#: the file whose lock gives one test at a time the one-machine cluster, across pytest-xdist workers
+SLURM_LOCK = Path(tempfile.gettempdir()) / "parallel-dqn-tests-slurm.lock"
+
+
+@contextlib.contextmanager
+def slurm_cluster_lock(path: Path = SLURM_LOCK, timeout: float = 1800) -> Iterator[None]:
+    """Hold the cluster for one test: an exclusive lock on ``path`` (released if the process dies). Two SLURM
+    tests at once, on two workers, would queue each other's two-node jobs past their waits; the test fails if the
+    lock is not free within ``timeout`` seconds."""
+    with open(path, "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    pytest.fail(f"another test held the SLURM cluster ({path}) for over {timeout:.0f} s", pytrace=False)
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def idle_slurm_cluster(timeout: float = 120) -> str | None:
+    """Wait until the cluster has an idle node and runs no job of this user (an earlier test's job has ended and
+    released its nodes: they stay allocated for a moment after its end); None then, else what is wrong after
+    ``timeout`` seconds."""
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "root"
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+        jobs = subprocess.run(["squeue", "-h", "-u", user, "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+        if nodes.returncode == 0 and "idle" in nodes.stdout.split() and not jobs.stdout.strip():
+            return None
+        if time.monotonic() >= deadline:
+            return (f"no idle SLURM nodes after {timeout:.0f} s (sinfo: {(nodes.stdout + nodes.stderr).strip()[:200]}; "
+                    f"jobs of {user}: {jobs.stdout.strip()[:200] or 'none'})")
+        time.sleep(0.5)
+
+
 def sbatch(*args: str) -> str:
     """Submit from the repository root (the scripts' default PARALLEL_DQN_ROOT); the job id."""
     proc = subprocess.run(["sbatch", "--parsable", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)

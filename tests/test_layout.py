@@ -5,10 +5,11 @@ ties the modules together: moving or deleting one breaks the others)."""
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import slurm_cluster_lock
 
 TESTS = Path(__file__).resolve().parent
 
@@ -43,19 +44,14 @@ def test_test_modules_do_not_import_each_other():
     )
 
 
-def test_each_module_is_one_xdist_group_and_the_slurm_modules_share_one(request: pytest.FixtureRequest):
-    """launchers/test.sh runs the suite on pytest-xdist workers with ``--dist loadgroup``: a module split over
-    two workers would build its module fixtures twice, and two SLURM tests at once would queue on the two-node
-    cluster (tests/conftest.py groups them)."""
-    groups: defaultdict[str, set[str]] = defaultdict(set)
-    slurm_files = set()
-    for item in request.session.items:  # the tests of this session, after selection
-        marks = [mark.args[0] for mark in item.iter_markers("xdist_group")]
-        assert len(marks) == 1, (item.nodeid, marks)
-        file = item.nodeid.split("::")[0]
-        groups[file].add(marks[0])
-        if item.get_closest_marker("slurm"):
-            slurm_files.add(file)
-    assert groups["tests/test_layout.py"] == {"tests/test_layout.py"}
-    for file, names in groups.items():
-        assert names == ({"slurm"} if file in slurm_files else {file}), file
+
+def test_the_slurm_cluster_is_held_by_one_test_at_a_time(tmp_path):
+    """Tests run on pytest-xdist workers (launchers/test.sh): a SLURM test holds the cluster through a lock that
+    a second holder, another worker's test, waits for (tests/conftest.py's ``slurm`` fixture)."""
+    lock = tmp_path / "slurm.lock"
+    with slurm_cluster_lock(lock):
+        with pytest.raises(pytest.fail.Exception, match="held the SLURM cluster"):
+            with slurm_cluster_lock(lock, timeout=0.5):
+                pass
+    with slurm_cluster_lock(lock, timeout=0.5):  # free again once the first holder is done
+        pass

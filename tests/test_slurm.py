@@ -15,11 +15,22 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_same_run, make_market, mpiexec, submit_until_it_runs, tiny_config, wait_for
+from tests.helpers import (
+    assert_same_run,
+    idle_slurm_cluster,
+    job_info,
+    make_market,
+    mpiexec,
+    sbatch,
+    submit_until_it_runs,
+    tiny_config,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.slow]  # every test runs training jobs
@@ -116,3 +127,16 @@ def test_a_sweep_runs_as_one_job_array_and_the_report_consolidates_it(market, tm
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "parallel_dqn", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
+
+
+def test_a_test_waits_until_the_job_before_it_has_released_the_nodes(tmp_path):
+    """A test that started while an earlier job still held both nodes failed at once ("no idle SLURM nodes (sinfo:
+    allocated)", seen with two pytest-xdist workers); the ``slurm`` fixture now waits for them."""
+    job = sbatch("--nodes=2", f"--output={tmp_path}/hold-%j.out", "--wrap", "sleep 4")
+    deadline = time.monotonic() + 60
+    while job_info(job).get("JobState") != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job_info(job).get("JobState") == "RUNNING", job_info(job)
+    assert idle_slurm_cluster(timeout=0) is not None  # what the fixture saw before: no idle node
+    assert idle_slurm_cluster(timeout=60) is None
+    assert job_info(job)["JobState"] == "COMPLETED"
