@@ -1,6 +1,7 @@
 """The layout of the tests: shared helpers live in tests/helpers.py (fixtures in tests/conftest.py), so that no
 test module imports another (importing a test module runs its module-level code and re-collects nothing, but
-ties the modules together: moving or deleting one breaks the others)."""
+ties the modules together: moving or deleting one breaks the others); and how tests on parallel workers share the
+one SLURM cluster."""
 
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ def test_test_modules_do_not_import_each_other():
         "test modules import other test modules (move the shared helpers into tests/helpers.py, "
         f"fixtures into tests/conftest.py): {offenders}"
     )
-
 
 
 def test_the_slurm_cluster_is_held_by_one_test_at_a_time(tmp_path):
