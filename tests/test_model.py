@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from parallel_dqn.config import MetaConfig, ModelConfig
@@ -161,6 +162,47 @@ def test_meta_policy_learns_to_favour_the_profitable_stock():
     meta.fit(feats, actions, r, cost_bps=0.0)
     after = np.abs(meta.weights(feats, actions)).mean(axis=0)
     assert after[0] - after[1] > before[0] - before[1] + 0.1
+
+
+def _episode(T: int, S: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random records of one episode: Q-values, actions, log-returns and an ensemble's sizes."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(T, S, 3)).astype(np.float32), rng.integers(0, 3, (T, S)), rng.normal(0, 1e-3, (T, S)),
+            rng.uniform(0.3, 1.0, (T, S)))
+
+
+@pytest.mark.parametrize("sizes", [False, True])
+def test_the_meta_policy_learns_block_by_block_what_it_learns_in_one_pass(monkeypatch, sizes):
+    """A long episode is passed over in blocks of bars (rank 0's memory stays one block's): the fit, its
+    Sharpe ratio and the weights are those of one pass over the whole episode, to float rounding."""
+    from parallel_dqn.model import meta_policy
+
+    T, S = 300, 7
+    q, actions, r, size = _episode(T, S, 3)
+    size = size if sizes else None
+    feats = decision_features(q, actions, r, 20, 1e-3)
+    cfg = MetaConfig(max_weight=0.4, epochs=5)
+    torch.manual_seed(0)
+    whole, blocked = MetaPolicy(S, cfg), MetaPolicy(S, cfg)
+    blocked.load_state_dict(whole.state_dict())
+    sharpe_whole = whole.fit(feats, actions, r, cost_bps=2.0, sizes=size)
+    monkeypatch.setattr(meta_policy, "BLOCK_ACTIVATIONS", 24 * S * 32)  # blocks of 24 steps: 13, the last of 11
+    assert len(blocked._blocks(T - 1, S)) == 13
+    sharpe_blocked = blocked.fit(feats, actions, r, cost_bps=2.0, sizes=size)
+    assert sharpe_blocked == pytest.approx(sharpe_whole, rel=1e-5)
+    for a, b in zip(whole.parameters(), blocked.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(whole.stock_bias, MetaPolicy(S, cfg).stock_bias)  # it did learn
+    np.testing.assert_allclose(blocked.weights(feats, actions, size), whole.weights(feats, actions, size), atol=1e-6)
+
+
+def test_decision_features_of_a_block_of_stocks_are_those_of_the_whole_market(monkeypatch):
+    from parallel_dqn.model import meta_policy
+
+    q, actions, r, _ = _episode(200, 9, 4)
+    whole = decision_features(q, actions, r, 20, 1e-3)
+    monkeypatch.setattr(meta_policy, "BLOCK_DECISIONS", 200 * 2)  # two stocks per block, the last alone
+    np.testing.assert_array_equal(decision_features(q, actions, r, 20, 1e-3), whole)
 
 
 def test_dense_attention_gives_what_gathering_every_pair_gives():

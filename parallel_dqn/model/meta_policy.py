@@ -28,6 +28,12 @@ from parallel_dqn.market.step import FLAT, POSITIONS
 from parallel_dqn.model.adamw import FlatAdamW
 
 N_META_FEATURES = 5
+#: decisions (bars x stocks) per block of :func:`decision_features`: its float64 temporaries are 16 MB each
+BLOCK_DECISIONS = 1 << 21
+#: hidden activations (bars x stocks x hidden) per block of the meta-policy's passes over an episode: rank 0's
+#: memory at an episode's end stays about 64 MB per activation tensor whatever the episode's length (a year of
+#: 500 stocks of minute bars is 49 M decisions: 6 GB per tensor in one pass)
+BLOCK_ACTIVATIONS = 1 << 24
 
 
 def decision_features(
@@ -41,7 +47,23 @@ def decision_features(
         log_returns: ``[T, S]`` with ``log_returns[t]`` the return *into* bar t.
         halflife: bars of the exponential weighting of past performance.
         return_std: typical 1-bar return size from the training period (a fixed scale).
+
+    A stock's features depend on its own column only, so they are computed a block of stocks at a time
+    (:data:`BLOCK_DECISIONS` decisions): the float64 temporaries stay small however long the episode.
     """
+    T, S = actions.shape
+    feats = np.empty((T, S, N_META_FEATURES), dtype=np.float32)
+    step = max(1, BLOCK_DECISIONS // max(T, 1))
+    for a in range(0, S, step):
+        cols = slice(a, a + step)
+        feats[:, cols] = _stock_features(q_values[:, cols], actions[:, cols], log_returns[:, cols], halflife, return_std)
+    return feats
+
+
+def _stock_features(
+    q_values: np.ndarray, actions: np.ndarray, log_returns: np.ndarray, halflife: float, return_std: float
+) -> np.ndarray:
+    """:func:`decision_features` of a block of stocks (columns)."""
     T, S = actions.shape
     pos = POSITIONS[actions]
     chosen = np.take_along_axis(q_values, actions[:, :, None], axis=2)[:, :, 0]
@@ -73,6 +95,7 @@ class MetaPolicy(nn.Module):
     def __init__(self, n_stocks: int, cfg: MetaConfig, hidden: int = 32) -> None:
         super().__init__()
         self.cfg = cfg
+        self.hidden = hidden
         self.scorer = nn.Sequential(nn.Linear(N_META_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         # Start near equal capital: max_weight * sigmoid(b) = 1 / n_stocks.
         p = min(max(1.0 / (n_stocks * cfg.max_weight), 1e-3), 1 - 1e-3)
@@ -89,17 +112,31 @@ class MetaPolicy(nn.Module):
 
     @torch.no_grad()
     def weights(self, feats: np.ndarray, actions: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
-        """Numpy convenience: signed weights ``[T, S]``."""
-        size = None if sizes is None else torch.from_numpy(np.asarray(sizes, dtype=np.float32))
-        w = self(torch.from_numpy(feats), torch.from_numpy(POSITIONS[actions]).float(), size)
-        return w.numpy().astype(np.float64)
+        """Numpy convenience: signed weights ``[T, S]`` (a block of bars at a time: each row is computed alone)."""
+        out = np.empty(actions.shape, dtype=np.float64)
+        for rows in self._blocks(*actions.shape):
+            size = None if sizes is None else torch.from_numpy(np.asarray(sizes[rows], dtype=np.float32))
+            w = self(torch.from_numpy(feats[rows]), torch.from_numpy(POSITIONS[actions[rows]]).float(), size)
+            out[rows] = w.numpy()
+        return out
+
+    def _blocks(self, T: int, S: int, first: int = 0) -> list[slice]:
+        """Row blocks ``[a, b)`` covering ``[first, T)`` of at most :data:`BLOCK_ACTIVATIONS` hidden activations."""
+        rows = max(2, BLOCK_ACTIVATIONS // (S * self.hidden))
+        return [slice(a, min(a + rows, T)) for a in range(first, T, rows)]
 
     def fit(
         self, feats: np.ndarray, actions: np.ndarray, log_returns: np.ndarray, cost_bps: float,
         sizes: np.ndarray | None = None,
     ) -> float:
         """Train on one episode's realised outcomes (weights scaled by ``sizes`` as :meth:`forward`); returns the
-        final in-sample Sharpe (per step)."""
+        final in-sample Sharpe (per step).
+
+        Each epoch is one full-batch step on the episode's Sharpe ratio. An episode longer than one block
+        (:data:`BLOCK_ACTIVATIONS`) is passed over in blocks of bars, twice per epoch: the returns first,
+        without a graph; then each block again with one, its returns backpropagated with their share of
+        the Sharpe ratio's gradient. The sum over blocks is the full-batch gradient, and memory is one block's.
+        """
         x = torch.from_numpy(feats)
         size = None if sizes is None else torch.from_numpy(np.asarray(sizes, dtype=np.float32))
         pos = torch.from_numpy(POSITIONS[actions]).float()
@@ -108,18 +145,47 @@ class MetaPolicy(nn.Module):
         # Adam, one per tensor (FlatAdamW without decay is torch's Adam bit for bit, without torch.optim's
         # import of torch._dynamo); fresh for every episode, as before.
         opts = [FlatAdamW(p.data, lr=self.cfg.lr) for p in params]
+        T, S = actions.shape
+        blocks = self._blocks(T - 1, S)  # blocks of the T - 1 step returns
         sharpe = 0.0
         for _ in range(self.cfg.epochs):
-            w = self(x, pos, size)
-            ret = portfolio_step_returns(w, growth, cost_bps)
-            objective = ret.mean() / (ret.std() + 1e-8)
             self.zero_grad(set_to_none=True)
-            (-objective).backward()
+            if len(blocks) == 1:  # one pass with its graph
+                ret = portfolio_step_returns(self(x, pos, size), growth, cost_bps)
+                objective = ret.mean() / (ret.std() + 1e-8)
+                (-objective).backward()
+            else:
+                objective = self._blocked_backward(blocks, x, pos, size, growth, cost_bps)
             for p, opt in zip(params, opts):
                 if p.grad is not None:
                     opt.step(p.grad)
             sharpe = float(objective.detach())
         return sharpe
+
+    def _blocked_backward(
+        self, blocks: list[slice], x: torch.Tensor, pos: torch.Tensor, size: torch.Tensor | None,
+        growth: torch.Tensor, cost_bps: float,
+    ) -> torch.Tensor:
+        """The Sharpe ratio of the step returns and its gradient in the parameters' ``.grad``, one block of
+        bars at a time. A step's return needs the weights of its bar and of the bar before (the trade's cost),
+        so each block's pass starts one bar early."""
+
+        def block_returns(rows: slice) -> torch.Tensor:
+            lo = max(rows.start - 1, 0)  # the bar before the block's first: its weights price the first trade
+            w = self(x[lo : rows.stop], pos[lo : rows.stop], None if size is None else size[lo : rows.stop])
+            held, before = (w[1:], w[:-1]) if rows.start > 0 else (w, torch.cat([torch.zeros_like(w[:1]), w[:-1]]))
+            return step_returns(held, before, growth[rows], cost_bps)
+
+        # Pass 1: every step's return, no graph; the Sharpe ratio's gradient in each of them.
+        with torch.no_grad():
+            ret = torch.cat([block_returns(rows) for rows in blocks])
+        ret.requires_grad_(True)
+        objective = ret.mean() / (ret.std() + 1e-8)
+        (-objective).backward()
+        # Pass 2: each block again with its graph, its returns backpropagated with their share of that gradient.
+        for rows in blocks:
+            block_returns(rows).backward(ret.grad[rows])
+        return objective
 
 
 def portfolio_step_returns(weights: torch.Tensor, growth: torch.Tensor, cost_bps: float) -> torch.Tensor:
@@ -130,6 +196,10 @@ def portfolio_step_returns(weights: torch.Tensor, growth: torch.Tensor, cost_bps
     :func:`parallel_dqn.evaluation.portfolio.portfolio_returns`, charges the trade
     against the drifted holding, which differs from this by second-order terms.
     """
-    w = weights[:-1]
-    prev = torch.cat([torch.zeros_like(weights[:1]), weights[:-2]], dim=0)
-    return (w * growth).sum(-1) - cost_bps * 1e-4 * (w - prev).abs().sum(-1)
+    return step_returns(weights[:-1], torch.cat([torch.zeros_like(weights[:1]), weights[:-2]], dim=0), growth, cost_bps)
+
+
+def step_returns(held: torch.Tensor, before: torch.Tensor, growth: torch.Tensor, cost_bps: float) -> torch.Tensor:
+    """Net simple returns of steps with weights ``held [n, S]`` (the step's) and ``before [n, S]`` (the step
+    before's: what the trade changes) and their ``growth [n, S]``: :func:`portfolio_step_returns`' rule."""
+    return (held * growth).sum(-1) - cost_bps * 1e-4 * (held - before).abs().sum(-1)
