@@ -146,6 +146,12 @@ class NStepBuilder:
             self._stocks = np.array(stocks, dtype=np.int16)
         elif not np.array_equal(self._stocks, stocks):
             raise ValueError("a builder's stocks are fixed: push the same stocks at every step")
+        if self.n == 1:  # one-step returns: every step is its own transitions, nothing pending (every clock step)
+            S = self.n_stocks
+            return Transitions.from_arrays(
+                t=np.full(S, t), stock=self._stocks, position=positions, action=actions, reward=rewards,
+                next_t=np.full(S, t + 1), next_position=actions, discount=np.full(S, 0.0 if done else self.gamma),
+            )
         slot = (self._head + self._count) % self.n
         self._t[slot] = t
         self._positions[slot] = positions
