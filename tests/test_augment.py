@@ -131,6 +131,22 @@ def test_the_spread_and_offsets_come_from_the_training_rows_only():
     assert np.allclose(fitted.offset[:, 4], stats.mean[:, 4] / stats.std[:, 4]) and (fitted.offset[:, 7:] == 0).all()
 
 
+def test_the_spread_of_a_block_of_stocks_is_that_of_the_whole_market(monkeypatch):
+    """FeatureScales.fit reads the features a bounded block of stocks at a time (a year of minute bars must
+    not be copied to float64 whole): every block size gives the same spreads, bit for bit."""
+    from parallel_dqn.rl import augment
+
+    rng = np.random.default_rng(5)
+    T, S = 400, 7
+    features = rng.normal(size=(T, S, F)).astype(np.float32)
+    stats = FeatureStats(rng.uniform(0.1, 1, (S, 8)), rng.uniform(0.5, 2, (S, 8)), 23400.0)
+    whole = FeatureScales.fit(features, (10, 390), stats)
+    monkeypatch.setattr(augment, "FIT_BLOCK", 380 * F * 2)  # two stocks per block, the last alone
+    blocked = FeatureScales.fit(features, (10, 390), stats)
+    np.testing.assert_array_equal(blocked.spread, whole.spread)
+    np.testing.assert_array_equal(blocked.offset, whole.offset)
+
+
 def test_inputs_appended_after_the_features_are_never_noised_dropped_or_rescaled():
     """Regime probabilities (parallel_dqn.data.regimes) come after data.features' columns: left as they are."""
     rng = np.random.default_rng(4)

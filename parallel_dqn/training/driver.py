@@ -29,6 +29,7 @@ from parallel_dqn.data.cache import Alone, NodeGroup, cache_key, open_cache, sou
 from parallel_dqn.data.crosssection import CrossSection, shard_rows
 from parallel_dqn.data.features import N_FEATURES, FeatureStats, graph_stamps, session_length
 from parallel_dqn.data.loader import load_stock_bars
+from parallel_dqn.data.memory import release_freed_memory
 from parallel_dqn.data.panel import bars_per_day
 from parallel_dqn.data.regimes import RegimeModel, RegimePath, detect, with_regime_features
 from parallel_dqn.data.store import Store
@@ -96,7 +97,9 @@ def build_cross_section(
     """
     recipe = BuildRecipe.of(plan, cfg)
     if cfg.data.cache == "off":
-        return _build(shards, recipe, store, transport)
+        built = _build(shards, recipe, store, transport)
+        release_freed_memory()  # the loader's working memory, not carried through training
+        return built
     started = time.perf_counter()
     # every worker takes the same collective steps below, also where its node has no usable cache folder
     cache = open_cache(cfg.data.cache)
@@ -113,6 +116,7 @@ def build_cross_section(
         log.info("cross-section from the cache in %.2f s: %s", time.perf_counter() - started, cache.entry(key))
         return xs, stats
     xs, stats = _build(shards, recipe, store, transport)
+    release_freed_memory()  # the loader's working memory, not carried through training
     built = time.perf_counter() - started
     kept = bool(held)
     if node.leader and cache is not None and not held:
@@ -125,7 +129,9 @@ def build_cross_section(
     if not node.from_leader(kept) or cache is None:
         return xs, stats
     log.info("cross-section built in %.2f s, cached: %s", built, cache.entry(key))
-    return cache.get(key)  # one copy per node: the entry's pages, not this process's arrays
+    del xs  # one copy per node: the entry's pages replace this process's arrays
+    release_freed_memory()
+    return cache.get(key)
 
 
 def _build(
