@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
+import gc
 
 import pyarrow as pa
 
-log = logging.getLogger(__name__)
-
 
 def release_freed_memory() -> None:
-    """Return freed memory to the OS: pyarrow's pool, then the C heap (``malloc_trim``, where the C library
-    is glibc; elsewhere only the pool)."""
+    """Return freed memory to the OS: arrays only reference cycles still hold (collected first: the garbage
+    collector's oldest generation may not run for the whole of training), pyarrow's pool, then the C heap
+    (``malloc_trim``, where the C library is glibc; elsewhere only the pool)."""
+    gc.collect()
     pa.default_memory_pool().release_unused()
     libc = _glibc()
     if libc is not None:

@@ -141,6 +141,7 @@ def _build(
     hosted = [i for shard in shards for i in shard.stocks]
     # one pass over the files of every hosted stock; the panel's columns are the shards' stocks, shard after shard
     bars = load_stock_bars(store, [recipe.symbols[i] for i in hosted], *recipe.load)
+    release_freed_memory()  # the files' tables, read and gone (see below)
     for shard in shards:
         log.debug("worker %d loads %s", shard.worker_id, " ".join(recipe.symbols[i] for i in shard.stocks))
     # the clock: the union of every worker's bar times (those hosted here all come with the first hosted shard)
@@ -150,8 +151,14 @@ def _build(
     train_rows = _rows(clock, *recipe.train)
     given = recipe.stats
     session = given.session_seconds if given is not None else session_length(clock[slice(*train_rows)])
-    parts = shard_rows(align_bars(bars, clock), [s.stocks for s in shards], session, train_rows, given)
-    del bars  # the raw bars are not needed past the rows: free them before the cross-section is assembled
+    panel = align_bars(bars, clock)
+    # Each stage's inputs are freed before the next one builds on them, and the memory handed back (pyarrow's
+    # pool and the C heap keep freed pages): the build's peak is one stage's, not the sum of all of them.
+    del bars  # the raw bars are not needed past the aligned panel
+    release_freed_memory()
+    parts = shard_rows(panel, [s.stocks for s in shards], session, train_rows, given)
+    del panel  # nor the panel past the rows
+    release_freed_memory()
     contributions = [(np.asarray(s.stocks), stats.mean, stats.std, rows) for s, (stats, rows) in zip(shards, parts)]
     meta = transport.allgather([c[:3] for c in contributions])
     rows = transport.allgather_rows([c[3] for c in contributions])
