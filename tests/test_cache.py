@@ -311,7 +311,16 @@ from parallel_dqn.training.driver import LocalShard, build_cross_section
 from parallel_dqn.training.plan import plan_training
 sys.path.insert(0, sys.argv[3])
 from tests.test_cache import mapped_from
+from parallel_dqn.data.cache import CrossSectionCache
+from parallel_dqn.training import driver
 world = World(MPI.COMM_WORLD)
+loaded = []  # the stocks whose files this rank read (the real loader, counted)
+real_load = driver.load_stock_bars
+driver.load_stock_bars = lambda store, symbols, *days: (loaded.extend(symbols), real_load(store, symbols, *days))[1]
+if sys.argv[4] == "full_disk":  # the node's entry cannot be written
+    def put(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    CrossSectionCache.put = put
 result = None
 if world.rank > 0:
     cfg = Config.from_dict(json.loads(sys.argv[2]))
@@ -321,7 +330,8 @@ if world.rank > 0:
     xs, _ = build_cross_section([LocalShard(world.rank - 1, plan.shards[world.rank - 1])], plan, store,
                                 world.worker_transport(timeout=60), cfg)
     result = {"features": mapped_from(xs.features), "graph_index": mapped_from(xs.graph_index),
-              "writeable": bool(xs.features.flags.writeable), "sum": float(xs.features.sum())}
+              "writeable": bool(xs.features.flags.writeable), "sum": float(xs.features.sum()),
+              "loaded": len(loaded), "stocks": len(plan.symbols)}
 results = world.comm.gather(result, root=0)
 if world.rank == 0:
     print(json.dumps(results[1:]))
@@ -329,26 +339,40 @@ world.close()
 """
 
 
+def node_build(market: Path, settings: str, mode: str = "") -> list[dict]:
+    """What each worker of ``mpiexec -n 4`` (rank 0 + 3 workers, one node) got from build_cross_section."""
+    proc = subprocess.run([MPIEXEC, "-n", "4", sys.executable, "-c", NODE_SCRIPT, str(market), settings, str(ROOT),
+                           mode or "-"], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_when_the_node_entry_cannot_be_written_each_worker_builds_its_own(market, tmp_path):
+    """A full disk on the node: its first worker's build stays its own, the others build theirs alone (nobody
+    waits for an entry that will not come), and all of them hold the same cross-section, unmapped."""
+    cfg = tiny_config(market, tmp_path / "unused", **{"data.cache": str(tmp_path / "cache")})
+    held = node_build(market, json.dumps(cfg.to_dict()), "full_disk")
+    assert [r["loaded"] for r in held] == [held[0]["stocks"]] * 3
+    assert all(r["features"] is None for r in held) and len({r["sum"] for r in held}) == 1
+    assert entries(tmp_path / "cache") == []
+
+
 def test_the_workers_of_a_node_map_one_entry(market, tmp_path):
     """Under mpiexec (one node), every worker maps the same file, read-only, cold and warm; the node's first
-    worker wrote it once. Then a parallel run from that entry equals a single-process run without a cache (as
-    closely as test_mpi.py's runs do)."""
+    worker built it alone (the others read no file) and wrote it once. Then a parallel run from that entry
+    equals a single-process run without a cache (as closely as test_mpi.py's runs do)."""
     cache = tmp_path / "cache"
     cfg = tiny_config(market, tmp_path / "unused", **{"data.cache": str(cache)})
     settings = json.dumps(cfg.to_dict())
 
-    def run() -> list[dict]:
-        proc = subprocess.run([MPIEXEC, "-n", "4", sys.executable, "-c", NODE_SCRIPT, str(market), settings, str(ROOT)],
-                              capture_output=True, text=True, timeout=180, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    for _ in range(2):  # cold, then warm
-        held = run()
+    for cold in (True, False):
+        held = node_build(market, settings)
         (entry,) = entries(cache)
         assert {r["features"] for r in held} == {str(entry / "features.npy")}
         assert {r["graph_index"] for r in held} == {str(entry / "graph_index.npy")}
         assert not any(r["writeable"] for r in held) and len({r["sum"] for r in held}) == 1
+        # cold: the node's first worker read every stock's files alone, the others none; warm: nobody read any
+        assert [r["loaded"] for r in held] == ([held[0]["stocks"], 0, 0] if cold else [0, 0, 0])
     out = tmp_path / "parallel"
     proc = subprocess.run([MPIEXEC, "-n", "4", sys.executable, *train_args(market, out, "--sync", "--set",
                                                                             f"data.cache={cache}")],

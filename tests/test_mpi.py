@@ -100,17 +100,23 @@ def test_cross_section_is_identical_on_every_worker_and_causal(market, tmp_path)
     assert digest(xs.features, xs.log_returns, xs.tradeable, xs.dense_graph[xs.graph_index]) == held[0]["digest"]
 
 
-def test_a_worker_that_raises_ends_the_job(market, tmp_path):
+@pytest.mark.parametrize("cache", ["off", "node"])
+def test_a_worker_that_raises_ends_the_job(market, tmp_path, cache):
+    """Without a cache each worker reads its own stocks' files, so the worker of FOLW (rank 2) raises while the
+    others wait for it in the build's exchange; with one, the node's first worker (rank 1) reads every file
+    and raises while the others wait for its entry. Either way: one line naming the file, and the job ends."""
     bad = tmp_path / "bad"
     perturb_after(market, bad, pd.Timestamp("2030-01-01", tz="UTC"))  # a plain copy
     victim = bad / "stocks_intraday" / "FOLW" / "2024" / "01" / "FOLW_2024-01-03.parquet"
     victim.write_bytes(b"not a parquet file")
     started = time.monotonic()
-    proc = mpiexec(4, *train_args(bad, tmp_path / "out"), timeout=120)
+    setting = "data.cache=off" if cache == "off" else f"data.cache={tmp_path / 'cache'}"
+    proc = mpiexec(4, *train_args(bad, tmp_path / "out", "--set", setting), timeout=120)
     assert proc.returncode != 0
     assert time.monotonic() - started < 60
     errors = [line for line in proc.stderr.splitlines() if line.startswith("parallel-dqn: error:")]
-    assert len(errors) == 1 and "rank 2" in errors[0] and str(victim) in errors[0], proc.stderr
+    rank = "rank 2" if cache == "off" else "rank 1"
+    assert len(errors) == 1 and rank in errors[0] and str(victim) in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -200,8 +200,9 @@ class NodeGroup(Protocol):
     @property
     def leader(self) -> bool: ...
 
-    def from_leader(self, value: T) -> T:
-        """The leader's ``value`` on every process of the group (each waits until the leader has it)."""
+    def from_leader(self, value: T, timeout: float | None = None) -> T:
+        """The leader's ``value`` on every process of the group (each waits until the leader has it, up to
+        ``timeout`` seconds: None, the group's own bound)."""
         ...
 
 
@@ -210,7 +211,7 @@ class Alone:
 
     leader = True
 
-    def from_leader(self, value: T) -> T:
+    def from_leader(self, value: T, timeout: float | None = None) -> T:
         return value
 
 

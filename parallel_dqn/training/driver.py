@@ -44,6 +44,9 @@ from parallel_dqn.training.worker import ActingPass, Worker
 
 log = logging.getLogger(__name__)
 
+#: seconds the other workers of a node wait, at least, while its first worker builds the node's cache entry alone
+NODE_BUILD_WAIT = 3600.0
+
 
 @dataclass
 class LocalShard:
@@ -90,10 +93,14 @@ def build_cross_section(
 ) -> tuple[CrossSection, FeatureStats]:
     """The run's cross-section and feature statistics, identical on every worker.
 
-    From the node's cache (``data.cache``, :mod:`parallel_dqn.data.cache`) when it holds them; else
-    built (:func:`_build`) and put there. With a cache, the processes of a node all map its one entry
-    read-only: its first worker checks and writes it, the others wait for its word (the node's group is
-    the transport's ``node``; a process alone when it has none, as in single-process mode).
+    From the node's cache (``data.cache``, :mod:`parallel_dqn.data.cache`) when it holds them; else built and
+    put there. With a cache, the processes of a node all map its one entry read-only: its first worker checks
+    the entry and, when it is missing, builds it alone from every stock's files (:func:`_build_alone`) and
+    writes it, while the others wait for its word (the node's group is the transport's ``node``; a process
+    alone when it has none, as in single-process mode). One build per node, not one per worker: every
+    worker building the whole market at once held it once per rank (100 stocks x a year of minute bars:
+    2.55 GB at the peak of each of 4 ranks). Only where some node has no cache folder (or ``data.cache`` is
+    off) do the workers build together, each loading its own stocks and exchanging rows (:func:`_build`).
     """
     recipe = BuildRecipe.of(plan, cfg)
     if cfg.data.cache == "off":
@@ -110,28 +117,52 @@ def build_cross_section(
     ])
     key = cache_key(recipe, sources)
     held = node.from_leader(cache is not None and cache.holds(key) if node.leader else None)
-    if all(transport.allgather([held] * len(shards))):
-        assert cache is not None  # every node's leader found the entry in its cache folder, this one's too
+    if not all(transport.allgather([node.from_leader(cache is not None if node.leader else None)] * len(shards))):
+        xs, stats = _build(shards, recipe, store, transport)  # some node cannot keep an entry: build together
+        release_freed_memory()
+        return xs, stats
+    assert cache is not None  # every node's first worker has the cache folder, and this rank is on one of them
+    if held:
         xs, stats = cache.get(key)
         log.info("cross-section from the cache in %.2f s: %s", time.perf_counter() - started, cache.entry(key))
         return xs, stats
-    xs, stats = _build(shards, recipe, store, transport)
-    release_freed_memory()  # the loader's working memory, not carried through training
-    built = time.perf_counter() - started
-    kept = bool(held)
-    if node.leader and cache is not None and not held:
-        about = {"store": store.describe(), "stocks": len(plan.symbols), "days": recipe.load, "build_s": round(built, 2)}
+    built, kept = None, False
+    if node.leader:
+        built = _build_alone(recipe, store)
+        about = {"store": store.describe(), "stocks": len(plan.symbols), "days": recipe.load,
+                 "build_s": round(time.perf_counter() - started, 2)}
         try:
-            cache.put(key, xs, stats, about)
+            cache.put(key, *built, about)
             kept = True
         except OSError as exc:  # a full disk, say: this run goes on with what it built
             log.warning("cannot write the cross-section cache entry %s: %s", cache.entry(key), exc)
-    if not node.from_leader(kept) or cache is None:
-        return xs, stats
-    log.info("cross-section built in %.2f s, cached: %s", built, cache.entry(key))
-    del xs  # one copy per node: the entry's pages replace this process's arrays
+    # the others wait while the first worker reads and featurises every stock: longer than any message takes
+    if not node.from_leader(kept, timeout=max(cfg.dist.timeout, NODE_BUILD_WAIT)):
+        return built if built is not None else _build_alone(recipe, store)  # each worker of this node alone
+    log.info("cross-section %s in %.2f s, cached: %s", "built" if built else "built by this node's first worker",
+             time.perf_counter() - started, cache.entry(key))
+    del built  # one copy per node: the entry's pages replace this process's arrays
     release_freed_memory()
     return cache.get(key)
+
+
+def _build_alone(recipe: BuildRecipe, store: Store) -> tuple[CrossSection, FeatureStats]:
+    """:func:`_build` of every stock in this process (a node's first worker making the node's cache entry):
+    the same cross-section as the workers' build together, whose rows it computes in the same order."""
+    everyone = [LocalShard(0, [i for shard in recipe.shards for i in shard])]
+    built = _build(everyone, recipe, store, _InThisProcess())
+    release_freed_memory()
+    return built
+
+
+class _InThisProcess:
+    """The exchange of a build by one process: every part is already here."""
+
+    def allgather(self, parts: Sequence) -> list:
+        return list(parts)
+
+    def allgather_rows(self, parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(parts)
 
 
 def _build(

@@ -32,10 +32,12 @@ class NodeRanks:
     def size(self) -> int:
         return self.comm.Get_size()
 
-    def from_leader(self, value: T) -> T:
-        """The leader's ``value`` on every rank of the node, once the leader has it (bounded by the timeout)."""
+    def from_leader(self, value: T, timeout: float | None = None) -> T:
+        """The leader's ``value`` on every rank of the node, once the leader has it (bounded by ``timeout``
+        seconds, or by the ranks' timeout)."""
         if self.comm.Get_size() == 1:
             return value
         arrived = self.comm.Ibarrier()  # a polled wait: ranks may outnumber cores, and MPICH's waits spin
-        wait_until(arrived.Test, self.timeout, "waiting for this node's first worker (the cross-section cache)")
+        wait_until(arrived.Test, self.timeout if timeout is None else timeout,
+                   "waiting for this node's first worker (the cross-section cache)")
         return self.comm.bcast(value if self.leader else None, root=0)
