@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from parallel_dqn.config import ModelConfig
 from parallel_dqn.market.step import N_ACTIONS
@@ -153,6 +152,9 @@ class QNetwork(nn.Module):
         self.members = members
         self.head = DuelingHead(in_dim, cfg.hidden) if members == 1 else EnsembleHead(members, in_dim, cfg.hidden)
         self.embed_dim = cfg.embed_dim
+        # the one-hot code of each position (F.one_hot checks its input's range first: two more calls per pass);
+        # not saved: it is the identity
+        self.register_buffer("position_codes", torch.eye(N_ACTIONS), persistent=False)
 
     def forward(
         self,
@@ -208,7 +210,7 @@ class QNetwork(nn.Module):
 
     def q_head(self, own: torch.Tensor, ctx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Q-values ``[..., 3]`` from a stock's embedding and context ``[..., D]`` and the position it holds."""
-        pos = F.one_hot(positions.long(), N_ACTIONS).to(own.dtype)
+        pos = self.position_codes[positions.long()].to(own.dtype)  # one-hot rows: a lookup, no range check
         return self.head(torch.cat([own, ctx, pos], dim=-1))
 
     def q_every_position(self, own: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
