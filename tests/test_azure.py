@@ -163,13 +163,16 @@ def test_train_from_azure_equals_local_and_second_run_downloads_nothing(az_env, 
     assert mapped["eval"] == read["eval"]  # the same run as from the files
 
 
-def test_each_mpi_rank_fetches_only_its_own_stock(az_env, tmp_path):
+def test_each_mpi_rank_downloads_only_its_own_stock_and_the_first_builds_from_the_copies(az_env, tmp_path):
+    """Every file is downloaded once, by the worker of its stock, all workers at once; the node's first worker
+    (rank 1), which builds the node's cross-section alone, reads the other stocks from those local copies."""
     out = tmp_path / "mpi"
     args = [MPIEXEC, "-n", "4", sys.executable, *train_args("azure://mkt", out)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=ROOT, env=az_env)
     assert proc.returncode == 0, proc.stderr
     for rank, sym in enumerate(STOCKS, start=1):
-        assert _counts((out / "logs" / f"rank{rank}.log").read_text()) == {sym: (DAYS, DAYS, 0)}
+        others = {s: (DAYS, 0, DAYS) for s in STOCKS if s != sym} if rank == 1 else {}
+        assert _counts((out / "logs" / f"rank{rank}.log").read_text()) == {sym: (DAYS, DAYS, 0), **others}
     assert _counts((out / "run.log").read_text()) == {}  # rank 0 downloads nothing
     assert (out / "trained_model.pth").is_file()
 

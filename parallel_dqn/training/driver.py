@@ -99,8 +99,10 @@ def build_cross_section(
     writes it, while the others wait for its word (the node's group is the transport's ``node``; a process
     alone when it has none, as in single-process mode). One build per node, not one per worker: every
     worker building the whole market at once held it once per rank (100 stocks x a year of minute bars:
-    2.55 GB at the peak of each of 4 ranks). Only where some node has no cache folder (or ``data.cache`` is
-    off) do the workers build together, each loading its own stocks and exchanging rows (:func:`_build`).
+    2.55 GB at the peak of each of 4 ranks). From a remote store the others first download their own stocks'
+    files, all at once, and the first worker reads them from the local copies. Only where some node has no
+    cache folder (or ``data.cache`` is off) do the workers build together, each loading its own stocks and
+    exchanging rows (:func:`_build`).
     """
     recipe = BuildRecipe.of(plan, cfg)
     if cfg.data.cache == "off":
@@ -127,6 +129,10 @@ def build_cross_section(
         log.info("cross-section from the cache in %.2f s: %s", time.perf_counter() - started, cache.entry(key))
         return xs, stats
     built, kept = None, False
+    wait = max(cfg.dist.timeout, NODE_BUILD_WAIT)  # longer than any message takes: downloads, a whole build
+    if not node.leader:  # a remote store: the others download their own stocks' files meanwhile, all at once
+        _download(store, [plan.symbols[i] for shard in shards for i in shard.stocks], plan.load_start, plan.load_end)
+    node.from_leader(None, timeout=wait)  # ... before the first worker reads every stock's
     if node.leader:
         built = _build_alone(recipe, store)
         about = {"store": store.describe(), "stocks": len(plan.symbols), "days": recipe.load,
@@ -136,8 +142,8 @@ def build_cross_section(
             kept = True
         except OSError as exc:  # a full disk, say: this run goes on with what it built
             log.warning("cannot write the cross-section cache entry %s: %s", cache.entry(key), exc)
-    # the others wait while the first worker reads and featurises every stock: longer than any message takes
-    if not node.from_leader(kept, timeout=max(cfg.dist.timeout, NODE_BUILD_WAIT)):
+    # the others wait while the first worker reads and featurises every stock
+    if not node.from_leader(kept, timeout=wait):
         return built if built is not None else _build_alone(recipe, store)  # each worker of this node alone
     log.info("cross-section %s in %.2f s, cached: %s", "built" if built else "built by this node's first worker",
              time.perf_counter() - started, cache.entry(key))
@@ -146,10 +152,17 @@ def build_cross_section(
     return cache.get(key)
 
 
+def _download(store: Store, symbols: list[str], start: dt.date, end: dt.date) -> None:
+    """Bring ``symbols``' files on ``[start, end]`` into a remote store's local copy (nothing for a folder)."""
+    if hasattr(store, "prefetch"):
+        for symbol in symbols:
+            store.prefetch(symbol, store.list_days(symbol, start, end))
+
+
 def _build_alone(recipe: BuildRecipe, store: Store) -> tuple[CrossSection, FeatureStats]:
-    """:func:`_build` of every stock in this process (a node's first worker making the node's cache entry):
-    the same cross-section as the workers' build together, whose rows it computes in the same order."""
-    everyone = [LocalShard(0, [i for shard in recipe.shards for i in shard])]
+    """:func:`_build` of every worker's stocks in this process (a node's first worker making the node's cache
+    entry), as single-process mode builds them: the same cross-section as the workers' build together."""
+    everyone = [LocalShard(i, list(stocks)) for i, stocks in enumerate(recipe.shards)]
     built = _build(everyone, recipe, store, _InThisProcess())
     release_freed_memory()
     return built
