@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 
 import pyarrow as pa
 
 
 def release_freed_memory() -> None:
-    """Return freed memory to the OS: arrays only reference cycles still hold (collected first: the garbage
-    collector's oldest generation may not run for the whole of training), pyarrow's pool, then the C heap
-    (``malloc_trim``, where the C library is glibc; elsewhere only the pool)."""
-    gc.collect()
+    """Return freed memory to the OS: pyarrow's pool, then the C heap (``malloc_trim``, where the C library is
+    glibc; elsewhere only the pool). About 2 ms; no garbage collection (50 ms a call with torch loaded, and the
+    build leaves no cycle holding its arrays: the same peak and the same RSS at the first step without it)."""
     pa.default_memory_pool().release_unused()
     libc = _glibc()
     if libc is not None:
