@@ -97,3 +97,25 @@ def test_reset_and_misuse() -> None:
     b.reset()
     assert len(b) == 0
     assert b.push(5, s, z, z, z, True).size == 2  # after reset, any t may start an episode
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_the_stocks_pushed_are_checked_at_every_step_unless_they_cannot_change(n: int) -> None:
+    """A read-only array pushed again is the same stocks (compared once); a writable one changed in place, or
+    another array, is caught."""
+    z = np.zeros(2)
+    fixed = np.array([4, 7])
+    fixed.flags.writeable = False
+    b = NStepBuilder(n, 0.9, 2)
+    b.push(0, fixed, z, z, z, False)
+    b.push(1, fixed, z, z, z, False)
+    other = np.array([4, 8])
+    other.flags.writeable = False
+    with pytest.raises(ValueError, match="fixed"):
+        b.push(2, other, z, z, z, False)
+    mutable = np.array([4, 7])
+    b = NStepBuilder(n, 0.9, 2)
+    b.push(0, mutable, z, z, z, False)
+    mutable[1] = 8
+    with pytest.raises(ValueError, match="fixed"):
+        b.push(1, mutable, z, z, z, False)

@@ -89,6 +89,7 @@ class NStepBuilder:
         self._actions = np.zeros((n, n_stocks), dtype=np.int8)
         self._rewards = np.zeros((n, n_stocks), dtype=np.float64)
         self._stocks: np.ndarray | None = None  # set by the first push, then fixed
+        self._pushed_stocks: np.ndarray | None = None  # the read-only array last pushed as stocks, if it was one
         self._head = 0  # ring slot of the oldest pending step
         self._count = 0  # pending steps
 
@@ -144,13 +145,17 @@ class NStepBuilder:
                 raise ValueError(f"{name} must have shape ({self.n_stocks},), got {np.shape(arr)}")
         if self._stocks is None:
             self._stocks = np.array(stocks, dtype=np.int16)
-        elif not np.array_equal(self._stocks, stocks):
+        elif stocks is not self._pushed_stocks and not np.array_equal(self._stocks, stocks):
             raise ValueError("a builder's stocks are fixed: push the same stocks at every step")
+        # a caller pushes the one array of its stocks at every step (a worker does): compared once, not per step
+        self._pushed_stocks = stocks if isinstance(stocks, np.ndarray) and not stocks.flags.writeable else None
         if self.n == 1:  # one-step returns: every step is its own transitions, nothing pending (every clock step)
-            S = self.n_stocks
-            return Transitions.from_arrays(
-                t=np.full(S, t), stock=self._stocks, position=positions, action=actions, reward=rewards,
-                next_t=np.full(S, t + 1), next_position=actions, discount=np.full(S, 0.0 if done else self.gamma),
+            S, d = self.n_stocks, TRANSITION_DTYPES
+            return Transitions(
+                t=np.full(S, t, dtype=d["t"]), stock=self._stocks, position=np.asarray(positions, d["position"]),
+                action=np.asarray(actions, d["action"]), reward=np.asarray(rewards, d["reward"]),
+                next_t=np.full(S, t + 1, dtype=d["next_t"]), next_position=np.asarray(actions, d["next_position"]),
+                discount=np.full(S, 0.0 if done else self.gamma, dtype=d["discount"]),
             )
         slot = (self._head + self._count) % self.n
         self._t[slot] = t

@@ -101,7 +101,8 @@ class Worker:
         self.xs = xs
         self.transport = transport
         self.reward_scale = reward_scale
-        self.stocks = np.asarray(stocks, dtype=np.int64)  # sorted: shards are contiguous
+        self.stocks = np.array(stocks, dtype=np.int64)  # sorted: shards are contiguous
+        self.stocks.flags.writeable = False  # fixed for the run (the n-step builder relies on it)
         self.rng = np.random.default_rng([cfg.run.seed, worker_id])
         S, F = xs.n_stocks, xs.features.shape[2]
         self.device = obs.device if obs is not None else resolve_device(cfg.run.device)
@@ -114,7 +115,7 @@ class Worker:
         self._target = flatten_parameters(self.target).data
         self._grad = flat_gradient_buffer(self.net)  # the parameters' .grad are slices of it
         self.obs = obs if obs is not None else Observations(xs, cfg.market.window, self.device)
-        self._own_index = torch.from_numpy(self.stocks).to(self.device)
+        self._own_index = torch.tensor(self.stocks, device=self.device)
         q = cfg.dqn
         # batch and capacity are per stock of the shard: the replay ratio does not depend on how stocks are sharded
         self.batch_size = q.batch_size * len(self.stocks)
