@@ -130,12 +130,14 @@ class Augmenter:
                 windows = windows.index_put((rows,), torch.where(self.return_scale, rescaled, part))
         if self.cfg.noise or self.cfg.feature_dropout:
             windows = windows.reshape(halves, n, K, W, F)  # a unit's draws broadcast over its halves, not copied
+            # products and sums, not addcmul and masked_fill: torch runs those about 2x and 4x slower when an
+            # operand is broadcast
             if self.cfg.noise:
                 scale = self.cfg.noise * spread.reshape(halves if stocks is not None else 1, -1, K, 1, F)
-                windows = torch.addcmul(windows, scale, self._draw(torch.randn, n, K, W, F))
+                windows = windows + self._draw(torch.randn, n, K, W, F) * scale
             if self.cfg.feature_dropout:
                 dropped = (self._draw(torch.rand, n, K, F) < self.cfg.feature_dropout) & ~self.flags
-                windows = windows.masked_fill(dropped[:, :, None, :], 0.0)
+                windows = windows * (~dropped).to(windows.dtype)[:, :, None, :]  # a dropped feature is 0
             windows = windows.reshape(R, K, W, F)
         return windows, factor
 
