@@ -74,12 +74,12 @@ class DQNConfig:
     episodes: int = 4
     gamma: float = 0.5
     n_step: int = 1
-    lr: float = 5e-4
+    lr: float = 2e-3
     weight_decay: float = 0.0  # AdamW decoupled weight decay at the server
-    batch_size: int = 32  # transitions per stock of a worker's shard per gradient (bars of the shard, uniform replay)
-    train_freq: int = 8  # clock steps between gradient computations on a worker
+    batch_size: int = 128  # transitions per stock of a worker's shard per gradient (bars of the shard, uniform replay)
+    train_freq: int = 32  # clock steps between gradient computations on a worker
     learning_starts: int = 500  # clock steps before the first gradient
-    target_update: int = 250  # server versions between target-network copies
+    target_update: int = 62  # server versions between target-network copies
     grad_clip: float = 10.0
     huber_delta: float = 1.0
     eps_start: float = 1.0

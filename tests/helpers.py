@@ -82,8 +82,11 @@ def tiny_config(data: Path, output: Path, **overrides) -> Config:
         "dqn.episodes": 2,
         # one worker per stock: several workers in one process (rotation, staleness, per-worker counters)
         "dist.workers": len(overrides.get("data.stocks", STOCKS)),
+        # small, frequent updates: a few days of bars give the defaults' fewer, larger updates little to do
         "dqn.learning_starts": 40,
+        "dqn.train_freq": 8,
         "dqn.batch_size": 16,
+        "dqn.lr": 5e-4,
         "dqn.target_update": 20,
         "market.graph_window": 40,
         "run.output": str(output),
@@ -188,7 +191,8 @@ def mpiexec(n: int, *args: str, timeout: float = 180) -> subprocess.CompletedPro
 def train_args(market: Path, out: Path, *extra: str) -> list[str]:
     """The CLI flags equivalent of tiny_config (parallel mode; "-m parallel_dqn" first, for python)."""
     cfg = tiny_config(market, out)
-    settings = (("dqn.learning_starts", cfg.dqn.learning_starts), ("dqn.batch_size", cfg.dqn.batch_size),
+    settings = (("dqn.learning_starts", cfg.dqn.learning_starts), ("dqn.train_freq", cfg.dqn.train_freq),
+                ("dqn.batch_size", cfg.dqn.batch_size), ("dqn.lr", cfg.dqn.lr),
                 ("dqn.target_update", cfg.dqn.target_update), ("market.graph_window", cfg.market.graph_window))
     sets = [f"{k}={v}" for k, v in settings]
     return [

@@ -91,10 +91,10 @@ def test_plan_grid_then_points_deduplicated_and_named(tmp_path):
 "dqn.lr" = 1e-3
 "dqn.target_update" = 100
 
-[[points]]   # resolves to the first grid combination (batch_size 32 is the default): not planned again
+[[points]]   # resolves to the first grid combination (batch_size 128 is the default): not planned again
 "dqn.lr" = 0.001
 "dqn.gamma" = 0.5
-"dqn.batch_size" = 32
+"dqn.batch_size" = 128
 """)
     out = tmp_path / "sw"
     proc = run_cli("sweep", "plan", sweep, "--output", out)
