@@ -119,3 +119,11 @@ def test_the_stocks_pushed_are_checked_at_every_step_unless_they_cannot_change(n
     mutable[1] = 8
     with pytest.raises(ValueError, match="fixed"):
         b.push(1, mutable, z, z, z, False)
+    base = np.array([4, 7])  # a read-only view of a writable array can still change
+    view = base[:]
+    view.flags.writeable = False
+    b = NStepBuilder(n, 0.9, 2)
+    b.push(0, view, z, z, z, False)
+    base[1] = 8
+    with pytest.raises(ValueError, match="fixed"):
+        b.push(1, view, z, z, z, False)

@@ -147,8 +147,10 @@ class NStepBuilder:
             self._stocks = np.array(stocks, dtype=np.int16)
         elif stocks is not self._pushed_stocks and not np.array_equal(self._stocks, stocks):
             raise ValueError("a builder's stocks are fixed: push the same stocks at every step")
-        # a caller pushes the one array of its stocks at every step (a worker does): compared once, not per step
-        self._pushed_stocks = stocks if isinstance(stocks, np.ndarray) and not stocks.flags.writeable else None
+        # a caller pushes the one array of its stocks at every step (a worker does): compared once, not per step,
+        # when nothing can change it (read-only, and its own memory: not a view of a writable array)
+        fixed = isinstance(stocks, np.ndarray) and not stocks.flags.writeable and stocks.base is None
+        self._pushed_stocks = stocks if fixed else None
         if self.n == 1:  # one-step returns: every step is its own transitions, nothing pending (every clock step)
             S, d = self.n_stocks, TRANSITION_DTYPES
             return Transitions(
