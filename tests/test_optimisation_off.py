@@ -161,6 +161,33 @@ def test_the_golden_file_covers_every_case():
         assert len(case["weights_sha256"]) == 64 and case["gradients_applied"] > 0
 
 
+def test_on_another_cpu_rounding_passes_and_a_change_does_not():
+    """The check for a golden file written on another kind of CPU: figures moved by float rounding pass, a
+    changed evaluation, weight tensor, portfolio or gradient count does not."""
+    import copy
+
+    golden = json.loads(GOLDEN.read_text())["cases"]["one learner"]
+    rounded = copy.deepcopy(golden)
+    rounded["eval"] = {k: v * (1 + 1e-7) for k, v in golden["eval"].items()}
+    rounded["weights"] = {k: [v[0] + 1e-7 * v[1], v[1] * (1 + 1e-7)] for k, v in golden["weights"].items()}
+    for figures in rounded["portfolios"].values():
+        figures["final_value"] *= 1 + 1e-9
+        figures["gross_exposure"] *= 1 + 1e-7
+    assert_same_to_rounding(rounded, golden)
+    changes = [
+        lambda c: c["eval"].update(sharpe=c["eval"]["sharpe"] * 1.01),
+        lambda c: c.update(gradients_applied=c["gradients_applied"] + 1),
+        lambda c: c["weights"][next(iter(c["weights"]))].__setitem__(1, c["weights"][next(iter(c["weights"]))][1] * 1.01),
+        lambda c: c["portfolios"]["eval"].update(final_value=c["portfolios"]["eval"]["final_value"] * (1 + 1e-3)),
+        lambda c: c["portfolios"]["ep1"].update(position_changes=c["portfolios"]["ep1"]["position_changes"] + 10),
+    ]
+    for change in changes:
+        changed = copy.deepcopy(rounded)
+        change(changed)
+        with pytest.raises(AssertionError):
+            assert_same_to_rounding(changed, golden)
+
+
 def write_golden(folder: Path) -> None:
     """Run every case and write the golden file (the code at hand is taken as the reference)."""
     market = make_market(folder / "market")
