@@ -23,6 +23,13 @@ per stock in single mode, one shard per worker rank under MPI; ``run.threads = 1
   marked "est.";
 * the run's own loading: the workers' "cross-section built in X s" line (files -> cross-section), files/s.
 
+With the mpi and mpi1 modes it also measures the **floor** of the summed-RSS ratio: the RSS of a rank that has
+only started (``mpiexec -n 2``, each rank importing what a rank of a run imports, then read from
+/proc/self/smaps_rollup), so that N worker ranks hold at least N x that plus the one rank's own data, even if they
+shared every other byte: ``(N x bare + (one rank - bare)) / one rank``. RSS counts a page mapped by k ranks whole in
+each of them, so sharing lowers the sum of PSS, not the sum of RSS; the floor says how far below the measured ratio
+any layout could go.
+
 A run that passes ``--timeout`` or the memory cap (``--mem_cap_mb``: the sum of the tree's PSS, and RLIMIT_AS of
 every process) is killed and reported as such; the others go on. Runs of one S and mode that failed once are not
 repeated. Repeats go round-robin over (S, mode); the figures are medians.
@@ -42,6 +49,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import tomllib
@@ -116,6 +124,26 @@ def train_command(mode: str, market: str, symbols: list[str], last_day: dt.date,
         return [sys.executable, *args, "--mode", "single"]
     n = 2 if mode == "mpi1" else ranks
     return [str(BIN / "mpiexec"), "-n", str(n), sys.executable, *args, "--mode", "parallel"]
+
+
+BARE_RANK = """
+from mpi4py import MPI
+import parallel_dqn.run.mpi, parallel_dqn.run.single, parallel_dqn.training.driver
+import parallel_dqn.training.server, parallel_dqn.training.worker
+kb = {l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.split()[-1] == 'kB'}
+MPI.COMM_WORLD.Barrier()
+print('BARE', MPI.COMM_WORLD.rank, kb['Rss'], kb['Pss'], flush=True)
+"""
+
+
+def bare_rank_mb() -> dict[str, float]:
+    """RSS and PSS (MB, the mean of two ranks) of an MPI rank that has imported what a rank of a run imports and
+    holds nothing else: what every rank carries before any data."""
+    out = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-c", BARE_RANK], capture_output=True,
+                         text=True, check=True, timeout=300).stdout
+    rows = [line.split() for line in out.splitlines() if line.startswith("BARE")]
+    return {"rss_mb": statistics.mean(int(r[2]) for r in rows) / 1024,
+            "pss_mb": statistics.mean(int(r[3]) for r in rows) / 1024}
 
 
 def _log_times(path: Path, pattern: re.Pattern[str]) -> list[tuple[float, re.Match[str]]]:
@@ -239,8 +267,8 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians per (S, mode) and the issue's ratios."""
+def summarise(runs: list[dict[str, Any]], bare: dict[str, float] | None = None) -> dict[str, Any]:
+    """Medians per (S, mode) and the issue's ratios (``bare``: :func:`bare_rank_mb`, for the floor)."""
     groups: dict[str, dict[str, Any]] = {}
     for r in runs:
         key = f"{r['stocks']}/{r['mode']}"
@@ -282,6 +310,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ratios["workers_vs_one_rank_rss"] = many["workers_peak_rss_sum_mb"] / one["workers_peak_rss_sum_mb"]
         ratios["workers_vs_one_rank_pss"] = many["workers_peak_pss_total_mb"] / one["workers_peak_pss_total_mb"]
         ratios["workers"] = many.get("workers")
+        if bare:  # N ranks that shared all but what each holds before any data
+            one_rss, n = one["workers_peak_rss_sum_mb"], many.get("workers") or 0
+            ratios["bare_rank_rss_mb"] = bare["rss_mb"]
+            ratios["workers_vs_one_rank_rss_floor"] = (n * bare["rss_mb"] + one_rss - bare["rss_mb"]) / one_rss
     if many and single and single.get("peak_rss_max_rank_mb") and many.get("workers_peak_rss_sum_mb"):
         ratios["workers_rss_vs_single"] = many["workers_peak_rss_sum_mb"] / single["peak_rss_max_rank_mb"]
     builds: dict[str, dict[str, float]] = {}
@@ -364,6 +396,9 @@ def markdown(summary: dict[str, Any], loading: dict[int, dict[str, Any]], args: 
         n = _fmt(r.get("workers"))
         lines.append(f"| {n} worker ranks / 1 worker rank at {big}, peak RSS | <= 1.5x | {r['workers_vs_one_rank_rss']:.2f}x |")
         lines.append(f"| the same, peak PSS (shared pages counted once) | <= 1.5x | {r['workers_vs_one_rank_pss']:.2f}x |")
+        if "workers_vs_one_rank_rss_floor" in r:
+            lines.append(f"| floor of the RSS ratio: {n} ranks sharing all but a bare rank's {_fmt(r['bare_rank_rss_mb'])} MB "
+                         f"| - | {r['workers_vs_one_rank_rss_floor']:.2f}x |")
     if "workers_rss_vs_single" in r:
         lines.append(f"| worker ranks' peak RSS / the single-mode process at {big} | - | {r['workers_rss_vs_single']:.2f}x |")
     return "\n".join(lines)
@@ -405,6 +440,7 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     failed: set[tuple[int, str]] = set()
     path = args.json or args.out / "scale.json"
+    bare = bare_rank_mb() if {"mpi", "mpi1"} <= set(modes) else None
     for repeat in range(args.repeats):
         for s in stocks:
             for mode in modes:
@@ -420,14 +456,15 @@ def main() -> None:
                       f"(load {r['load_avg'][0]})", file=sys.stderr, flush=True)
                 if r["outcome"] != "ok":
                     failed.add((s, mode))
-                save(path, args, loading, runs)  # after every run: a bench stopped half-way keeps what it measured
-    print(save(path, args, loading, runs))
+                save(path, args, loading, runs, bare)  # after every run: a bench stopped half-way keeps what it measured
+    print(save(path, args, loading, runs, bare))
     print(f"\n(figures of every run: {path})", file=sys.stderr)
 
 
-def save(path: Path, args: argparse.Namespace, loading: dict[int, dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+def save(path: Path, args: argparse.Namespace, loading: dict[int, dict[str, Any]], runs: list[dict[str, Any]],
+         bare: dict[str, float] | None = None) -> str:
     """Write the runs so far, their summary and tables to ``path`` (JSON); return the tables."""
-    summary = summarise(runs)
+    summary = summarise(runs, bare)
     text = markdown(summary, loading, args)
     shown = {s: {**x, "days": [str(d) for d in x["days"]], "symbols": len(x["symbols"])} for s, x in loading.items()}
     path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "loading": shown,
